@@ -1,0 +1,32 @@
+"""edgeres: a trained ResNet classifier to every edge device, one runtime API for all.
+
+`import edgeres` stays light (numpy, OpenCV): the converter side imports torch only
+when it is used, so a device needs just the runtime backend of its artifact.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+# Public name -> module that defines it, imported on first use.
+_LAZY = {
+    "Classifier": "edgeres.runtime.classifier",
+    "Prediction": "edgeres.runtime.classifier",
+    "Preprocess": "edgeres.preprocess",
+    "ArtifactRecord": "edgeres.artifact",
+    "load_model": "edgeres.models",
+    "LoadedModel": "edgeres.models",
+    "convert": "edgeres.conversion.pipeline",
+    "ConvertOptions": "edgeres.conversion.pipeline",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'edgeres' has no attribute {name!r}")

@@ -1,0 +1,112 @@
+"""Calibration images from a folder, sampled deterministically and preprocessed once."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import cv2
+import numpy as np
+
+from ..errors import CalibrationError
+from ..preprocess import Preprocess
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+DEFAULT_CALIB_SIZE = 300
+
+# progress(iterable, description, total) -> the same items; the CLI passes rich's track.
+Progress = Callable[[Iterable[Any], str, int], Iterable[Any]]
+
+
+def no_progress(items: Iterable[Any], description: str, total: int) -> Iterable[Any]:
+    return items
+
+
+@dataclass
+class CalibrationSet:
+    """Preprocessed samples (no batch axis) and a summary for the artifact's record."""
+
+    samples: list[np.ndarray]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+def read_image(path: Path) -> np.ndarray | None:
+    """A BGR uint8 image, or None if the file cannot be decoded."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)  # works for non-ASCII paths, unlike imread
+    except OSError:
+        return None
+    if data.size == 0:
+        return None
+    return cv2.imdecode(data, cv2.IMREAD_COLOR)
+
+
+def find_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def read_image_folder(
+    folder: str | Path,
+    preprocess: Preprocess,
+    *,
+    size: int = DEFAULT_CALIB_SIZE,
+    seed: int = 0,
+    progress: Progress = no_progress,
+) -> CalibrationSet:
+    """Read up to `size` images found recursively under `folder`.
+
+    The same folder, size and seed always give the same images in the same order.
+    Unreadable images are skipped and counted; none readable is an error.
+    """
+    folder = Path(folder)
+    if size < 1:
+        raise CalibrationError(f"--calib-size must be at least 1, got {size}")
+    if not folder.is_dir():
+        raise CalibrationError(f"calibration folder {folder} does not exist; give a folder of images")
+    paths = find_images(folder)
+    if not paths:
+        raise CalibrationError(
+            f"calibration folder {folder} has no images ({', '.join(IMAGE_SUFFIXES)}, searched recursively)"
+        )
+    chosen = sample_paths(paths, size, seed)
+    samples, skipped = _preprocess_all(chosen, preprocess, progress)
+    if not samples:
+        raise CalibrationError(
+            f"none of the {len(chosen)} images sampled from {folder} could be read; "
+            f"first unreadable: {skipped[0]}"
+        )
+    summary = {
+        "source": "image_folder",
+        "folder": str(folder),
+        "found": len(paths),
+        "sampled": len(chosen),
+        "used": len(samples),
+        "skipped": len(skipped),
+        "skipped_examples": [str(p) for p in skipped[:5]],
+        "seed": seed,
+    }
+    return CalibrationSet(samples=samples, summary=summary)
+
+
+def sample_paths(paths: Sequence[Path], size: int, seed: int) -> list[Path]:
+    if len(paths) <= size:
+        return list(paths)
+    return sorted(random.Random(seed).sample(list(paths), size))
+
+
+def _preprocess_all(
+    paths: Sequence[Path], preprocess: Preprocess, progress: Progress
+) -> tuple[list[np.ndarray], list[Path]]:
+    samples, skipped = [], []
+    for path in progress(paths, "Reading calibration images", len(paths)):
+        image = read_image(path)
+        if image is None:
+            skipped.append(path)
+        else:
+            samples.append(preprocess(image))
+    return samples, skipped

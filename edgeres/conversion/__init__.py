@@ -1,0 +1,1 @@
+"""The converter side: needs the `convert` extra (torch, onnx, onnxruntime)."""

@@ -1,0 +1,118 @@
+"""The built-in default model: a ResNet trained in minutes on real images shipped in a package.
+
+No weights or datasets can be downloaded on every machine, so the default job (and
+the test suite) trains a real ResNet18 on scikit-learn's handwritten digits, rendered
+as colour images and written to disk as an ImageFolder, then converts that.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torchvision
+
+from .calibration.folder import find_images, read_image
+from .preprocess import Preprocess
+
+DIGIT_LABELS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+DEMO_IMGSZ = 32
+IMAGE_SIDE = 48
+TEST_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class DigitsData:
+    root: Path
+    train_dir: Path
+    test_dir: Path  # ImageFolder layout: test/<label>/<n>.png
+    labels_file: Path
+
+    def test_images(self) -> list[tuple[Path, int]]:
+        """Held-out images with their class index, in a stable order."""
+        return [(path, DIGIT_LABELS.index(path.parent.name)) for path in find_images(self.test_dir)]
+
+
+def digits_dataset(root: Path) -> DigitsData:
+    """Write scikit-learn's 1,797 digits as 48x48 PNGs (train/ and test/), once."""
+    data = DigitsData(root, root / "train", root / "test", root / "labels.txt")
+    if (root / "done").exists():
+        return data
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    indices = np.arange(len(digits.target))
+    train, test = train_test_split(indices, test_size=TEST_SHARE, random_state=0, stratify=digits.target)
+    rng = np.random.default_rng(0)
+    for split, chosen in (("train", train), ("test", test)):
+        for index in chosen:
+            image = _render(digits.images[index], rng)
+            folder = root / split / DIGIT_LABELS[digits.target[index]]
+            folder.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(folder / f"{index:04d}.png"), image)
+    data.labels_file.write_text("\n".join(DIGIT_LABELS) + "\n")
+    (root / "done").write_text("ok\n")
+    return data
+
+
+def _render(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An 8x8 digit (0..16) as a 48x48 BGR image: ink and paper in random colours."""
+    ink = digit.astype(np.float32) / 16.0
+    ink = cv2.resize(ink, (IMAGE_SIDE, IMAGE_SIDE), interpolation=cv2.INTER_CUBIC).clip(0, 1)[..., None]
+    paper = rng.uniform(150, 255, size=3)
+    pen = rng.uniform(0, 100, size=3)
+    return (paper * (1 - ink) + pen * ink).round().astype(np.uint8)
+
+
+def load_split(folder: Path, preprocess: Preprocess) -> tuple[np.ndarray, np.ndarray]:
+    paths = find_images(folder)
+    inputs = np.stack([preprocess(read_image(p)) for p in paths])
+    targets = np.array([DIGIT_LABELS.index(p.parent.name) for p in paths])
+    return inputs, targets
+
+
+def train_digits_resnet(data: DigitsData, checkpoint: Path, *, arch: str = "resnet18",
+                        imgsz: int = DEMO_IMGSZ, epochs: int = 6, seed: int = 0) -> dict:
+    """Train `arch` on the digits, save its state_dict to `checkpoint`; cached by its settings."""
+    settings = {"arch": arch, "imgsz": imgsz, "epochs": epochs, "seed": seed}
+    info_file = checkpoint.with_suffix(".json")
+    if checkpoint.exists() and info_file.exists():
+        info = json.loads(info_file.read_text())
+        if info.get("settings") == settings:
+            return info
+    torch.manual_seed(seed)
+    preprocess = Preprocess.imagenet(imgsz)
+    train_x, train_y = load_split(data.train_dir, preprocess)
+    test_x, test_y = load_split(data.test_dir, preprocess)
+    model = getattr(torchvision.models, arch)(weights=None, num_classes=len(DIGIT_LABELS))
+    _fit(model, torch.from_numpy(train_x), torch.from_numpy(train_y), epochs, seed)
+    model.eval()
+    with torch.inference_mode():
+        accuracy = float((model(torch.from_numpy(test_x)).argmax(1).numpy() == test_y).mean())
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), checkpoint)
+    info = {"settings": settings, "test_accuracy": accuracy, "test_images": int(len(test_y))}
+    info_file.write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def _fit(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, epochs: int, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    steps = epochs * ((len(inputs) + 63) // 64)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(inputs), generator=generator)
+        for start in range(0, len(inputs), 64):
+            batch = order[start : start + 64]
+            loss = torch.nn.functional.cross_entropy(model(inputs[batch]), targets[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()

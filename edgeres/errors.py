@@ -1,0 +1,59 @@
+"""edgeres' own exceptions.
+
+Every message says what was expected, what was found and what to do, because the
+CLI shows the message alone, as one line, without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class EdgeresError(Exception):
+    """Base of every error edgeres raises on purpose."""
+
+
+class CheckpointError(EdgeresError):
+    """A checkpoint is missing, corrupt, unsafe to load, or not of the expected architecture."""
+
+
+class ArchitectureError(CheckpointError):
+    """The architecture asked for does not exist or does not match the checkpoint."""
+
+
+class WeightsNotFoundError(CheckpointError):
+    """Pretrained weights are not on disk and cannot be downloaded."""
+
+
+class LabelsError(EdgeresError):
+    """A labels file is missing, empty or does not match the model's classes."""
+
+
+class PreprocessError(EdgeresError):
+    """A preprocessing spec is invalid."""
+
+
+class FrameError(EdgeresError):
+    """An input frame cannot be classified as given (None, empty, wrong dtype or channels)."""
+
+
+class CalibrationError(EdgeresError):
+    """The calibration data is missing, empty or unreadable."""
+
+
+class TargetError(EdgeresError):
+    """An unknown target, or options that the target does not accept."""
+
+
+class ConversionError(EdgeresError):
+    """A converter failed, or its output broke a rule the target requires."""
+
+
+class VerificationError(ConversionError):
+    """An exported artifact does not reproduce the PyTorch model within the target's tolerance."""
+
+
+class ArtifactError(EdgeresError):
+    """An artifact is missing, of an unknown format, or lacks its edgeres record."""
+
+
+class BackendUnavailableError(EdgeresError):
+    """The runtime package an artifact needs is not installed."""

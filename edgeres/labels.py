@@ -1,0 +1,37 @@
+"""Class labels: from a file (one per line) or the default class_0, class_1, ..."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import LabelsError
+
+
+def default_labels(num_classes: int) -> list[str]:
+    return [f"class_{index}" for index in range(num_classes)]
+
+
+def read_labels(path: Path | str, num_classes: int | None = None) -> list[str]:
+    """Read one label per line; blank lines at the end are ignored, blank lines inside are not."""
+    path = Path(path)
+    if not path.is_file():
+        raise LabelsError(f"labels file {path} does not exist; give a text file with one label per line")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    labels = [line.strip() for line in lines]
+    if not labels:
+        raise LabelsError(f"labels file {path} is empty; it needs one label per line")
+    if any(not label for label in labels):
+        raise LabelsError(f"labels file {path} has a blank line inside; every class needs a label")
+    if num_classes is not None:
+        check_label_count(labels, num_classes, str(path))
+    return labels
+
+
+def check_label_count(labels: list[str], num_classes: int, where: str = "labels") -> None:
+    if len(labels) != num_classes:
+        raise LabelsError(
+            f"{where} has {len(labels)} labels but the model has {num_classes} classes; "
+            f"give exactly one label per class"
+        )

@@ -1,0 +1,220 @@
+"""Loading trained torchvision ResNets from the checkpoints people actually have.
+
+torch is imported inside this module only: the runtime side never needs it.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torchvision
+
+from .artifact import sha256_of
+from .errors import ArchitectureError, CheckpointError, WeightsNotFoundError
+from .labels import check_label_count, default_labels, read_labels
+
+# Blocks per stage and block type: enough to tell every torchvision ResNet apart.
+ARCHITECTURES: dict[str, tuple[tuple[int, int, int, int], str]] = {
+    "resnet18": ((2, 2, 2, 2), "basic"),
+    "resnet34": ((3, 4, 6, 3), "basic"),
+    "resnet50": ((3, 4, 6, 3), "bottleneck"),
+    "resnet101": ((3, 4, 23, 3), "bottleneck"),
+    "resnet152": ((3, 8, 36, 3), "bottleneck"),
+}
+IMAGENET_WEIGHTS = {
+    "resnet18": "ResNet18_Weights.IMAGENET1K_V1",
+    "resnet34": "ResNet34_Weights.IMAGENET1K_V1",
+    "resnet50": "ResNet50_Weights.IMAGENET1K_V2",
+    "resnet101": "ResNet101_Weights.IMAGENET1K_V2",
+    "resnet152": "ResNet152_Weights.IMAGENET1K_V2",
+}
+_NESTED_KEYS = ("state_dict", "model", "model_state_dict", "net")
+_DOWNLOAD_TIMEOUT_S = 20
+
+
+@dataclass
+class LoadedModel:
+    """A torchvision ResNet in eval mode, with its labels and where it came from."""
+
+    module: torch.nn.Module
+    arch: str
+    labels: list[str]
+    source: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+
+def load_model(
+    path: str | Path | None = None,
+    arch: str = "resnet18",
+    *,
+    weights: str | None = None,
+    labels: str | Path | list[str] | None = None,
+    trust_checkpoint: bool = False,
+) -> LoadedModel:
+    """Load a trained ResNet from `path`, or torchvision's pretrained `weights="imagenet"`.
+
+    Accepted checkpoints: a state_dict (also nested under state_dict/model, with
+    DataParallel's `module.` prefix), a TorchScript archive, or a whole pickled
+    module when `trust_checkpoint=True` (unpickling can run arbitrary code).
+    """
+    check_arch_name(arch)
+    if (path is None) == (weights is None):
+        raise CheckpointError("give either a checkpoint path or weights='imagenet', not both and not neither")
+    if weights is not None:
+        return _load_pretrained(arch, weights, labels)
+    path = Path(path)
+    state_dict = _read_state_dict(path, trust_checkpoint)
+    module = build_resnet(arch, state_dict, where=str(path))
+    num_classes = module.fc.out_features
+    label_list = _resolve_labels(labels, num_classes)
+    source = {"checkpoint": path.name, "sha256": sha256_of(path)}
+    return LoadedModel(module=module, arch=arch, labels=label_list, source=source)
+
+
+def check_arch_name(arch: str) -> None:
+    if arch not in ARCHITECTURES:
+        raise ArchitectureError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+
+
+def build_resnet(arch: str, state_dict: Mapping[str, torch.Tensor], where: str) -> torch.nn.Module:
+    """A torchvision `arch` with `state_dict` loaded, after checking that they match."""
+    if "fc.weight" not in state_dict:
+        sample = ", ".join(list(state_dict)[:4]) or "no tensors"
+        raise CheckpointError(
+            f"{where} has no 'fc.weight', so it is not a torchvision ResNet classifier "
+            f"(found keys such as: {sample})"
+        )
+    found = detect_arch(state_dict)
+    if found != arch:
+        raise ArchitectureError(
+            f"{where} holds a {found or 'network that is no torchvision ResNet'}, "
+            f"but --arch {arch} was asked for"
+            + (f"; pass --arch {found}" if found else "")
+        )
+    num_classes = int(state_dict["fc.weight"].shape[0])
+    module = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+    try:
+        module.load_state_dict(state_dict, strict=True)
+    except RuntimeError as error:
+        first_line = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
+        raise CheckpointError(f"{where} does not fit a {arch}: {first_line}") from None
+    return module.eval()
+
+
+def detect_arch(state_dict: Mapping[str, Any]) -> str | None:
+    """Name the torchvision ResNet whose layout these keys have, or None."""
+    blocks = []
+    for stage in range(1, 5):
+        indices = {int(m.group(1)) for key in state_dict if (m := re.match(rf"layer{stage}\.(\d+)\.", key))}
+        blocks.append(len(indices))
+    kind = "bottleneck" if "layer1.0.conv3.weight" in state_dict else "basic"
+    for name, layout in ARCHITECTURES.items():
+        if layout == (tuple(blocks), kind):
+            return name
+    return None
+
+
+def _read_state_dict(path: Path, trust_checkpoint: bool) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if _is_torchscript(path):
+        try:
+            return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+        except RuntimeError as error:
+            raise CheckpointError(f"{path} looks like TorchScript but cannot be loaded: {error}") from None
+    loaded = _torch_load(path, trust_checkpoint)
+    return _strip_prefix(_find_state_dict(loaded, path))
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.split("/", 1)[-1] == "constants.pkl" for name in archive.namelist())
+
+
+def _torch_load(path: Path, trust_checkpoint: bool) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
+    except Exception as error:  # torch raises many kinds for a bad file; all mean the same here
+        if "weights_only" in str(error) and not trust_checkpoint:
+            raise CheckpointError(
+                f"{path} holds pickled Python objects (a whole model, not just its weights); "
+                "loading it can run arbitrary code. Save model.state_dict() instead, or pass "
+                "--trust-checkpoint (trust_checkpoint=True) if you trust where it came from"
+            ) from None
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({reason})") from None
+
+
+def _find_state_dict(loaded: Any, path: Path) -> Mapping[str, Any]:
+    if isinstance(loaded, torch.nn.Module):
+        return loaded.state_dict()
+    if isinstance(loaded, Mapping):
+        if any(isinstance(value, torch.Tensor) for value in loaded.values()):
+            return loaded
+        for key in _NESTED_KEYS:
+            if key in loaded:
+                return _find_state_dict(loaded[key], path)
+    kind = type(loaded).__name__
+    keys = f" with keys {list(loaded)[:6]}" if isinstance(loaded, Mapping) else ""
+    raise CheckpointError(
+        f"{path} holds a {kind}{keys}, not model weights; expected a state_dict, "
+        f"or a dict with one of {', '.join(_NESTED_KEYS)}"
+    )
+
+
+def _strip_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    # DataParallel and DistributedDataParallel save every key under "module.".
+    tensors = {key: value for key, value in state_dict.items() if isinstance(value, torch.Tensor)}
+    if tensors and all(key.startswith("module.") for key in tensors):
+        return {key[len("module.") :]: value for key, value in tensors.items()}
+    return tensors
+
+
+def _resolve_labels(labels: str | Path | list[str] | None, num_classes: int) -> list[str]:
+    if labels is None:
+        return default_labels(num_classes)
+    if isinstance(labels, (str, Path)):
+        return read_labels(labels, num_classes)
+    check_label_count(list(labels), num_classes)
+    return list(labels)
+
+
+def _load_pretrained(arch: str, weights: str, labels: str | Path | list[str] | None) -> LoadedModel:
+    if weights != "imagenet":
+        raise CheckpointError(f"unknown weights {weights!r}; the only pretrained weights are 'imagenet'")
+    spec = torchvision.models.get_weight(IMAGENET_WEIGHTS[arch])
+    checkpoint = Path(torch.hub.get_dir()) / "checkpoints" / Path(spec.url).name
+    if not checkpoint.is_file():
+        _download(spec.url, checkpoint)
+    state_dict = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    module = build_resnet(arch, state_dict, where=str(checkpoint))
+    label_list = _resolve_labels(labels, module.fc.out_features) if labels else list(spec.meta["categories"])
+    source = {"weights": IMAGENET_WEIGHTS[arch], "checkpoint": checkpoint.name, "sha256": sha256_of(checkpoint)}
+    return LoadedModel(module=module, arch=arch, labels=label_list, source=source)
+
+
+def _download(url: str, checkpoint: Path) -> None:
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(_DOWNLOAD_TIMEOUT_S)
+    try:
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(checkpoint), progress=False)
+    except OSError as error:  # URLError and socket timeouts are OSErrors
+        raise WeightsNotFoundError(
+            f"torchvision's ImageNet weights are not on this machine and cannot be downloaded ({error}). "
+            f"Copy {Path(url).name} (from {url}) to {checkpoint}, or set TORCH_HOME to the folder "
+            f"whose hub/checkpoints/ holds it"
+        ) from None
+    finally:
+        socket.setdefaulttimeout(previous)

@@ -1,0 +1,226 @@
+"""The one preprocessing spec, implemented once with numpy and OpenCV.
+
+Calibration, evaluation and every runtime backend call `Preprocess.__call__`, and
+every artifact embeds `Preprocess.to_dict()`, so the pixels a model sees on a device
+are the pixels it was calibrated and checked with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+
+from .errors import FrameError, PreprocessError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# torchvision's ImageNet eval transform resizes to 256 before a 224 crop.
+RESIZE_RATIO = 256 / 224
+
+COLOR_ORDERS = ("RGB", "BGR")
+LAYOUTS = ("NCHW", "NHWC")
+DTYPES = ("float32", "float16", "uint8", "int8")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a BGR frame becomes a model input.
+
+    resize: length of the shorter side after resizing (aspect ratio kept).
+    crop: side of the centre crop taken after resizing.
+    mean, std: per channel, in RGB order, on the 0..1 pixel scale.
+    color: channel order the model expects.
+    layout: NCHW (PyTorch, ONNX) or NHWC (TFLite).
+    dtype: element type of the model input.
+    input_scale, input_zero_point: for integer inputs, q = round(x / scale) + zero_point,
+        where x is the normalised float input.
+    """
+
+    resize: int = 256
+    crop: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    color: str = "RGB"
+    layout: str = "NCHW"
+    dtype: str = "float32"
+    input_scale: float | None = None
+    input_zero_point: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        _check_spec(self)
+
+    @classmethod
+    def imagenet(cls, imgsz: int = 224, **overrides: Any) -> "Preprocess":
+        """torchvision's ImageNet eval transform, scaled so that the crop is `imgsz`."""
+        return cls(resize=round(imgsz * RESIZE_RATIO), crop=imgsz, **overrides)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        """Shape of a batch of one."""
+        if self.layout == "NCHW":
+            return (1, 3, self.crop, self.crop)
+        return (1, self.crop, self.crop, 3)
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        """One BGR uint8 frame -> one model input without the batch axis."""
+        image = self.resize_and_crop(as_bgr_uint8(frame))
+        return self.to_tensor(image)
+
+    def batch(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        return np.stack([self(frame) for frame in frames])
+
+    def resize_and_crop(self, frame_bgr: np.ndarray) -> np.ndarray:
+        """Resize the shorter side to `resize`, then take the centre `crop` square.
+
+        Only the pixels inside the crop are computed, with the same antialiased
+        bilinear filter as torchvision/PIL, so models trained with torchvision see
+        the same input here (within one grey level).
+        """
+        height, width = frame_bgr.shape[:2]
+        new_h, new_w = _shorter_side_size(height, width, self.resize)
+        top = int(round((new_h - self.crop) / 2.0))
+        left = int(round((new_w - self.crop) / 2.0))
+        rows = _resample_taps(height, new_h, top, self.crop)
+        cols = _resample_taps(width, new_w, left, self.crop)
+        image = _resample(frame_bgr.astype(np.float32), 0, *rows)
+        image = _resample(image, 1, *cols)
+        return np.clip(np.round(image), 0, 255).astype(np.uint8)
+
+    def to_tensor(self, image_bgr: np.ndarray) -> np.ndarray:
+        """A cropped BGR uint8 image -> normalised input in the spec's order, layout and dtype."""
+        mean = np.asarray(self.mean, dtype=np.float32) * 255.0
+        std = np.asarray(self.std, dtype=np.float32) * 255.0
+        if self.color == "BGR":
+            mean, std = mean[::-1], std[::-1]
+            image = image_bgr
+        else:
+            image = image_bgr[..., ::-1]
+        normalised = (image.astype(np.float32) - mean) / std
+        if self.layout == "NCHW":
+            normalised = normalised.transpose(2, 0, 1)
+        return self._cast(np.ascontiguousarray(normalised))
+
+    def _cast(self, normalised: np.ndarray) -> np.ndarray:
+        if self.dtype in ("float32", "float16"):
+            return normalised.astype(self.dtype)
+        info = np.iinfo(self.dtype)
+        quantised = np.round(normalised / self.input_scale) + self.input_zero_point
+        return np.clip(quantised, info.min, info.max).astype(self.dtype)
+
+    def replace(self, **changes: Any) -> "Preprocess":
+        return Preprocess(**{**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        record = asdict(self)
+        record["mean"], record["std"] = list(self.mean), list(self.std)
+        return record
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> "Preprocess":
+        known = {f.name for f in fields(cls)}
+        unknown = set(record) - known
+        if unknown:
+            raise PreprocessError(
+                f"unknown preprocessing fields {sorted(unknown)}; this edgeres knows {sorted(known)}. "
+                "Upgrade edgeres to read this artifact."
+            )
+        return cls(**record)
+
+
+def _shorter_side_size(height: int, width: int, shorter: int) -> tuple[int, int]:
+    # Same arithmetic as torchvision.transforms.functional.resize with an int size.
+    if height <= width:
+        return shorter, int(shorter * width / height)
+    return int(shorter * height / width), shorter
+
+
+@lru_cache(maxsize=32)
+def _resample_taps(src: int, dst: int, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Source indices and weights for outputs start..start+count of a src->dst resize.
+
+    PIL's antialiased bilinear filter: a triangle whose support widens with the
+    downscale factor, so every source pixel contributes (no aliasing).
+    """
+    scale = src / dst
+    support = max(scale, 1.0)
+    centers = (np.arange(start, start + count) + 0.5) * scale
+    first = np.floor(centers - support + 0.5).astype(np.int64)
+    indices = first[:, None] + np.arange(int(np.ceil(support)) * 2 + 1)[None, :]
+    weights = np.clip(1 - np.abs((indices + 0.5 - centers[:, None]) / support), 0, None)
+    weights[(indices < 0) | (indices >= src)] = 0
+    weights /= weights.sum(axis=1, keepdims=True)
+    used = weights.any(axis=0)
+    return np.clip(indices, 0, src - 1)[:, used], weights[:, used].astype(np.float32)
+
+
+def _resample(image: np.ndarray, axis: int, indices: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    image = np.moveaxis(image, axis, 0)
+    out = weights[:, 0, None, None] * image[indices[:, 0]]
+    for tap in range(1, indices.shape[1]):
+        out += weights[:, tap, None, None] * image[indices[:, tap]]
+    return np.moveaxis(out, 0, axis)
+
+
+def _check_spec(spec: Preprocess) -> None:
+    problems = []
+    if spec.crop <= 0 or spec.resize <= 0:
+        problems.append(f"resize and crop must be positive, got resize={spec.resize} crop={spec.crop}")
+    elif spec.crop > spec.resize:
+        problems.append(f"crop {spec.crop} must not exceed resize {spec.resize}")
+    if len(spec.mean) != 3 or len(spec.std) != 3:
+        problems.append("mean and std need 3 values each (R, G, B)")
+    elif min(spec.std) <= 0:
+        problems.append(f"std values must be positive, got {spec.std}")
+    for name, value, allowed in (
+        ("color", spec.color, COLOR_ORDERS),
+        ("layout", spec.layout, LAYOUTS),
+        ("dtype", spec.dtype, DTYPES),
+    ):
+        if value not in allowed:
+            problems.append(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    integer_input = spec.dtype in ("uint8", "int8")
+    has_quant = spec.input_scale is not None and spec.input_zero_point is not None
+    if integer_input and not has_quant:
+        problems.append(f"an {spec.dtype} input needs input_scale and input_zero_point")
+    if has_quant and spec.input_scale <= 0:
+        problems.append(f"input_scale must be positive, got {spec.input_scale}")
+    if problems:
+        raise PreprocessError("invalid preprocessing: " + "; ".join(problems))
+
+
+def as_bgr_uint8(frame: Any) -> np.ndarray:
+    """Check a frame and bring it to HxWx3 BGR uint8.
+
+    Conversions done on purpose (documented in the README): a grayscale frame (HxW or
+    HxWx1) is repeated to three channels, and a BGRA frame loses its alpha channel.
+    Anything else that is not a uint8 image raises FrameError.
+    """
+    if frame is None:
+        raise FrameError(
+            "frame is None: the image or video frame could not be read "
+            "(cv2.imread returns None for a missing or unreadable file; check the path)"
+        )
+    if not isinstance(frame, np.ndarray):
+        raise FrameError(f"expected a numpy array (as OpenCV returns), got {type(frame).__name__}")
+    if frame.size == 0:
+        raise FrameError(f"frame is empty (shape {frame.shape})")
+    if frame.dtype != np.uint8:
+        raise FrameError(
+            f"expected a uint8 frame as OpenCV gives it, got {frame.dtype}; "
+            "convert a float image in 0..1 with (img * 255).round().astype(np.uint8)"
+        )
+    if frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] == 1):
+        return cv2.cvtColor(frame.reshape(frame.shape[:2]), cv2.COLOR_GRAY2BGR)
+    if frame.ndim == 3 and frame.shape[2] == 4:
+        return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+    if frame.ndim == 3 and frame.shape[2] == 3:
+        return frame
+    raise FrameError(
+        f"expected an HxWx3 BGR frame (or HxW grayscale, HxWx4 BGRA), got shape {frame.shape}"
+    )

@@ -1,0 +1,28 @@
+"""Runtime backends, one module each, chosen by the artifact's file suffix.
+
+Adding a backend is one new module and one line here. Nothing is imported until an
+artifact of that kind is opened, so a device needs only its own runtime package.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from pathlib import Path
+
+from ..errors import ArtifactError
+from .base import Backend
+
+BACKENDS: dict[str, str] = {
+    ".onnx": "edgeres.runtime.onnxruntime:OnnxRuntimeBackend",
+}
+
+
+def backend_class(path: Path) -> type[Backend]:
+    suffix = path.suffix.lower()
+    if suffix not in BACKENDS:
+        raise ArtifactError(
+            f"{path.name}: no runtime backend for '{suffix or 'no suffix'}' files; "
+            f"edgeres runs {', '.join(BACKENDS)}"
+        )
+    module_name, class_name = BACKENDS[suffix].split(":")
+    return getattr(import_module(module_name), class_name)

@@ -1,0 +1,32 @@
+"""What every runtime backend implements."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Protocol
+
+import numpy as np
+
+from ..artifact import ArtifactRecord
+
+
+class Backend(Protocol):
+    """Runs preprocessed inputs through one kind of artifact.
+
+    A backend imports its runtime package inside its own module only, and raises
+    BackendUnavailableError (saying what to install) when that package is missing.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, path: Path, threads: int | None) -> None: ...
+
+    def embedded_record(self) -> ArtifactRecord | None:
+        """The edgeres record stored inside the artifact, if the format has one."""
+
+    @property
+    def max_batch(self) -> int | None:
+        """Largest batch one call accepts (None: any)."""
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Model inputs (N, ...) in the artifact's layout and dtype -> float32 logits (N, classes)."""

@@ -1,0 +1,90 @@
+"""`Classifier`: one API over every artifact edgeres makes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..artifact import ArtifactRecord, read_sidecar, sidecar_path
+from ..errors import ArtifactError, EdgeresError
+from ..preprocess import Preprocess
+from . import backend_class
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    index: int
+    probability: float
+
+
+class Classifier:
+    """Classify OpenCV BGR frames with any edgeres artifact.
+
+    >>> clf = Classifier("out/resnet18_int8.onnx")
+    >>> clf.predict(cv2.imread("cat.jpg"))[0].label
+
+    The backend is chosen from the artifact's suffix; preprocessing and labels come
+    from the edgeres record inside the artifact (or its `.edgeres.json` sidecar).
+    Frames must be uint8; grayscale (HxW, HxWx1) frames are repeated to three
+    channels and BGRA frames lose their alpha channel.
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ArtifactError(f"artifact {self.path} does not exist")
+        if threads is not None and threads < 1:
+            raise EdgeresError(f"threads must be at least 1, got {threads}")
+        self._backend = backend_class(self.path)(self.path, threads)
+        self.record = self._find_record()
+        self.preprocess = Preprocess.from_dict(self.record.preprocess)
+        self.labels = list(self.record.labels)
+        self.backend_name = self._backend.name
+
+    def _find_record(self) -> ArtifactRecord:
+        record = self._backend.embedded_record() or read_sidecar(self.path)
+        if record is None:
+            raise ArtifactError(
+                f"{self.path.name} carries no edgeres record and has no {sidecar_path(self.path).name} "
+                "beside it; convert it with `edgeres convert` so its preprocessing and labels travel with it"
+            )
+        return record
+
+    def logits(self, frame: np.ndarray) -> np.ndarray:
+        """Float32 logits (classes,) for one BGR frame."""
+        return self._backend.run(self.preprocess(frame)[None])[0]
+
+    def logits_batch(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        inputs = self.preprocess.batch(frames) if len(frames) else None
+        if inputs is None:
+            return np.zeros((0, len(self.labels)), np.float32)
+        step = self._backend.max_batch or len(inputs)
+        return np.concatenate([self._backend.run(inputs[i : i + step]) for i in range(0, len(inputs), step)])
+
+    def predict(self, frame: np.ndarray, topk: int = 5) -> list[Prediction]:
+        """The `topk` most probable classes for one BGR frame, most probable first."""
+        return self._top(self.logits(frame), topk)
+
+    def predict_batch(self, frames: Sequence[np.ndarray], topk: int = 5) -> list[list[Prediction]]:
+        return [self._top(row, topk) for row in self.logits_batch(frames)]
+
+    def _top(self, logits: np.ndarray, topk: int) -> list[Prediction]:
+        if topk < 1:
+            raise EdgeresError(f"topk must be at least 1, got {topk}")
+        probabilities = softmax(logits)
+        order = np.argsort(-probabilities, kind="stable")[: min(topk, len(probabilities))]
+        return [Prediction(self.labels[i], int(i), float(probabilities[i])) for i in order]
+
+    def __repr__(self) -> str:
+        r = self.record
+        return f"Classifier({str(self.path)!r}, backend={self.backend_name}, {r.arch} {r.precision}, {len(self.labels)} classes)"
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max()
+    exp = np.exp(shifted)
+    return exp / exp.sum()

@@ -1,0 +1,70 @@
+"""What every target implements, and what the pipeline hands it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, ClassVar, Protocol
+
+import numpy as np
+
+from ..artifact import ArtifactRecord
+from ..calibration import CalibrationSet
+from ..preprocess import Preprocess
+
+PRECISIONS = ("fp32", "fp16", "int8")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How closely an artifact must reproduce the PyTorch model to be written at all."""
+
+    fp32_max_abs: float = 1e-3  # logits, absolute
+    fp16_max_rel: float = 2e-2  # largest logit error / largest |logit|
+    int8_top1: float = 0.90  # top-1 agreement with PyTorch on calibration images
+
+
+@dataclass(frozen=True)
+class ConvertJob:
+    """One conversion: a loaded model to one artifact of one precision."""
+
+    module: object  # torch.nn.Module; typed loosely so this file imports no torch
+    arch: str
+    labels: list[str]
+    source: dict
+    preprocess: Preprocess
+    precision: str
+    out_dir: Path
+    stem: str
+    calibration: CalibrationSet | None
+    calibration_method: str = "minmax"
+    opset: int = 18
+    dynamic_batch: bool = False
+    log: Callable[[str], None] = print
+    # Inputs and PyTorch logits that every export is checked against.
+    reference_inputs: np.ndarray | None = None
+    reference_logits: np.ndarray | None = None
+    reference_source: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    path: Path
+    record: ArtifactRecord
+    files: tuple[Path, ...]  # everything written, sidecar included
+
+
+class Target(Protocol):
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    precisions: ClassVar[tuple[str, ...]]
+    layout: ClassVar[str]  # NCHW or NHWC input
+    tolerance: ClassVar[Tolerance]
+
+    def check_options(self, precision: str, *, dynamic_batch: bool, opset: int) -> None:
+        """Raise TargetError for options this target does not accept (before any work is done)."""
+
+    def convert(self, job: ConvertJob) -> ConvertResult:
+        """Write the artifact and its sidecar into job.out_dir; return what was written."""

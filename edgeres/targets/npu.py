@@ -1,0 +1,111 @@
+"""NPUs: INT8 ONNX in QDQ form, shaped the way NPU compilers want it.
+
+Vendor compilers (Qualcomm QNN, Rockchip RKNN, Hailo, AMD Ryzen AI, ...) take a QDQ
+ONNX and map each quantized op onto the accelerator; an op left in float, a dynamic
+axis or an old opset makes them fall back to the CPU or refuse the model. The rules
+are checked on the final graph and the conversion fails if one is broken.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, ClassVar
+
+import onnx
+
+from ..errors import ConversionError, TargetError
+from .base import ConvertJob, Tolerance
+from .onnx import OnnxTarget
+
+MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear need opset 13
+QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+
+
+class NpuTarget(OnnxTarget):
+    name: ClassVar[str] = "npu"
+    summary: ClassVar[str] = "INT8 QDQ ONNX for NPU compilers (static batch 1, every op quantized)"
+    precisions: ClassVar[tuple[str, ...]] = ("int8",)
+    tolerance: ClassVar[Tolerance] = Tolerance()
+
+    def check_options(self, precision: str, *, dynamic_batch: bool, opset: int) -> None:
+        if precision != "int8":
+            raise TargetError("target npu makes INT8 only: add --int8 --calib DIR")
+        if dynamic_batch:
+            raise TargetError("NPU compilers need a static batch-1 shape: drop --dynamic-batch")
+        super().check_options(precision, dynamic_batch=dynamic_batch, opset=opset)
+
+    def check_graph(self, model: onnx.ModelProto, job: ConvertJob) -> list[dict]:
+        checks = [rule(model) for rule in NPU_RULES]
+        broken = [c for c in checks if not c["passed"]]
+        if broken:
+            details = "; ".join(f"{c['rule']}: {c['detail']}" for c in broken)
+            raise ConversionError(f"the INT8 ONNX breaks NPU rules ({details})")
+        for check in checks:
+            job.log(f"NPU rule passed: {check['rule']} ({check['detail']})")
+        return checks
+
+
+def _check(rule: str, problems: list[str], ok: str) -> dict:
+    return {"rule": rule, "passed": not problems, "detail": ", ".join(problems[:5]) if problems else ok}
+
+
+def check_static_batch1(model: onnx.ModelProto) -> dict:
+    problems = []
+    for value in [*model.graph.input, *model.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+        if not all(isinstance(d, int) and d > 0 for d in shape):
+            problems.append(f"{value.name} has shape {shape}")
+        elif shape[0] != 1:
+            problems.append(f"{value.name} has batch {shape[0]}")
+    return _check("static batch-1 inputs and outputs", problems, "all static, batch 1")
+
+
+def check_opset(model: onnx.ModelProto) -> dict:
+    version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    problems = [f"opset {version} < {MIN_OPSET}"] if version < MIN_OPSET else []
+    return _check(f"opset {MIN_OPSET} or newer", problems, f"opset {version}")
+
+
+def check_no_dynamic_shapes(model: onnx.ModelProto) -> dict:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    problems = []
+    for value in inferred.graph.value_info:
+        tensor = value.type.tensor_type
+        if not tensor.HasField("shape"):
+            problems.append(f"{value.name} has unknown rank")
+        elif any(not d.HasField("dim_value") for d in tensor.shape.dim):
+            problems.append(f"{value.name} has a dynamic axis")
+    count = len(inferred.graph.value_info)
+    return _check("no dynamic shapes", problems, f"{count} intermediate tensors, all static")
+
+
+def check_qdq_everywhere(model: onnx.ModelProto) -> dict:
+    """Every compute op reads from DequantizeLinear and writes only to QuantizeLinear."""
+    initializers = {init.name for init in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    problems, quantized = [], 0
+    for node in model.graph.node:
+        if node.op_type in QDQ_OPS or node.op_type == "Constant":
+            continue
+        float_inputs = [n for n in node.input if n and n not in initializers
+                        and getattr(producers.get(n), "op_type", None) not in QDQ_OPS | {"Constant"}]
+        float_outputs = [o for o in node.output
+                         if any(c.op_type != "QuantizeLinear" for c in consumers.get(o, []))
+                         or not consumers.get(o)]
+        if float_inputs or float_outputs:
+            problems.append(f"{node.op_type} '{node.name}' runs in float")
+        else:
+            quantized += 1
+    return _check("QDQ around every op", problems, f"{quantized} ops, each between DequantizeLinear and QuantizeLinear")
+
+
+NPU_RULES: tuple[Callable[[onnx.ModelProto], dict], ...] = (
+    check_static_batch1,
+    check_opset,
+    check_no_dynamic_shapes,
+    check_qdq_everywhere,
+)

@@ -1,0 +1,81 @@
+"""ONNX for ONNX Runtime on any CPU: FP32, FP16, or INT8 in QDQ form."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import ClassVar
+
+import onnx
+
+from ..artifact import ArtifactRecord, atomic_path, sidecar_path
+from ..conversion import onnx_tools
+from ..conversion.verify import compare_logits, enforce
+from ..errors import TargetError
+from .base import PRECISIONS, ConvertJob, ConvertResult, Tolerance
+
+
+class OnnxTarget:
+    name: ClassVar[str] = "onnx"
+    summary: ClassVar[str] = "ONNX for ONNX Runtime on any CPU (fp32, fp16, int8 QDQ)"
+    precisions: ClassVar[tuple[str, ...]] = PRECISIONS
+    layout: ClassVar[str] = "NCHW"
+    tolerance: ClassVar[Tolerance] = Tolerance()
+    symmetric_activations: ClassVar[bool] = False
+
+    def check_options(self, precision: str, *, dynamic_batch: bool, opset: int) -> None:
+        if precision not in self.precisions:
+            raise TargetError(f"target {self.name} makes {', '.join(self.precisions)}, not {precision}")
+        if opset < 18:
+            # torch.export's ONNX exporter writes opset 18 at the lowest.
+            raise TargetError(f"the ONNX exporter writes opset 18 or newer, got --opset {opset}")
+
+    def convert(self, job: ConvertJob) -> ConvertResult:
+        with tempfile.TemporaryDirectory(prefix="edgeres-") as scratch:
+            built, quantization = self._build(job, Path(scratch))
+            model = onnx.load(str(built))
+            checks = self.check_graph(model, job)
+            logits = onnx_tools.run_onnx(built, job.reference_inputs)
+        final = job.out_dir / f"{job.stem}.onnx"
+        verification = compare_logits(job.reference_logits, logits, job.reference_source)
+        enforce(verification, job.precision, self.tolerance, final.name)
+        record = self._record(job, model, quantization, checks, verification)
+        onnx_tools.embed_record(model, record)
+        with atomic_path(final) as tmp_model, atomic_path(sidecar_path(final)) as tmp_sidecar:
+            onnx.save(model, str(tmp_model))
+            tmp_sidecar.write_text(record.to_json() + "\n")
+        return ConvertResult(final, record, (final, sidecar_path(final)))
+
+    def check_graph(self, model: onnx.ModelProto, job: ConvertJob) -> list[dict]:
+        """Rules a target requires of the final graph; plain ONNX requires none beyond verification."""
+        return []
+
+    def _build(self, job: ConvertJob, scratch: Path) -> tuple[Path, dict | None]:
+        fp32 = scratch / "fp32.onnx"
+        job.log(f"Exporting {job.arch} to ONNX (opset {job.opset})")
+        onnx_tools.export_fp32(job.module, job.preprocess.input_shape, fp32,
+                               opset=job.opset, dynamic_batch=job.dynamic_batch)
+        if job.precision == "fp32":
+            return fp32, None
+        if job.precision == "fp16":
+            onnx_tools.to_fp16(fp32, scratch / "fp16.onnx")
+            return scratch / "fp16.onnx", {"kind": "fp16 weights and compute", "io": "float32"}
+        job.log(f"Quantizing to INT8 with {len(job.calibration)} calibration images ({job.calibration_method})")
+        quantization = onnx_tools.quantize_int8(fp32, scratch / "int8.onnx", job.calibration,
+                                                method=job.calibration_method,
+                                                symmetric_activations=self.symmetric_activations)
+        return scratch / "int8.onnx", quantization
+
+    def _record(self, job: ConvertJob, model: onnx.ModelProto, quantization: dict | None,
+                checks: list[dict], verification: dict) -> ArtifactRecord:
+        inputs, outputs = onnx_tools.tensor_specs(model, self.layout)
+        calibration = None
+        if job.precision == "int8":
+            calibration = {**job.calibration.summary, "method": job.calibration_method}
+        return ArtifactRecord(
+            arch=job.arch, num_classes=len(job.labels), labels=list(job.labels),
+            preprocess=job.preprocess.to_dict(), precision=job.precision, target=self.name,
+            format="onnx", inputs=inputs, outputs=outputs, source=dict(job.source),
+            calibration=calibration, quantization=quantization, checks=checks,
+            verification=verification,
+        )
