@@ -116,3 +116,47 @@ def _fit(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, ep
             loss.backward()
             optimizer.step()
             schedule.step()
+
+
+DEMO_ARTIFACTS = (("onnx", "fp32"), ("onnx", "fp16"), ("onnx", "int8"), ("npu", "int8"))
+QUICK_ARTIFACTS = (("onnx", "fp32"), ("npu", "int8"))
+
+
+def run_demo(out: Path, *, epochs: int = 6, quick: bool = False, progress=None, log=print) -> list[dict]:
+    """Train (cached), convert to every ONNX-based target, and score each artifact on held-out digits."""
+    import time
+
+    from .conversion.pipeline import ConvertOptions, convert
+    from .models import load_model
+    from .runtime.classifier import Classifier
+
+    out = Path(out)
+    log("Preparing scikit-learn's digits as images")
+    data = digits_dataset(out / "data")
+    log(f"Training the default resnet18 ({epochs} epochs, cached after the first run)")
+    info = train_digits_resnet(data, out / "resnet18_digits.pt", epochs=epochs)
+    log(f"PyTorch resnet18: {info['test_accuracy']:.2%} top-1 on {info['test_images']} held-out images")
+    model = load_model(out / "resnet18_digits.pt", "resnet18", labels=data.labels_file)
+    held_out = data.test_images()
+    frames = [read_image(path) for path, _ in held_out]
+    truth = np.array([label for _, label in held_out])
+    rows, reference = [], None
+    for target, precision in QUICK_ARTIFACTS if quick else DEMO_ARTIFACTS:
+        options = ConvertOptions(target=target, precision=precision, out_dir=out / "artifacts",
+                                 calib=data.train_dir, calib_size=64 if quick else 300, imgsz=DEMO_IMGSZ)
+        kwargs = {"progress": progress} if progress else {}
+        result = convert(model, options, log=log, **kwargs)
+        classifier = Classifier(result.path)
+        start = time.perf_counter()
+        predicted = np.array([classifier.predict(frame, topk=1)[0].index for frame in frames])
+        elapsed = time.perf_counter() - start
+        reference = predicted if reference is None else reference
+        rows.append({
+            "artifact": result.path.name, "precision": precision,
+            "size_mb": result.path.stat().st_size / 1e6,
+            "accuracy": float((predicted == truth).mean()),
+            "agreement": float((predicted == reference).mean()),
+            "ms_per_frame": 1e3 * elapsed / len(frames),
+        })
+    (out / "report.json").write_text(json.dumps({"pytorch": info, "artifacts": rows}, indent=2) + "\n")
+    return rows

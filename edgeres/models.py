@@ -146,14 +146,22 @@ def _torch_load(path: Path, trust_checkpoint: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
     except Exception as error:  # torch raises many kinds for a bad file; all mean the same here
-        if "weights_only" in str(error) and not trust_checkpoint:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if found and not trust_checkpoint:
             raise CheckpointError(
-                f"{path} holds pickled Python objects (a whole model, not just its weights); "
+                f"{path} holds pickled Python objects ({found.group(1)}), not just weights; "
                 "loading it can run arbitrary code. Save model.state_dict() instead, or pass "
                 "--trust-checkpoint (trust_checkpoint=True) if you trust where it came from"
             ) from None
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({reason})") from None
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({_reason(error)})") from None
+
+
+def _reason(error: Exception) -> str:
+    text = str(error)
+    unpickler = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    if unpickler:
+        return "unpickling failed: " + unpickler.group(1).strip()
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
 def _find_state_dict(loaded: Any, path: Path) -> Mapping[str, Any]:

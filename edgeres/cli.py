@@ -1,0 +1,233 @@
+"""The `edgeres` command line.
+
+Heavy modules (torch, converters) are imported inside the commands that need them,
+so `edgeres predict` and `edgeres info` run on a device with only the runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import track
+from rich.table import Table
+
+from . import __version__
+from .errors import EdgeresError
+
+app = typer.Typer(
+    name="edgeres",
+    help="Take a trained ResNet18/50 classifier to the edge: convert it per device, run every artifact the same way.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+class CalibMethod(str, Enum):
+    minmax = "minmax"
+    entropy = "entropy"
+    percentile = "percentile"
+
+
+def _progress(items: Iterable[Any], description: str, total: int) -> Iterable[Any]:
+    return track(items, description=description, total=total, console=err_console, transient=True)
+
+
+def _log(message: str) -> None:
+    err_console.print(f"[dim]{message}[/dim]")
+
+
+def _target_help() -> str:
+    from .targets import REGISTRY
+
+    return "Where the artifact will run: " + ", ".join(REGISTRY) + "."
+
+
+@app.command()
+def convert(
+    checkpoint: Optional[Path] = typer.Argument(
+        None, help="Trained model: a state_dict .pth/.pt (also nested or DataParallel) or a TorchScript file. "
+        "Leave out with --weights imagenet."),
+    arch: str = typer.Option("resnet18", help="Architecture: resnet18, resnet34, resnet50, resnet101, resnet152."),
+    target: str = typer.Option("onnx", help=_target_help()),
+    int8: bool = typer.Option(False, "--int8", help="Static INT8 quantization; needs --calib."),
+    fp16: bool = typer.Option(False, "--fp16", help="FP16 weights and compute."),
+    calib: Optional[Path] = typer.Option(None, help="Folder of calibration images (searched recursively: jpg, png, bmp, webp)."),
+    calib_size: int = typer.Option(300, help="How many calibration images to sample (deterministic)."),
+    calib_method: CalibMethod = typer.Option(CalibMethod.minmax, help="How activation ranges are chosen from calibration."),
+    imgsz: int = typer.Option(224, help="Input size (crop); the resize scales with it as in torchvision (256 for 224)."),
+    labels: Optional[Path] = typer.Option(None, help="Text file, one label per line; default class_0, class_1, ..."),
+    out: Path = typer.Option(Path("out"), help="Output folder."),
+    name: Optional[str] = typer.Option(None, help="Artifact file name without suffix; default ARCH_TARGET_PRECISION."),
+    weights: Optional[str] = typer.Option(None, help="'imagenet' for torchvision's pretrained weights instead of a checkpoint."),
+    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Allow any batch size (default: static batch 1)."),
+    opset: int = typer.Option(18, help="ONNX opset (18 or newer)."),
+    trust_checkpoint: bool = typer.Option(
+        False, "--trust-checkpoint", help="Allow a checkpoint that pickles a whole model. Unpickling can run code: "
+        "only for files you trust."),
+    seed: int = typer.Option(0, help="Seed for sampling calibration images."),
+) -> None:
+    """Convert a trained ResNet into a verified artifact for one target.
+
+    Examples:\n
+      edgeres convert model.pth --arch resnet18 --target onnx\n
+      edgeres convert model.pth --arch resnet50 --target npu --int8 --calib calib/ --labels labels.txt
+    """
+    from .conversion.pipeline import ConvertOptions
+    from .conversion.pipeline import convert as run_convert
+    from .models import load_model
+
+    if int8 and fp16:
+        raise EdgeresError("choose one of --int8 and --fp16 (neither means fp32)")
+    precision = "int8" if int8 else "fp16" if fp16 else "fp32"
+    options = ConvertOptions(
+        target=target, precision=precision, out_dir=out, calib=calib, calib_size=calib_size,
+        calib_method=calib_method.value, imgsz=imgsz, dynamic_batch=dynamic_batch, opset=opset,
+        name=name, seed=seed,
+    )
+    with err_console.status("Loading the model"):
+        model = load_model(checkpoint, arch, weights=weights, labels=labels, trust_checkpoint=trust_checkpoint)
+    result = run_convert(model, options, progress=_progress, log=_log)
+    _print_result(result)
+
+
+def _print_result(result: Any) -> None:
+    record, verification = result.record, result.record.verification
+    table = Table(title=f"Wrote {result.path}", show_header=True)
+    for column in ("artifact", "precision", "size", "vs PyTorch: top-1 agree", "max |logit diff|", "checked on"):
+        table.add_column(column)
+    table.add_row(
+        result.path.name, record.precision, f"{result.path.stat().st_size / 1e6:.1f} MB",
+        f"{verification['top1_agreement']:.1%}", f"{verification['max_abs_logit_diff']:.2e}",
+        f"{verification['samples']} {verification['sample_source']}",
+    )
+    console.print(table)
+    for check in record.checks:
+        console.print(f"[green]checked[/green] {check['rule']}: {check['detail']}")
+
+
+@app.command()
+def predict(
+    artifact: Path = typer.Argument(..., help="An artifact made by `edgeres convert`."),
+    images: list[Path] = typer.Argument(..., help="One or more image files."),
+    topk: int = typer.Option(5, help="How many classes to show per image."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for the runtime (default: the runtime's choice)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Classify image files with an artifact, the way a device would."""
+    from .calibration.folder import read_image
+    from .runtime.classifier import Classifier
+
+    classifier = Classifier(artifact, threads=threads)
+    results = {}
+    for image_path in images:
+        if not image_path.is_file():
+            raise EdgeresError(f"image {image_path} does not exist")
+        frame = read_image(image_path)
+        if frame is None:
+            raise EdgeresError(f"image {image_path} cannot be decoded; is it a corrupt or non-image file?")
+        results[str(image_path)] = classifier.predict(frame, topk=topk)
+    if as_json:
+        payload = {k: [p.__dict__ for p in v] for k, v in results.items()}
+        console.print_json(json.dumps(payload))
+        return
+    for image_path, predictions in results.items():
+        table = Table(title=image_path)
+        for column in ("rank", "label", "class", "probability"):
+            table.add_column(column)
+        for rank, p in enumerate(predictions, 1):
+            table.add_row(str(rank), p.label, str(p.index), f"{p.probability:.4f}")
+        console.print(table)
+
+
+@app.command()
+def info(
+    artifact: Path = typer.Argument(..., help="An artifact made by `edgeres convert`."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole edgeres record as JSON."),
+) -> None:
+    """Show what an artifact is: model, precision, preprocessing, labels, checks."""
+    from .runtime.classifier import Classifier
+
+    record = Classifier(artifact).record
+    if as_json:
+        console.print_json(record.to_json())
+        return
+    table = Table(title=str(artifact), show_header=False)
+    pre = record.preprocess
+    rows = {
+        "model": f"{record.arch}, {record.num_classes} classes",
+        "target / format": f"{record.target} / {record.format}",
+        "precision": record.precision,
+        "input": ", ".join(f"{t.name} {t.shape} {t.dtype} {t.layout or ''}" for t in record.inputs),
+        "output": ", ".join(f"{t.name} {t.shape} {t.dtype}" for t in record.outputs),
+        "preprocess": f"resize {pre['resize']}, crop {pre['crop']}, {pre['color']}, mean {pre['mean']}, std {pre['std']}",
+        "labels": ", ".join(record.labels[:8]) + (" ..." if len(record.labels) > 8 else ""),
+        "source": ", ".join(f"{k}={v}" for k, v in record.source.items()),
+        "edgeres": record.edgeres_version,
+    }
+    if record.quantization:
+        rows["quantization"] = ", ".join(f"{k}: {v}" for k, v in record.quantization.items())
+    if record.calibration:
+        c = record.calibration
+        rows["calibration"] = f"{c.get('used')} images from {c.get('folder')}, {c.get('skipped')} skipped, {c.get('method')}"
+    if record.verification:
+        v = record.verification
+        rows["verified"] = f"top-1 agreement {v['top1_agreement']:.1%}, max |logit diff| {v['max_abs_logit_diff']:.2e} on {v['samples']} {v['sample_source']}"
+    for check in record.checks:
+        rows[f"rule: {check['rule']}"] = ("passed: " if check["passed"] else "FAILED: ") + check["detail"]
+    for key, value in rows.items():
+        table.add_row(key, value)
+    console.print(table)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("edgeres-demo"), help="Output folder for the data, the model and the artifacts."),
+    epochs: int = typer.Option(6, help="Training epochs for the default model."),
+    quick: bool = typer.Option(False, "--quick", help="Fewer calibration images and targets, for a fast check."),
+) -> None:
+    """The whole job on a built-in default: train a ResNet18 on real digit images, convert it, check it.
+
+    Nothing is downloaded: the images are scikit-learn's handwritten digits.
+    """
+    from .demo import run_demo
+
+    rows = run_demo(out, epochs=epochs, quick=quick, progress=_progress, log=_log)
+    table = Table(title="Artifacts on held-out digits (this machine)")
+    for column in ("artifact", "precision", "size MB", "top-1 acc", "agree w/ FP32", "ms/frame"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["artifact"], row["precision"], f"{row['size_mb']:.1f}", f"{row['accuracy']:.2%}",
+                      f"{row['agreement']:.2%}", f"{row['ms_per_frame']:.2f}")
+    console.print(table)
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        console.print(f"edgeres {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=version_callback, is_eager=True,
+                                       help="Show the version and exit.")) -> None:
+    pass
+
+
+def main() -> None:
+    try:
+        app()
+    except EdgeresError as error:
+        err_console.print(f"[bold red]error:[/bold red] {error}", soft_wrap=True, highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err_console.print("[red]interrupted[/red]")
+        sys.exit(130)

@@ -1,0 +1,105 @@
+"""Shared fixtures: a ResNet18 trained in seconds on real digit images, and its artifacts.
+
+The data set and the trained checkpoint are cached under pytest's cache folder, so
+only the first run pays for training (about 15 s on 2 cores).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edgeres.demo import DEMO_IMGSZ, DigitsData, digits_dataset, train_digits_resnet
+
+FIXTURE_VERSION = "v1"  # bump to rebuild the cached data and model
+
+
+@pytest.fixture(scope="session")
+def fixture_cache(request: pytest.FixtureRequest) -> Path:
+    return Path(request.config.cache.mkdir(f"edgeres-{FIXTURE_VERSION}"))
+
+
+@pytest.fixture(scope="session")
+def digits(fixture_cache: Path) -> DigitsData:
+    return digits_dataset(fixture_cache / "digits")
+
+
+@pytest.fixture(scope="session")
+def checkpoint(digits: DigitsData, fixture_cache: Path) -> Path:
+    path = fixture_cache / "resnet18_digits.pt"
+    train_digits_resnet(digits, path, imgsz=DEMO_IMGSZ)
+    return path
+
+
+@pytest.fixture(scope="session")
+def model(checkpoint: Path, digits: DigitsData):
+    from edgeres.models import load_model
+
+    return load_model(checkpoint, "resnet18", labels=digits.labels_file)
+
+
+@pytest.fixture(scope="session")
+def held_out(digits: DigitsData) -> tuple[list[np.ndarray], np.ndarray]:
+    """Held-out BGR frames, as cv2.imread gives them, and their true classes."""
+    pairs = digits.test_images()
+    frames = [cv2.imread(str(path)) for path, _ in pairs]
+    return frames, np.array([label for _, label in pairs])
+
+
+@pytest.fixture(scope="session")
+def calib_dir(digits: DigitsData) -> Path:
+    return digits.train_dir
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("artifacts")
+
+
+_CONVERTED: dict = {}
+
+
+@pytest.fixture(scope="session")
+def converted(model, calib_dir: Path, artifacts_dir: Path):
+    """converted(target, precision, **options) -> ConvertResult, converted once per session."""
+    from edgeres.conversion.pipeline import ConvertOptions, convert
+
+    def get(target: str, precision: str, **options):
+        key = (target, precision, tuple(sorted(options.items())))
+        if key not in _CONVERTED:
+            name = "_".join([target, precision, *(f"{k}{v}" for k, v in sorted(options.items()))])
+            calib = calib_dir if precision == "int8" else None
+            opts = ConvertOptions(target=target, precision=precision, out_dir=artifacts_dir, calib=calib,
+                                  calib_size=200, imgsz=DEMO_IMGSZ, name=name, **options)
+            _CONVERTED[key] = convert(model, opts, log=lambda message: None)
+        return _CONVERTED[key]
+
+    return get
+
+
+@pytest.fixture
+def photo_bgr() -> np.ndarray:
+    """A real photo (scikit-image's astronaut), BGR as OpenCV reads it."""
+    from skimage import data
+
+    return np.ascontiguousarray(data.astronaut()[..., ::-1])
+
+
+@pytest.fixture
+def copy_artifact(tmp_path: Path):
+    """Copy an artifact (and its sidecar) into a fresh folder, to modify it safely."""
+
+    def copy(path: Path, with_sidecar: bool = True) -> Path:
+        from edgeres.artifact import sidecar_path
+
+        target = tmp_path / path.name
+        shutil.copy(path, target)
+        if with_sidecar:
+            shutil.copy(sidecar_path(path), sidecar_path(target))
+        return target
+
+    return copy

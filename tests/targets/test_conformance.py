@@ -1,0 +1,39 @@
+"""Every registered target, every precision it makes: convert, reload, run, compare with PyTorch.
+
+A new target in the registry is covered here without new test code.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgeres.artifact import read_sidecar
+from edgeres.conversion.pipeline import torch_logits
+from edgeres.runtime.classifier import Classifier
+from edgeres.targets import REGISTRY, get_target
+
+CASES = [(name, precision) for name in REGISTRY for precision in get_target(name).precisions]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target, precision", CASES, ids=[f"{t}-{p}" for t, p in CASES])
+def test_target_round_trip(target: str, precision: str, converted, model, held_out) -> None:
+    result = converted(target, precision)
+    record = result.record
+    assert all(path.exists() for path in result.files)
+    assert (record.target, record.precision, record.arch) == (target, precision, "resnet18")
+    assert record.labels == model.labels
+    assert read_sidecar(result.path) == record
+
+    classifier = Classifier(result.path)
+    assert classifier.record == record  # the record embedded in the artifact is the sidecar's
+    frames, _ = held_out
+    inputs = np.stack([classifier.preprocess(frame) for frame in frames[:100]])
+    reference = torch_logits(model.module, inputs, classifier.preprocess.layout)
+    ours = classifier.logits_batch(frames[:100])
+    tolerance = get_target(target).tolerance
+    if precision == "fp32":
+        assert np.abs(ours - reference).max() < tolerance.fp32_max_abs
+    agreement = (ours.argmax(1) == reference.argmax(1)).mean()
+    assert agreement >= (0.98 if precision == "int8" else 0.99)

@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgeres.errors import FrameError, PreprocessError
+from edgeres.preprocess import Preprocess, as_bgr_uint8
+
+# One grey level after normalisation by the smallest ImageNet std (0.224).
+ONE_GREY_LEVEL = 1 / 255 / 0.224 + 1e-6
+PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field"]
+
+
+@pytest.mark.parametrize("photo", PHOTOS)
+def test_matches_torchvision_imagenet_eval_transform(photo: str) -> None:
+    """Within one grey level of torchvision's Resize(256)+CenterCrop(224)+Normalize, pixel by pixel."""
+    import torchvision.transforms as T
+    from PIL import Image
+    from skimage import data
+
+    rgb = getattr(data, photo)()
+    reference = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),
+                           T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    expected = reference(Image.fromarray(rgb)).numpy()
+    ours = Preprocess.imagenet()(np.ascontiguousarray(rgb[..., ::-1]))
+    assert ours.shape == expected.shape == (3, 224, 224)
+    difference = np.abs(ours - expected)
+    assert difference.max() <= ONE_GREY_LEVEL
+    assert difference.mean() < 0.01
+
+
+def test_imgsz_scales_resize_like_torchvision() -> None:
+    spec = Preprocess.imagenet(320)
+    assert (spec.resize, spec.crop) == (366, 320)
+    assert Preprocess.imagenet().resize == 256
+
+
+def test_upscaling_small_frames(photo_bgr: np.ndarray) -> None:
+    small = photo_bgr[::8, ::8]  # 64x64, smaller than the crop
+    assert Preprocess.imagenet()(np.ascontiguousarray(small)).shape == (3, 224, 224)
+
+
+def test_layout_and_colour_order(photo_bgr: np.ndarray) -> None:
+    nchw = Preprocess.imagenet(64)(photo_bgr)
+    nhwc = Preprocess.imagenet(64, layout="NHWC")(photo_bgr)
+    np.testing.assert_array_equal(nchw.transpose(1, 2, 0), nhwc)
+    bgr_model = Preprocess.imagenet(64, color="BGR")(photo_bgr)
+    np.testing.assert_allclose(bgr_model[::-1], nchw, atol=1e-6)
+
+
+def test_integer_input_quantization(photo_bgr: np.ndarray) -> None:
+    spec = Preprocess.imagenet(64, dtype="int8", input_scale=0.02, input_zero_point=-3)
+    floats = Preprocess.imagenet(64)(photo_bgr)
+    quantised = spec(photo_bgr)
+    assert quantised.dtype == np.int8
+    expected = np.clip(np.round(floats / 0.02) - 3, -128, 127)
+    np.testing.assert_array_equal(quantised, expected)
+
+
+def test_round_trip_through_dict() -> None:
+    spec = Preprocess.imagenet(96, layout="NHWC", color="BGR")
+    assert Preprocess.from_dict(spec.to_dict()) == spec
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"crop": 300}, "must not exceed resize"),
+    ({"layout": "CHW"}, "layout must be one of"),
+    ({"color": "RGBA"}, "color must be one of"),
+    ({"dtype": "uint8"}, "needs input_scale"),
+    ({"std": (0.2, 0.0, 0.2)}, "std values must be positive"),
+])
+def test_invalid_specs_are_rejected(changes: dict, message: str) -> None:
+    with pytest.raises(PreprocessError, match=message):
+        Preprocess(**{**Preprocess().to_dict(), **changes})
+
+
+def test_unknown_fields_are_rejected() -> None:
+    with pytest.raises(PreprocessError, match="unknown preprocessing fields"):
+        Preprocess.from_dict({**Preprocess().to_dict(), "letterbox": True})
+
+
+def test_grayscale_and_bgra_frames_are_converted() -> None:
+    gray = np.full((10, 12), 7, np.uint8)
+    assert as_bgr_uint8(gray).shape == (10, 12, 3)
+    assert as_bgr_uint8(gray[..., None]).shape == (10, 12, 3)
+    bgra = np.zeros((10, 12, 4), np.uint8)
+    bgra[..., 3] = 255
+    np.testing.assert_array_equal(as_bgr_uint8(bgra), np.zeros((10, 12, 3), np.uint8))
+
+
+@pytest.mark.parametrize("frame, message", [
+    (None, "frame is None"),
+    ([[1, 2]], "expected a numpy array"),
+    (np.zeros((0, 5, 3), np.uint8), "frame is empty"),
+    (np.zeros((5, 5, 3), np.float32), "expected a uint8 frame"),
+    (np.zeros((5, 5, 2), np.uint8), "expected an HxWx3 BGR frame"),
+    (np.zeros((2, 5, 5, 3), np.uint8), "expected an HxWx3 BGR frame"),
+])
+def test_bad_frames_raise_frame_error(frame, message: str) -> None:
+    with pytest.raises(FrameError, match=message):
+        Preprocess.imagenet(32)(frame)
