@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edgeres.cli import main
+from edgeres.conversion.pipeline import torch_logits
+from edgeres.runtime.classifier import Classifier
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["edgeres", *map(str, args)])
+    monkeypatch.setenv("COLUMNS", "200")
+    try:
+        main()
+        code = 0
+    except SystemExit as exit:
+        code = exit.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_red_line(code: int, err: str, message: str) -> None:
+    assert code == 1
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: ") and message in lines[-1], err
+
+
+@pytest.mark.slow
+def test_convert_npu_then_classifier_matches_pytorch(monkeypatch, capsys, checkpoint: Path, digits,
+                                                     calib_dir: Path, model, tmp_path: Path) -> None:
+    """The issue's acceptance path: convert for the NPU, then predict held-out images with cv2.imread."""
+    code, out, err = run_cli(monkeypatch, capsys, "convert", checkpoint, "--arch", "resnet18", "--target", "npu",
+                             "--int8", "--calib", calib_dir, "--calib-size", "100", "--imgsz", "32",
+                             "--labels", digits.labels_file, "--out", tmp_path)
+    assert code == 0, err
+    artifact = tmp_path / "resnet18_npu_int8.onnx"
+    assert "Wrote" in out and "QDQ around every op" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["resnet18_npu_int8.edgeres.json", "resnet18_npu_int8.onnx"]
+    classifier = Classifier(artifact)
+    images = [path for path, _ in digits.test_images()][::3]
+    ours = np.array([classifier.predict(cv2.imread(str(path)), topk=1)[0].index for path in images])
+    inputs = np.stack([classifier.preprocess(cv2.imread(str(path))) for path in images])
+    theirs = torch_logits(model.module, inputs).argmax(1)
+    assert (ours == theirs).mean() >= 0.98
+
+
+@pytest.mark.slow
+def test_predict_and_info(monkeypatch, capsys, converted, digits) -> None:
+    artifact = converted("onnx", "fp32").path
+    image = sorted(digits.test_dir.rglob("*.png"))[0]
+    code, out, err = run_cli(monkeypatch, capsys, "predict", artifact, image, "--topk", "2", "--json")
+    assert code == 0, err
+    payload = json.loads(out)
+    assert list(payload) == [str(image)] and len(payload[str(image)]) == 2
+    assert payload[str(image)][0]["label"] == image.parent.name
+
+    code, out, err = run_cli(monkeypatch, capsys, "info", artifact)
+    assert code == 0, err
+    assert "resnet18, 10 classes" in out and "fp32" in out
+
+    code, out, err = run_cli(monkeypatch, capsys, "info", artifact, "--json")
+    assert json.loads(out)["labels"][0] == "zero"
+
+
+def test_help_teaches(monkeypatch, capsys) -> None:
+    code, out, _ = run_cli(monkeypatch, capsys, "convert", "--help")
+    assert code == 0
+    for words in ("--int8", "--calib", "--target", "onnx, npu", "--trust-checkpoint", "Examples"):
+        assert words in out
+
+
+def test_missing_checkpoint(monkeypatch, capsys, tmp_path: Path) -> None:
+    code, _, err = run_cli(monkeypatch, capsys, "convert", tmp_path / "model.pth")
+    assert_one_red_line(code, err, "does not exist")
+
+
+def test_unknown_target(monkeypatch, capsys, checkpoint: Path, tmp_path: Path) -> None:
+    code, _, err = run_cli(monkeypatch, capsys, "convert", checkpoint, "--target", "tpu", "--out", tmp_path)
+    assert_one_red_line(code, err, "unknown target 'tpu'; choose one of onnx, npu")
+
+
+def test_wrong_arch(monkeypatch, capsys, checkpoint: Path, tmp_path: Path) -> None:
+    code, _, err = run_cli(monkeypatch, capsys, "convert", checkpoint, "--arch", "resnet50", "--out", tmp_path)
+    assert_one_red_line(code, err, "pass --arch resnet18")
+
+
+def test_empty_calibration_folder(monkeypatch, capsys, checkpoint: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "calib"
+    empty.mkdir()
+    code, _, err = run_cli(monkeypatch, capsys, "convert", checkpoint, "--int8", "--calib", empty,
+                           "--imgsz", "32", "--out", tmp_path / "out")
+    assert_one_red_line(code, err, "has no images")
+    assert not (tmp_path / "out").exists()
+
+
+def test_int8_and_fp16_together(monkeypatch, capsys, checkpoint: Path) -> None:
+    code, _, err = run_cli(monkeypatch, capsys, "convert", checkpoint, "--int8", "--fp16")
+    assert_one_red_line(code, err, "choose one of --int8 and --fp16")
+
+
+@pytest.mark.slow
+def test_predict_corrupt_and_missing_image(monkeypatch, capsys, converted, tmp_path: Path) -> None:
+    artifact = converted("onnx", "fp32").path
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8 broken jpeg")
+    code, _, err = run_cli(monkeypatch, capsys, "predict", artifact, corrupt)
+    assert_one_red_line(code, err, "cannot be decoded")
+    code, _, err = run_cli(monkeypatch, capsys, "predict", artifact, tmp_path / "nope.jpg")
+    assert_one_red_line(code, err, "does not exist")
+
+
+def test_info_on_unknown_file(monkeypatch, capsys, tmp_path: Path) -> None:
+    path = tmp_path / "model.bin"
+    path.write_bytes(b"x")
+    code, _, err = run_cli(monkeypatch, capsys, "info", path)
+    assert_one_red_line(code, err, "no runtime backend for '.bin' files")
