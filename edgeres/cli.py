@@ -203,7 +203,7 @@ def demo(
     rows = run_demo(out, epochs=epochs, quick=quick, progress=_progress, log=_log)
     table = Table(title="Artifacts on held-out digits (this machine)")
     for column in ("artifact", "precision", "size MB", "top-1 acc", "agree w/ FP32", "ms/frame"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=True)
     for row in rows:
         table.add_row(row["artifact"], row["precision"], f"{row['size_mb']:.1f}", f"{row['accuracy']:.2%}",
                       f"{row['agreement']:.2%}", f"{row['ms_per_frame']:.2f}")

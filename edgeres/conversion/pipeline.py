@@ -67,7 +67,8 @@ def convert(
     if options.calib is not None:
         calibration = read_image_folder(options.calib, preprocess, size=options.calib_size,
                                         seed=options.seed, progress=progress)
-        log(f"Calibration: {calibration.summary['used']} images, {calibration.summary['skipped']} skipped")
+        summary = calibration.summary
+        log(f"Read {summary['used']} images from {options.calib} ({summary['skipped']} unreadable, skipped)")
     inputs, source = _reference_inputs(calibration, preprocess, options.seed)
     job = ConvertJob(
         module=model.module, arch=model.arch, labels=model.labels, source=model.source,
