@@ -76,9 +76,6 @@ class ArtifactRecord:
         except TypeError as error:
             raise ArtifactError(f"artifact record is incomplete: {error}") from None
 
-    def with_changes(self, **changes: Any) -> "ArtifactRecord":
-        return ArtifactRecord(**{**{f.name: getattr(self, f.name) for f in fields(self)}, **changes})
-
 
 def sidecar_path(artifact: Path) -> Path:
     return artifact.with_name(artifact.stem + SIDECAR_SUFFIX)

@@ -228,6 +228,9 @@ def main() -> None:
     except EdgeresError as error:
         err_console.print(f"[bold red]error:[/bold red] {error}", soft_wrap=True, highlight=False)
         sys.exit(1)
+    except OSError as error:  # disk full, permission denied, ...: the message names the path
+        err_console.print(f"[bold red]error:[/bold red] {error}", soft_wrap=True, highlight=False)
+        sys.exit(1)
     except KeyboardInterrupt:
         err_console.print("[red]interrupted[/red]")
         sys.exit(130)

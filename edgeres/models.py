@@ -124,6 +124,8 @@ def detect_arch(state_dict: Mapping[str, Any]) -> str | None:
 
 
 def _read_state_dict(path: Path, trust_checkpoint: bool) -> dict[str, torch.Tensor]:
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; give the checkpoint file inside it")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if _is_torchscript(path):

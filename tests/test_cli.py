@@ -121,3 +121,32 @@ def test_info_on_unknown_file(monkeypatch, capsys, tmp_path: Path) -> None:
     path.write_bytes(b"x")
     code, _, err = run_cli(monkeypatch, capsys, "info", path)
     assert_one_red_line(code, err, "no runtime backend for '.bin' files")
+
+
+def test_checkpoint_folder(monkeypatch, capsys, tmp_path: Path) -> None:
+    code, _, err = run_cli(monkeypatch, capsys, "convert", tmp_path)
+    assert_one_red_line(code, err, "is a folder; give the checkpoint file")
+
+
+def test_calib_is_a_file(monkeypatch, capsys, checkpoint: Path, tmp_path: Path) -> None:
+    code, _, err = run_cli(monkeypatch, capsys, "convert", checkpoint, "--int8", "--calib", checkpoint,
+                           "--imgsz", "32", "--out", tmp_path)
+    assert_one_red_line(code, err, "is a file; give the folder")
+
+
+def test_out_is_a_file(monkeypatch, capsys, checkpoint: Path) -> None:
+    code, _, err = run_cli(monkeypatch, capsys, "convert", checkpoint, "--out", checkpoint)
+    assert_one_red_line(code, err, "is a file; give a folder for the artifacts")
+
+
+@pytest.mark.slow
+def test_unwritable_output_is_one_red_line(monkeypatch, capsys, checkpoint: Path, tmp_path: Path) -> None:
+    import os
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "out"))
+
+    monkeypatch.setattr(os, "replace", refuse)
+    code, _, err = run_cli(monkeypatch, capsys, "convert", checkpoint, "--imgsz", "32", "--out", tmp_path / "out")
+    assert_one_red_line(code, err, "Permission denied")
+    assert not any(p.is_file() for p in (tmp_path / "out").rglob("*"))

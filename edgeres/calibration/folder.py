@@ -66,6 +66,8 @@ def read_image_folder(
     folder = Path(folder)
     if size < 1:
         raise CalibrationError(f"--calib-size must be at least 1, got {size}")
+    if folder.is_file():
+        raise CalibrationError(f"--calib {folder} is a file; give the folder that holds the calibration images")
     if not folder.is_dir():
         raise CalibrationError(f"calibration folder {folder} does not exist; give a folder of images")
     paths = find_images(folder)

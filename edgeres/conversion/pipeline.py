@@ -48,6 +48,8 @@ class ConvertOptions:
             raise EdgeresError(f"--imgsz must be at least {MIN_IMGSZ}, got {self.imgsz}")
         if self.calib_size < 1:
             raise CalibrationError(f"--calib-size must be at least 1, got {self.calib_size}")
+        if Path(self.out_dir).is_file():
+            raise EdgeresError(f"--out {self.out_dir} is a file; give a folder for the artifacts")
         if self.precision == "int8" and self.calib is None:
             raise CalibrationError("--int8 needs calibration images: add --calib DIR (a folder of images)")
 
