@@ -70,6 +70,8 @@ def convert(
     weights: Optional[str] = typer.Option(None, help="'imagenet' for torchvision's pretrained weights instead of a checkpoint."),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Allow any batch size (default: static batch 1)."),
     opset: int = typer.Option(18, help="ONNX opset (18 or newer)."),
+    preset: Optional[str] = typer.Option(
+        None, help="x86 INT8 only: NNCF preset 'performance' (symmetric activations, fastest; default) or 'mixed'."),
     trust_checkpoint: bool = typer.Option(
         False, "--trust-checkpoint", help="Allow a checkpoint that pickles a whole model. Unpickling can run code: "
         "only for files you trust."),
@@ -79,7 +81,8 @@ def convert(
 
     Examples:\n
       edgeres convert model.pth --arch resnet18 --target onnx\n
-      edgeres convert model.pth --arch resnet50 --target npu --int8 --calib calib/ --labels labels.txt
+      edgeres convert model.pth --arch resnet50 --target npu --int8 --calib calib/ --labels labels.txt\n
+      edgeres convert model.pth --arch resnet18 --target x86 --int8 --calib calib/
     """
     from .conversion.pipeline import ConvertOptions
     from .conversion.pipeline import convert as run_convert
@@ -91,7 +94,7 @@ def convert(
     options = ConvertOptions(
         target=target, precision=precision, out_dir=out, calib=calib, calib_size=calib_size,
         calib_method=calib_method.value, imgsz=imgsz, dynamic_batch=dynamic_batch, opset=opset,
-        name=name, seed=seed,
+        name=name, seed=seed, preset=preset,
     )
     with err_console.status("Loading the model"):
         model = load_model(checkpoint, arch, weights=weights, labels=labels, trust_checkpoint=trust_checkpoint)
@@ -120,13 +123,14 @@ def predict(
     images: list[Path] = typer.Argument(..., help="One or more image files."),
     topk: int = typer.Option(5, help="How many classes to show per image."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for the runtime (default: the runtime's choice)."),
+    device: Optional[str] = typer.Option(None, help="Inference device, e.g. CPU, GPU, AUTO (OpenVINO); default: the best here."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Classify image files with an artifact, the way a device would."""
     from .calibration.folder import read_image
     from .runtime.classifier import Classifier
 
-    classifier = Classifier(artifact, threads=threads)
+    classifier = Classifier(artifact, threads=threads, device=device)
     results = {}
     for image_path in images:
         if not image_path.is_file():

@@ -57,3 +57,7 @@ class ArtifactError(EdgeresError):
 
 class BackendUnavailableError(EdgeresError):
     """The runtime package an artifact needs is not installed."""
+
+
+class DeviceError(EdgeresError):
+    """The inference device asked for does not exist on this machine."""

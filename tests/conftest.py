@@ -23,6 +23,14 @@ def fixture_cache(request: pytest.FixtureRequest) -> Path:
     return Path(request.config.cache.mkdir(f"edgeres-{FIXTURE_VERSION}"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def runtime_cache(fixture_cache: Path) -> None:
+    """Compiled-model caches (OpenVINO) go under pytest's cache, not the user's home."""
+    import os
+
+    os.environ["EDGERES_CACHE_DIR"] = str(fixture_cache / "runtime-cache")
+
+
 @pytest.fixture(scope="session")
 def digits(fixture_cache: Path) -> DigitsData:
     return digits_dataset(fixture_cache / "digits")

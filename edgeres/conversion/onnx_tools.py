@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import tempfile
-import warnings
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import onnx
@@ -23,9 +18,8 @@ from ..artifact import METADATA_KEY, ArtifactRecord, TensorSpec
 from ..calibration import CalibrationSet
 from ..calibration.onnxruntime import CalibrationReader
 from ..errors import ConversionError
+from .common import INPUT_NAME, OUTPUT_NAME, quiet
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
 ORT_CALIBRATION = {
     "minmax": CalibrationMethod.MinMax,
     "entropy": CalibrationMethod.Entropy,
@@ -40,7 +34,7 @@ def export_fp32(module: torch.nn.Module, input_shape: tuple[int, ...], path: Pat
     """torch.export-based ONNX export of an eval-mode model; batch 1 static unless asked."""
     example = torch.zeros(input_shape)
     dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=1024)}} if dynamic_batch else None
-    with _quiet():
+    with quiet():
         try:
             program = torch.onnx.export(
                 module.eval(), (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
@@ -91,7 +85,7 @@ def to_fp16(src: Path, dst: Path) -> None:
 def quantize_int8(src: Path, dst: Path, calibration: CalibrationSet, *, method: str,
                   symmetric_activations: bool = False) -> dict:
     """Static INT8 in QDQ form: per-channel int8 weights, int8 activations from calibration."""
-    with tempfile.TemporaryDirectory() as scratch, _quiet():
+    with tempfile.TemporaryDirectory() as scratch, quiet():
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False)
         options = {"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True}
@@ -135,17 +129,3 @@ def run_onnx(path: Path, inputs: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return np.concatenate([session.run(None, {name: item[None]})[0] for item in inputs])
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Keep the exporters' and quantizer's chatter out of the user's terminal."""
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)

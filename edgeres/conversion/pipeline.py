@@ -36,6 +36,7 @@ class ConvertOptions:
     opset: int = 18
     name: str | None = None
     seed: int = 0
+    preset: str | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -63,7 +64,8 @@ def convert(
 ) -> ConvertResult:
     """Convert `model` for `options.target`, verify it against PyTorch, write it atomically."""
     target = get_target(options.target)
-    target.check_options(options.precision, dynamic_batch=options.dynamic_batch, opset=options.opset)
+    target.check_options(options.precision, dynamic_batch=options.dynamic_batch, opset=options.opset,
+                         preset=options.preset)
     preprocess = Preprocess.imagenet(options.imgsz, layout=target.layout)
     calibration = None
     if options.calib is not None:
@@ -78,7 +80,7 @@ def convert(
         stem=options.name or f"{model.arch}_{target.name}_{options.precision}",
         calibration=calibration if options.precision == "int8" else None,
         calibration_method=options.calib_method, opset=options.opset,
-        dynamic_batch=options.dynamic_batch, log=log, reference_inputs=inputs,
+        dynamic_batch=options.dynamic_batch, preset=options.preset, log=log, reference_inputs=inputs,
         reference_logits=torch_logits(model.module, inputs, preprocess.layout), reference_source=source,
     )
     return target.convert(job)

@@ -14,6 +14,7 @@ from .base import Backend
 
 BACKENDS: dict[str, str] = {
     ".onnx": "edgeres.runtime.onnxruntime:OnnxRuntimeBackend",
+    ".xml": "edgeres.runtime.openvino:OpenVinoBackend",
 }
 
 

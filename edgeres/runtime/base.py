@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import ClassVar, Iterable, Iterator, Protocol
 
 import numpy as np
 
@@ -19,7 +19,8 @@ class Backend(Protocol):
 
     name: ClassVar[str]
 
-    def __init__(self, path: Path, threads: int | None) -> None: ...
+    def __init__(self, path: Path, threads: int | None, device: str | None) -> None:
+        """Load and compile; `device` None means the backend's best default, else a name it lists."""
 
     def embedded_record(self) -> ArtifactRecord | None:
         """The edgeres record stored inside the artifact, if the format has one."""
@@ -30,3 +31,10 @@ class Backend(Protocol):
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Model inputs (N, ...) in the artifact's layout and dtype -> float32 logits (N, classes)."""
+
+
+class StreamingBackend(Backend, Protocol):
+    """A backend that keeps several inferences in flight (for video)."""
+
+    def stream(self, inputs: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Logits (classes,) for each input (no batch axis), in input order."""

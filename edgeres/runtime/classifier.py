@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -33,13 +33,13 @@ class Classifier:
     channels and BGRA frames lose their alpha channel.
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, threads: int | None = None, device: str | None = None) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise ArtifactError(f"artifact {self.path} does not exist")
         if threads is not None and threads < 1:
             raise EdgeresError(f"threads must be at least 1, got {threads}")
-        self._backend = backend_class(self.path)(self.path, threads)
+        self._backend = backend_class(self.path)(self.path, threads, device)
         self.record = self._find_record()
         self.preprocess = Preprocess.from_dict(self.record.preprocess)
         self.labels = list(self.record.labels)
@@ -71,6 +71,20 @@ class Classifier:
 
     def predict_batch(self, frames: Sequence[np.ndarray], topk: int = 5) -> list[list[Prediction]]:
         return [self._top(row, topk) for row in self.logits_batch(frames)]
+
+    def stream(self, frames: Iterable[np.ndarray], topk: int = 5) -> Iterator[list[Prediction]]:
+        """Predictions for each frame of a stream, in frame order.
+
+        Backends with a streaming mode (OpenVINO) keep several frames in flight, so
+        preprocessing of one frame overlaps inference of others; the rest go one by one.
+        """
+        inputs = (self.preprocess(frame) for frame in frames)
+        if hasattr(self._backend, "stream"):
+            rows = self._backend.stream(inputs)
+        else:
+            rows = (self._backend.run(item[None])[0] for item in inputs)
+        for row in rows:
+            yield self._top(row, topk)
 
     def _top(self, logits: np.ndarray, topk: int) -> list[Prediction]:
         if topk < 1:

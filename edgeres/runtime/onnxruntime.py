@@ -8,7 +8,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..artifact import METADATA_KEY, ArtifactRecord, parse_embedded
-from ..errors import ArtifactError, BackendUnavailableError
+from ..errors import ArtifactError, BackendUnavailableError, DeviceError
 
 try:
     import onnxruntime as ort
@@ -19,9 +19,11 @@ except ImportError:  # the runtime is an extra: say how to get it when it is use
 class OnnxRuntimeBackend:
     name: ClassVar[str] = "onnxruntime"
 
-    def __init__(self, path: Path, threads: int | None) -> None:
+    def __init__(self, path: Path, threads: int | None, device: str | None = None) -> None:
         if ort is None:
             raise BackendUnavailableError("ONNX artifacts need ONNX Runtime: pip install 'edgeres[onnx]'")
+        if device not in (None, "CPU"):
+            raise DeviceError(f"the ONNX Runtime backend runs on CPU here; device {device!r} is not available")
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if threads:

@@ -13,6 +13,7 @@ from .base import Target
 REGISTRY: dict[str, str] = {
     "onnx": "edgeres.targets.onnx:OnnxTarget",
     "npu": "edgeres.targets.npu:NpuTarget",
+    "x86": "edgeres.targets.openvino:OpenVinoTarget",
 }
 
 

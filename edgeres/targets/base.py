@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ClassVar, Protocol
 
@@ -41,12 +41,12 @@ class ConvertJob:
     calibration_method: str = "minmax"
     opset: int = 18
     dynamic_batch: bool = False
+    preset: str | None = None  # quantization preset, for targets that have presets
     log: Callable[[str], None] = print
     # Inputs and PyTorch logits that every export is checked against.
     reference_inputs: np.ndarray | None = None
     reference_logits: np.ndarray | None = None
     reference_source: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class Target(Protocol):
     layout: ClassVar[str]  # NCHW or NHWC input
     tolerance: ClassVar[Tolerance]
 
-    def check_options(self, precision: str, *, dynamic_batch: bool, opset: int) -> None:
+    def check_options(self, precision: str, *, dynamic_batch: bool, opset: int, preset: str | None = None) -> None:
         """Raise TargetError for options this target does not accept (before any work is done)."""
 
     def convert(self, job: ConvertJob) -> ConvertResult:

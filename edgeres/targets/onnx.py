@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import onnx
 
-from ..artifact import ArtifactRecord, atomic_path, sidecar_path
+from ..artifact import ArtifactRecord, sidecar_path, staged_files, write_sidecar
 from ..conversion import onnx_tools
 from ..conversion.verify import compare_logits, enforce
 from ..errors import TargetError
@@ -23,9 +23,11 @@ class OnnxTarget:
     tolerance: ClassVar[Tolerance] = Tolerance()
     symmetric_activations: ClassVar[bool] = False
 
-    def check_options(self, precision: str, *, dynamic_batch: bool, opset: int) -> None:
+    def check_options(self, precision: str, *, dynamic_batch: bool, opset: int, preset: str | None = None) -> None:
         if precision not in self.precisions:
             raise TargetError(f"target {self.name} makes {', '.join(self.precisions)}, not {precision}")
+        if preset is not None:
+            raise TargetError(f"--preset is for target x86 (NNCF); target {self.name} has no presets")
         if opset < 18:
             # torch.export's ONNX exporter writes opset 18 at the lowest.
             raise TargetError(f"the ONNX exporter writes opset 18 or newer, got --opset {opset}")
@@ -41,9 +43,9 @@ class OnnxTarget:
         enforce(verification, job.precision, self.tolerance, final.name)
         record = self._record(job, model, quantization, checks, verification)
         onnx_tools.embed_record(model, record)
-        with atomic_path(final) as tmp_model, atomic_path(sidecar_path(final)) as tmp_sidecar:
-            onnx.save(model, str(tmp_model))
-            tmp_sidecar.write_text(record.to_json() + "\n")
+        with staged_files(job.out_dir) as stage:
+            onnx.save(model, str(stage / final.name))
+            write_sidecar(stage / final.name, record)
         return ConvertResult(final, record, (final, sidecar_path(final)))
 
     def check_graph(self, model: onnx.ModelProto, job: ConvertJob) -> list[dict]:

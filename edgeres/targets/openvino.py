@@ -1,0 +1,120 @@
+"""x86 CPUs: OpenVINO IR (.xml + .bin) in FP32, FP16-compressed weights, or INT8 through NNCF."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import openvino as ov
+import torch
+
+from ..artifact import METADATA_KEY, ArtifactRecord, TensorSpec, sidecar_path, staged_files, write_sidecar
+from ..conversion.common import INPUT_NAME, OUTPUT_NAME, quiet
+from ..conversion.verify import compare_logits, enforce
+from ..errors import ConversionError, TargetError
+from ..runtime.openvino import compile_config
+from .base import PRECISIONS, ConvertJob, ConvertResult, Tolerance
+
+PRESETS = ("performance", "mixed")
+
+
+class OpenVinoTarget:
+    name: ClassVar[str] = "x86"
+    summary: ClassVar[str] = "OpenVINO IR for x86 CPUs (fp32, fp16 weights, int8 via NNCF)"
+    precisions: ClassVar[tuple[str, ...]] = PRECISIONS
+    layout: ClassVar[str] = "NCHW"
+    tolerance: ClassVar[Tolerance] = Tolerance()
+    presets: ClassVar[tuple[str, ...]] = PRESETS
+
+    def check_options(self, precision: str, *, dynamic_batch: bool, opset: int, preset: str | None = None) -> None:
+        if precision not in self.precisions:
+            raise TargetError(f"target {self.name} makes {', '.join(self.precisions)}, not {precision}")
+        if preset is not None and preset not in self.presets:
+            raise TargetError(f"--preset must be one of {', '.join(self.presets)}, got {preset!r}")
+
+    def convert(self, job: ConvertJob) -> ConvertResult:
+        model = self._float_model(job)
+        quantization = None
+        if job.precision == "int8":
+            model, quantization = self._quantize(model, job)
+        elif job.precision == "fp16":
+            quantization = {"kind": "fp16 weights (compressed), compute in the device's native precision"}
+        final = job.out_dir / f"{job.stem}.xml"
+        with tempfile.TemporaryDirectory(prefix="edgeres-") as scratch:
+            # Verify what will be shipped: the IR saved with the same weight compression.
+            probe = Path(scratch) / final.name
+            ov.save_model(model, str(probe), compress_to_fp16=job.precision == "fp16")
+            logits = run_ir(probe, job.reference_inputs, job.precision)
+        verification = compare_logits(job.reference_logits, logits, job.reference_source)
+        enforce(verification, job.precision, self.tolerance, final.name)
+        record = self._record(job, model, quantization, verification)
+        model.set_rt_info(record.to_json(), [METADATA_KEY])
+        with staged_files(job.out_dir) as stage:
+            ov.save_model(model, str(stage / final.name), compress_to_fp16=job.precision == "fp16")
+            write_sidecar(stage / final.name, record)
+        files = (final, final.with_suffix(".bin"), sidecar_path(final))
+        return ConvertResult(final, record, files)
+
+    def _float_model(self, job: ConvertJob) -> ov.Model:
+        job.log(f"Converting {job.arch} with openvino.convert_model (OpenVINO {ov.get_version().split('-')[0]})")
+        shape = list(job.preprocess.input_shape)
+        with quiet():
+            try:
+                model = ov.convert_model(job.module.eval(), example_input=torch.zeros(shape))
+            except Exception as error:  # the frontend raises several types; all mean "conversion failed"
+                raise ConversionError(f"OpenVINO could not convert the model: {error}") from None
+        model.reshape({0: [-1 if job.dynamic_batch else 1, *shape[1:]]})
+        model.inputs[0].get_tensor().set_names({INPUT_NAME})
+        model.outputs[0].get_tensor().set_names({OUTPUT_NAME})
+        return model
+
+    def _quantize(self, job_model: ov.Model, job: ConvertJob) -> tuple[ov.Model, dict]:
+        preset = job.preset or "performance"
+        job.log(f"Quantizing to INT8 with NNCF ({len(job.calibration)} calibration images, {preset} preset)")
+        with quiet():
+            import nncf
+
+            nncf.set_log_level(logging.ERROR)
+            dataset = nncf.Dataset(job.calibration.samples, lambda sample: sample[None])
+            model = nncf.quantize(
+                job_model, dataset, preset=getattr(nncf.QuantizationPreset, preset.upper()),
+                subset_size=len(job.calibration), fast_bias_correction=True,
+            )
+        quantization = {
+            "kind": "static",
+            "weights": "int8 per-channel symmetric",
+            "activations": "int8 per-tensor " + ("symmetric" if preset == "performance" else "asymmetric"),
+            "preset": preset,
+            "fast_bias_correction": True,
+            "tool": f"nncf {nncf.__version__} quantize",
+        }
+        return model, quantization
+
+    def _record(self, job: ConvertJob, model: ov.Model, quantization: dict | None,
+                verification: dict) -> ArtifactRecord:
+        calibration = None
+        if job.precision == "int8":
+            calibration = {**job.calibration.summary, "method": "nncf min-max statistics"}
+        return ArtifactRecord(
+            arch=job.arch, num_classes=len(job.labels), labels=list(job.labels),
+            preprocess=job.preprocess.to_dict(), precision=job.precision, target=self.name,
+            format="openvino", inputs=[_spec(model.inputs[0], self.layout)], outputs=[_spec(model.outputs[0], None)],
+            source=dict(job.source), calibration=calibration, quantization=quantization,
+            verification=verification,
+        )
+
+
+def _spec(port: ov.Output, layout: str | None) -> TensorSpec:
+    shape = [d.get_length() if d.is_static else "batch" for d in port.get_partial_shape()]
+    return TensorSpec(name=port.get_any_name(), shape=shape, dtype=port.get_element_type().to_dtype().name,
+                      layout=layout)
+
+
+def run_ir(path: Path, inputs: np.ndarray, precision: str) -> np.ndarray:
+    """Logits as the runtime backend will compute them (same compile settings)."""
+    compiled = ov.Core().compile_model(str(path), "CPU", compile_config(precision, None, "LATENCY"))
+    request = compiled.create_infer_request()
+    return np.concatenate([request.infer({0: item[None]})[0] for item in inputs])

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+import pytest
+
+from edgeres.conversion.pipeline import ConvertOptions, convert
+from edgeres.errors import TargetError
+from edgeres.runtime.classifier import Classifier
+
+pytestmark = pytest.mark.slow
+
+
+def _predictions(path: Path, frames) -> np.ndarray:
+    return Classifier(path).logits_batch(frames).argmax(1)
+
+
+def test_int8_accuracy_bars(converted, held_out) -> None:
+    """NNCF INT8 agrees with FP32 on >= 99% of held-out images and loses <= 0.5 points."""
+    frames, truth = held_out
+    fp32 = _predictions(converted("x86", "fp32").path, frames)
+    int8 = _predictions(converted("x86", "int8").path, frames)
+    assert (int8 == fp32).mean() >= 0.99
+    assert (fp32 == truth).mean() - (int8 == truth).mean() <= 0.005
+
+
+def test_int8_record(converted) -> None:
+    record = converted("x86", "int8").record
+    assert record.format == "openvino" and record.target == "x86"
+    assert record.quantization["preset"] == "performance" and record.quantization["fast_bias_correction"]
+    assert record.calibration["used"] == 200
+    assert record.inputs[0].shape == [1, 3, 32, 32] and record.inputs[0].name == "input"
+
+
+def test_mixed_preset(converted, held_out) -> None:
+    frames, _ = held_out
+    result = converted("x86", "int8", preset="mixed")
+    assert result.record.quantization["preset"] == "mixed"
+    fp32 = _predictions(converted("x86", "fp32").path, frames[::3])
+    assert (_predictions(result.path, frames[::3]) == fp32).mean() >= 0.98
+
+
+def test_record_in_rt_info_and_files(converted) -> None:
+    result = converted("x86", "fp16")
+    assert sorted(p.suffix for p in result.files) == [".bin", ".json", ".xml"]
+    model = ov.Core().read_model(str(result.path))
+    assert model.get_rt_info(["edgeres"]).astype(str) == result.record.to_json()
+
+
+def test_fp16_weights_are_compressed(converted) -> None:
+    fp32 = converted("x86", "fp32").path.with_suffix(".bin").stat().st_size
+    fp16 = converted("x86", "fp16").path.with_suffix(".bin").stat().st_size
+    int8 = converted("x86", "int8").path.with_suffix(".bin").stat().st_size
+    assert fp16 < 0.55 * fp32 and int8 < 0.3 * fp32
+
+
+def test_dynamic_batch(converted, held_out) -> None:
+    result = converted("x86", "fp32", dynamic_batch=True)
+    assert result.record.inputs[0].shape[0] == "batch"
+    classifier = Classifier(result.path)
+    frames, _ = held_out
+    np.testing.assert_allclose(classifier.logits_batch(frames[:6]),
+                               np.stack([classifier.logits(f) for f in frames[:6]]), atol=1e-4)
+
+
+@pytest.mark.parametrize("target, preset, message", [
+    ("x86", "fast", "--preset must be one of performance, mixed"),
+    ("onnx", "mixed", "--preset is for target x86"),
+])
+def test_bad_presets(model, tmp_path: Path, target: str, preset: str, message: str) -> None:
+    with pytest.raises(TargetError, match=message):
+        convert(model, ConvertOptions(target=target, preset=preset, out_dir=tmp_path, imgsz=32))
