@@ -90,7 +90,9 @@ class Classifier:
         if topk < 1:
             raise EdgeresError(f"topk must be at least 1, got {topk}")
         probabilities = softmax(logits)
-        order = np.argsort(-probabilities, kind="stable")[: min(topk, len(probabilities))]
+        count = min(topk, len(probabilities))
+        candidates = np.argpartition(-probabilities, count - 1)[:count]
+        order = candidates[np.argsort(-probabilities[candidates], kind="stable")]
         return [Prediction(self.labels[i], int(i), float(probabilities[i])) for i in order]
 
     def __repr__(self) -> str:

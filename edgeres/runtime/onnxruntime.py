@@ -28,6 +28,10 @@ class OnnxRuntimeBackend:
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
+        # Between two inferences the Classifier preprocesses a frame in Python; worker
+        # threads that spin-wait meanwhile take the cores it needs (measured: 15.0 vs
+        # 11.1 ms per predict on 2 cores, tools/benchmark_cpu.py).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as error:  # onnxruntime raises its own untyped errors for a bad file

@@ -1,0 +1,185 @@
+"""Latency of PyTorch eager and every CPU backend on the same weights, in one run.
+
+    .venv/bin/python tools/benchmark_cpu.py --arch resnet18 resnet50 --threads 2 --json out/bench_cpu.json
+
+Batch 1 at 224x224. The artifacts are converted once; then each runtime is measured in
+its own fresh process, as an application would hold it (several runtimes' thread pools
+in one process slow each other down). Inside a process the cases are interleaved: each
+round runs bare inference, preprocessing and `Classifier.predict(frame)` on a 640x480
+BGR frame (preprocessing, inference and top-5), after a pause and an untimed call.
+
+Weights: torchvision's ImageNet weights when they are on disk (--weights imagenet),
+else a seeded random initialisation (latency does not depend on the values). INT8
+models are calibrated on crops of scikit-image's sample photos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+CALIBRATION_IMAGES = 64
+ARTIFACTS = (("onnx", "fp32"), ("onnx", "int8"), ("x86", "fp32"), ("x86", "int8"))
+
+
+def photo_crops(folder: Path, count: int) -> Path:
+    """Write `count` random crops of scikit-image's photos as a calibration folder."""
+    import cv2
+    from skimage import data
+
+    rng = np.random.default_rng(0)
+    photos = [getattr(data, n)()[..., ::-1] for n in ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field")]
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        photo = photos[index % len(photos)]
+        h, w = photo.shape[:2]
+        side = int(rng.integers(min(h, w) // 2, min(h, w)))
+        top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        cv2.imwrite(str(folder / f"{index:03d}.png"), np.ascontiguousarray(photo[top : top + side, left : left + side]))
+    return folder
+
+
+def interleaved_medians(cases: dict[str, Callable[[], object]], rounds: int, per_round: int) -> dict[str, float]:
+    for run in cases.values():  # warm-up: first calls compile kernels and fill caches
+        for _ in range(3):
+            run()
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, run in cases.items():
+            time.sleep(0.05)  # let the previous case's worker threads go idle
+            run()
+            for _ in range(per_round):
+                start = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * statistics.median(values) for name, values in times.items()}
+
+
+def frame_and_input(preprocess) -> tuple[np.ndarray, np.ndarray]:
+    frame = np.random.default_rng(1).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    return frame, preprocess(frame)[None]
+
+
+def worker_eager(checkpoint: Path, arch: str, threads: int, rounds: int, per_round: int) -> dict:
+    import torch
+
+    from edgeres.models import load_model
+    from edgeres.preprocess import Preprocess
+
+    torch.set_num_threads(threads)
+    module = load_model(checkpoint, arch).module
+    _, x = frame_and_input(Preprocess.imagenet())
+    tensor = torch.from_numpy(x)
+
+    def eager() -> None:
+        with torch.inference_mode():
+            module(tensor)
+
+    return interleaved_medians({"inference": eager}, rounds, per_round)
+
+
+def worker_artifact(artifact: Path, threads: int, rounds: int, per_round: int) -> dict:
+    from edgeres.runtime.classifier import Classifier
+
+    classifier = Classifier(artifact, threads=threads)
+    frame, x = frame_and_input(classifier.preprocess)
+    backend = classifier._backend  # the bare runtime call, without edgeres around it
+    cases = {
+        "inference": lambda: backend.run(x),
+        "preprocess": lambda: classifier.preprocess(frame),
+        "predict": lambda: classifier.predict(frame),
+    }
+    return interleaved_medians(cases, rounds, per_round)
+
+
+def run_worker(args: list[str]) -> dict:
+    command = [sys.executable, __file__, "--worker", *args]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"benchmark worker failed: {' '.join(args)}\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_arch(arch: str, weights: str | None, threads: int, rounds: int, per_round: int, scratch: Path) -> dict:
+    import torch
+    import torchvision
+
+    from edgeres.conversion.pipeline import ConvertOptions, convert
+    from edgeres.models import load_model
+
+    scratch.mkdir(parents=True, exist_ok=True)
+    checkpoint = scratch / f"{arch}.pth"
+    if weights:
+        module = load_model(arch=arch, weights=weights).module
+    else:
+        torch.manual_seed(0)
+        module = getattr(torchvision.models, arch)(weights=None)
+    torch.save(module.state_dict(), checkpoint)
+    model = load_model(checkpoint, arch)
+    calib = photo_crops(scratch / "calib", CALIBRATION_IMAGES)
+    common = [str(threads), str(rounds), str(per_round)]
+    results = {"pytorch eager fp32": run_worker(["eager", str(checkpoint), arch, *common])}
+    for target, precision in ARTIFACTS:
+        options = ConvertOptions(target=target, precision=precision, out_dir=scratch, calib=calib,
+                                 calib_size=CALIBRATION_IMAGES, name=f"{arch}_{target}_{precision}")
+        path = convert(model, options, log=lambda message: None).path
+        backend = "onnxruntime" if target == "onnx" else "openvino"
+        results[f"{backend} {precision}"] = run_worker(["artifact", str(path), *common])
+    return results
+
+
+def print_table(report: dict) -> None:
+    print(f"median ms, batch 1, 224x224, {report['threads']} threads, {report['rounds']}x{report['per_round']} runs; "
+          "predict = Classifier.predict on a 640x480 frame; x eager = PyTorch eager / predict")
+    print(f"  {'model':9s} {'runtime':18s} {'inference':>9s} {'preprocess':>10s} {'predict':>8s} {'predict/inference':>17s} {'x eager':>8s}")
+    for arch, results in report["results"].items():
+        eager = results["pytorch eager fp32"]["inference"]
+        print(f"  {arch:9s} {'pytorch eager fp32':18s} {eager:9.2f}")
+        for name, row in results.items():
+            if "predict" in row:
+                print(f"  {arch:9s} {name:18s} {row['inference']:9.2f} {row['preprocess']:10.2f} {row['predict']:8.2f} "
+                      f"{row['predict'] / row['inference']:17.2f} {eager / row['predict']:8.2f}")
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--worker":
+        kind, *rest = sys.argv[2:]
+        if kind == "eager":
+            checkpoint, arch, threads, rounds, per_round = rest
+            result = worker_eager(Path(checkpoint), arch, int(threads), int(rounds), int(per_round))
+        else:
+            artifact, threads, rounds, per_round = rest
+            result = worker_artifact(Path(artifact), int(threads), int(rounds), int(per_round))
+        print(json.dumps(result))
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", nargs="+", default=["resnet18", "resnet50"])
+    parser.add_argument("--weights", choices=["imagenet"], help="use torchvision's ImageNet weights from disk")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--per-round", type=int, default=10)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    report = {"threads": args.threads, "rounds": args.rounds, "per_round": args.per_round,
+              "weights": args.weights or "random init, seed 0", "results": {}}
+    with tempfile.TemporaryDirectory() as scratch:
+        for arch in args.arch:
+            report["results"][arch] = bench_arch(arch, args.weights, args.threads, args.rounds, args.per_round,
+                                                 Path(scratch) / arch)
+    print_table(report)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
