@@ -75,6 +75,10 @@ class Preprocess:
     def batch(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         return np.stack([self(frame) for frame in frames])
 
+    def tensors(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """Model inputs (N, ...) from crops that `resize_and_crop` already made."""
+        return np.stack([self.to_tensor(crop) for crop in crops])
+
     def resize_and_crop(self, frame_bgr: np.ndarray) -> np.ndarray:
         """Resize the shorter side to `resize`, then take the centre `crop` square.
 

@@ -26,13 +26,17 @@ def no_progress(items: Iterable[Any], description: str, total: int) -> Iterable[
 
 @dataclass
 class CalibrationSet:
-    """Preprocessed samples (no batch axis) and a summary for the artifact's record."""
+    """Calibration images, resized and cropped (uint8 BGR, crop x crop x 3), and a summary.
 
-    samples: list[np.ndarray]
+    Crops rather than model inputs: each target turns them into its own input layout,
+    dtype and normalisation with `Preprocess.tensors`, from the same pixels.
+    """
+
+    crops: list[np.ndarray]
     summary: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.crops)
 
 
 def read_image(path: Path) -> np.ndarray | None:
@@ -76,8 +80,8 @@ def read_image_folder(
             f"calibration folder {folder} has no images ({', '.join(IMAGE_SUFFIXES)}, searched recursively)"
         )
     chosen = sample_paths(paths, size, seed)
-    samples, skipped = _preprocess_all(chosen, preprocess, progress)
-    if not samples:
+    crops, skipped = _crop_all(chosen, preprocess, progress)
+    if not crops:
         raise CalibrationError(
             f"none of the {len(chosen)} images sampled from {folder} could be read; "
             f"first unreadable: {skipped[0]}"
@@ -87,12 +91,12 @@ def read_image_folder(
         "folder": str(folder),
         "found": len(paths),
         "sampled": len(chosen),
-        "used": len(samples),
+        "used": len(crops),
         "skipped": len(skipped),
         "skipped_examples": [str(p) for p in skipped[:5]],
         "seed": seed,
     }
-    return CalibrationSet(samples=samples, summary=summary)
+    return CalibrationSet(crops=crops, summary=summary)
 
 
 def sample_paths(paths: Sequence[Path], size: int, seed: int) -> list[Path]:
@@ -101,14 +105,14 @@ def sample_paths(paths: Sequence[Path], size: int, seed: int) -> list[Path]:
     return sorted(random.Random(seed).sample(list(paths), size))
 
 
-def _preprocess_all(
+def _crop_all(
     paths: Sequence[Path], preprocess: Preprocess, progress: Progress
 ) -> tuple[list[np.ndarray], list[Path]]:
-    samples, skipped = [], []
+    crops, skipped = [], []
     for path in progress(paths, "Reading calibration images", len(paths)):
         image = read_image(path)
         if image is None:
             skipped.append(path)
         else:
-            samples.append(preprocess(image))
-    return samples, skipped
+            crops.append(preprocess.resize_and_crop(image))
+    return crops, skipped

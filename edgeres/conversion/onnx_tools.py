@@ -18,6 +18,7 @@ from ..artifact import METADATA_KEY, ArtifactRecord, TensorSpec
 from ..calibration import CalibrationSet
 from ..calibration.onnxruntime import CalibrationReader
 from ..errors import ConversionError
+from ..preprocess import Preprocess
 from .common import INPUT_NAME, OUTPUT_NAME, quiet
 
 ORT_CALIBRATION = {
@@ -82,15 +83,15 @@ def to_fp16(src: Path, dst: Path) -> None:
     onnx.save(model, str(dst))
 
 
-def quantize_int8(src: Path, dst: Path, calibration: CalibrationSet, *, method: str,
-                  symmetric_activations: bool = False) -> dict:
+def quantize_int8(src: Path, dst: Path, calibration: CalibrationSet, preprocess: Preprocess, *,
+                  method: str, symmetric_activations: bool = False) -> dict:
     """Static INT8 in QDQ form: per-channel int8 weights, int8 activations from calibration."""
     with tempfile.TemporaryDirectory() as scratch, quiet():
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False)
         options = {"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True}
         quantize_static(
-            str(prepared), str(dst), CalibrationReader(calibration, INPUT_NAME),
+            str(prepared), str(dst), CalibrationReader(calibration, preprocess, INPUT_NAME),
             quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
             calibrate_method=ORT_CALIBRATION[method], extra_options=options,

@@ -17,7 +17,7 @@ from ..preprocess import Preprocess
 from ..targets import get_target
 from ..targets.base import CALIBRATION_METHODS, PRECISIONS, ConvertJob, ConvertResult
 
-# Without calibration images, exports are checked on seeded random inputs.
+# Without calibration images, exports are checked on seeded random images.
 RANDOM_REFERENCE_COUNT = 8
 MAX_REFERENCE_SAMPLES = 64
 MIN_IMGSZ = 32
@@ -37,6 +37,7 @@ class ConvertOptions:
     name: str | None = None
     seed: int = 0
     preset: str | None = None
+    verbose: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -66,39 +67,37 @@ def convert(
     target = get_target(options.target)
     target.check_options(options.precision, dynamic_batch=options.dynamic_batch, opset=options.opset,
                          preset=options.preset)
-    preprocess = Preprocess.imagenet(options.imgsz, layout=target.layout)
+    model_spec = Preprocess.imagenet(options.imgsz)
     calibration = None
     if options.calib is not None:
-        calibration = read_image_folder(options.calib, preprocess, size=options.calib_size,
+        calibration = read_image_folder(options.calib, model_spec, size=options.calib_size,
                                         seed=options.seed, progress=progress)
         summary = calibration.summary
         log(f"Read {summary['used']} images from {options.calib} ({summary['skipped']} unreadable, skipped)")
-    inputs, source = _reference_inputs(calibration, preprocess, options.seed)
+    crops, source = _reference_crops(calibration, model_spec, options.seed)
     job = ConvertJob(
         module=model.module, arch=model.arch, labels=model.labels, source=model.source,
-        preprocess=preprocess, precision=options.precision, out_dir=Path(options.out_dir),
-        stem=options.name or f"{model.arch}_{target.name}_{options.precision}",
+        preprocess=target.input_spec(model_spec), model_preprocess=model_spec, precision=options.precision,
+        out_dir=Path(options.out_dir), stem=options.name or f"{model.arch}_{target.name}_{options.precision}",
         calibration=calibration if options.precision == "int8" else None,
-        calibration_method=options.calib_method, opset=options.opset,
-        dynamic_batch=options.dynamic_batch, preset=options.preset, log=log, reference_inputs=inputs,
-        reference_logits=torch_logits(model.module, inputs, preprocess.layout), reference_source=source,
+        calibration_method=options.calib_method, opset=options.opset, dynamic_batch=options.dynamic_batch,
+        preset=options.preset, verbose=options.verbose, log=log, reference_crops=crops,
+        reference_logits=torch_logits(model.module, model_spec.tensors(crops)), reference_source=source,
     )
     return target.convert(job)
 
 
-def _reference_inputs(calibration: CalibrationSet | None, preprocess: Preprocess,
-                      seed: int) -> tuple[np.ndarray, str]:
+def _reference_crops(calibration: CalibrationSet | None, spec: Preprocess,
+                     seed: int) -> tuple[list[np.ndarray], str]:
     if calibration is not None:
-        samples = calibration.samples[:MAX_REFERENCE_SAMPLES]
-        return np.stack(samples), "calibration images"
-    shape = (RANDOM_REFERENCE_COUNT, *preprocess.input_shape[1:])
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32), "random normal inputs"
+        return calibration.crops[:MAX_REFERENCE_SAMPLES], "calibration images"
+    rng = np.random.default_rng(seed)
+    crops = [rng.integers(0, 256, (spec.crop, spec.crop, 3), dtype=np.uint8) for _ in range(RANDOM_REFERENCE_COUNT)]
+    return crops, "random images"
 
 
-def torch_logits(module: torch.nn.Module, inputs: np.ndarray, layout: str = "NCHW",
-                 batch: int = 32) -> np.ndarray:
-    if layout == "NHWC":
-        inputs = np.ascontiguousarray(inputs.transpose(0, 3, 1, 2))
+def torch_logits(module: torch.nn.Module, inputs: np.ndarray, batch: int = 32) -> np.ndarray:
+    """PyTorch's logits for model inputs (N, 3, H, W), normalised as the model expects."""
     outputs = []
     with torch.inference_mode():
         for start in range(0, len(inputs), batch):

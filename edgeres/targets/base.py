@@ -33,7 +33,8 @@ class ConvertJob:
     arch: str
     labels: list[str]
     source: dict
-    preprocess: Preprocess
+    preprocess: Preprocess  # the artifact's input, as its record will say
+    model_preprocess: Preprocess  # what the PyTorch module takes (NCHW, normalised)
     precision: str
     out_dir: Path
     stem: str
@@ -42,9 +43,11 @@ class ConvertJob:
     opset: int = 18
     dynamic_batch: bool = False
     preset: str | None = None  # quantization preset, for targets that have presets
+    verbose: bool = False  # let the converters' own logs through
     log: Callable[[str], None] = print
-    # Inputs and PyTorch logits that every export is checked against.
-    reference_inputs: np.ndarray | None = None
+    # Crops (uint8 BGR, as resize_and_crop makes them) and PyTorch's logits for them:
+    # every export is checked against these.
+    reference_crops: list[np.ndarray] | None = None
     reference_logits: np.ndarray | None = None
     reference_source: str = ""
 
@@ -65,6 +68,9 @@ class Target(Protocol):
 
     def check_options(self, precision: str, *, dynamic_batch: bool, opset: int, preset: str | None = None) -> None:
         """Raise TargetError for options this target does not accept (before any work is done)."""
+
+    def input_spec(self, model_spec: Preprocess) -> Preprocess:
+        """The artifact's input, derived from the PyTorch model's (same resize and crop)."""
 
     def convert(self, job: ConvertJob) -> ConvertResult:
         """Write the artifact and its sidecar into job.out_dir; return what was written."""

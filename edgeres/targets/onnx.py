@@ -12,6 +12,7 @@ from ..artifact import ArtifactRecord, sidecar_path, staged_files, write_sidecar
 from ..conversion import onnx_tools
 from ..conversion.verify import compare_logits, enforce
 from ..errors import TargetError
+from ..preprocess import Preprocess
 from .base import PRECISIONS, ConvertJob, ConvertResult, Tolerance
 
 
@@ -32,12 +33,15 @@ class OnnxTarget:
             # torch.export's ONNX exporter writes opset 18 at the lowest.
             raise TargetError(f"the ONNX exporter writes opset 18 or newer, got --opset {opset}")
 
+    def input_spec(self, model_spec: Preprocess) -> Preprocess:
+        return model_spec
+
     def convert(self, job: ConvertJob) -> ConvertResult:
         with tempfile.TemporaryDirectory(prefix="edgeres-") as scratch:
             built, quantization = self._build(job, Path(scratch))
             model = onnx.load(str(built))
             checks = self.check_graph(model, job)
-            logits = onnx_tools.run_onnx(built, job.reference_inputs)
+            logits = onnx_tools.run_onnx(built, job.preprocess.tensors(job.reference_crops))
         final = job.out_dir / f"{job.stem}.onnx"
         verification = compare_logits(job.reference_logits, logits, job.reference_source)
         enforce(verification, job.precision, self.tolerance, final.name)
@@ -63,7 +67,7 @@ class OnnxTarget:
             onnx_tools.to_fp16(fp32, scratch / "fp16.onnx")
             return scratch / "fp16.onnx", {"kind": "fp16 weights and compute", "io": "float32"}
         job.log(f"Quantizing to INT8 with {len(job.calibration)} calibration images ({job.calibration_method})")
-        quantization = onnx_tools.quantize_int8(fp32, scratch / "int8.onnx", job.calibration,
+        quantization = onnx_tools.quantize_int8(fp32, scratch / "int8.onnx", job.calibration, job.preprocess,
                                                 method=job.calibration_method,
                                                 symmetric_activations=self.symmetric_activations)
         return scratch / "int8.onnx", quantization

@@ -16,6 +16,7 @@ from ..conversion.common import INPUT_NAME, OUTPUT_NAME, quiet
 from ..conversion.verify import compare_logits, enforce
 from ..errors import ConversionError, TargetError
 from ..runtime.openvino import compile_config
+from ..preprocess import Preprocess
 from .base import PRECISIONS, ConvertJob, ConvertResult, Tolerance
 
 PRESETS = ("performance", "mixed")
@@ -35,6 +36,9 @@ class OpenVinoTarget:
         if preset is not None and preset not in self.presets:
             raise TargetError(f"--preset must be one of {', '.join(self.presets)}, got {preset!r}")
 
+    def input_spec(self, model_spec: Preprocess) -> Preprocess:
+        return model_spec
+
     def convert(self, job: ConvertJob) -> ConvertResult:
         model = self._float_model(job)
         quantization = None
@@ -47,7 +51,7 @@ class OpenVinoTarget:
             # Verify what will be shipped: the IR saved with the same weight compression.
             probe = Path(scratch) / final.name
             ov.save_model(model, str(probe), compress_to_fp16=job.precision == "fp16")
-            logits = run_ir(probe, job.reference_inputs, job.precision)
+            logits = run_ir(probe, job.preprocess.tensors(job.reference_crops), job.precision)
         verification = compare_logits(job.reference_logits, logits, job.reference_source)
         enforce(verification, job.precision, self.tolerance, final.name)
         record = self._record(job, model, quantization, verification)
@@ -78,7 +82,7 @@ class OpenVinoTarget:
             import nncf
 
             nncf.set_log_level(logging.ERROR)
-            dataset = nncf.Dataset(job.calibration.samples, lambda sample: sample[None])
+            dataset = nncf.Dataset(job.calibration.crops, lambda crop: job.preprocess.to_tensor(crop)[None])
             model = nncf.quantize(
                 job_model, dataset, preset=getattr(nncf.QuantizationPreset, preset.upper()),
                 subset_size=len(job.calibration), fast_bias_correction=True,

@@ -37,7 +37,7 @@ def test_reads_recursively_and_counts_unreadable(mixed_folder: Path) -> None:
     assert calibration.summary["used"] == 6
     assert calibration.summary["skipped"] == 2
     assert sorted(Path(p).name for p in calibration.summary["skipped_examples"]) == ["broken.jpg", "empty.png"]
-    assert all(sample.shape == (3, 32, 32) and sample.dtype == np.float32 for sample in calibration.samples)
+    assert all(crop.shape == (32, 32, 3) and crop.dtype == np.uint8 for crop in calibration.crops)
 
 
 def test_sampling_is_deterministic(calib_dir: Path) -> None:
@@ -45,8 +45,8 @@ def test_sampling_is_deterministic(calib_dir: Path) -> None:
     second = read_image_folder(calib_dir, SPEC, size=20, seed=1)
     other = read_image_folder(calib_dir, SPEC, size=20, seed=2)
     assert len(first) == 20
-    np.testing.assert_array_equal(np.stack(first.samples), np.stack(second.samples))
-    assert not np.array_equal(np.stack(first.samples), np.stack(other.samples))
+    np.testing.assert_array_equal(np.stack(first.crops), np.stack(second.crops))
+    assert not np.array_equal(np.stack(first.crops), np.stack(other.crops))
 
 
 def test_missing_folder(tmp_path: Path) -> None:

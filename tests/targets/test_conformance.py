@@ -10,6 +10,7 @@ import pytest
 
 from edgeres.artifact import read_sidecar
 from edgeres.conversion.pipeline import torch_logits
+from edgeres.preprocess import Preprocess
 from edgeres.runtime.classifier import Classifier
 from edgeres.targets import REGISTRY, get_target
 
@@ -29,8 +30,8 @@ def test_target_round_trip(target: str, precision: str, converted, model, held_o
     classifier = Classifier(result.path)
     assert classifier.record == record  # the record embedded in the artifact is the sidecar's
     frames, _ = held_out
-    inputs = np.stack([classifier.preprocess(frame) for frame in frames[:100]])
-    reference = torch_logits(model.module, inputs, classifier.preprocess.layout)
+    crops = [classifier.preprocess.resize_and_crop(frame) for frame in frames[:100]]
+    reference = torch_logits(model.module, Preprocess.imagenet(32).tensors(crops))
     ours = classifier.logits_batch(frames[:100])
     tolerance = get_target(target).tolerance
     if precision == "fp32":
