@@ -76,6 +76,7 @@ def convert(
         False, "--trust-checkpoint", help="Allow a checkpoint that pickles a whole model. Unpickling can run code: "
         "only for files you trust."),
     seed: int = typer.Option(0, help="Seed for sampling calibration images."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show the converters' own logs and progress."),
 ) -> None:
     """Convert a trained ResNet into a verified artifact for one target.
 
@@ -94,7 +95,7 @@ def convert(
     options = ConvertOptions(
         target=target, precision=precision, out_dir=out, calib=calib, calib_size=calib_size,
         calib_method=calib_method.value, imgsz=imgsz, dynamic_batch=dynamic_batch, opset=opset,
-        name=name, seed=seed, preset=preset,
+        name=name, seed=seed, preset=preset, verbose=verbose,
     )
     with err_console.status("Loading the model"):
         model = load_model(checkpoint, arch, weights=weights, labels=labels, trust_checkpoint=trust_checkpoint)

@@ -72,7 +72,7 @@ def test_predict_and_info(monkeypatch, capsys, converted, digits) -> None:
 def test_help_teaches(monkeypatch, capsys) -> None:
     code, out, _ = run_cli(monkeypatch, capsys, "convert", "--help")
     assert code == 0
-    for words in ("--int8", "--calib", "--target", "onnx, npu, x86", "--preset", "--trust-checkpoint", "Examples"):
+    for words in ("--int8", "--calib", "--target", "onnx, npu, x86, rpi", "--preset", "--trust-checkpoint", "Examples"):
         assert words in out
 
 
@@ -83,7 +83,7 @@ def test_missing_checkpoint(monkeypatch, capsys, tmp_path: Path) -> None:
 
 def test_unknown_target(monkeypatch, capsys, checkpoint: Path, tmp_path: Path) -> None:
     code, _, err = run_cli(monkeypatch, capsys, "convert", checkpoint, "--target", "tpu", "--out", tmp_path)
-    assert_one_red_line(code, err, "unknown target 'tpu'; choose one of onnx, npu, x86")
+    assert_one_red_line(code, err, "unknown target 'tpu'; choose one of onnx, npu, x86, rpi")
 
 
 def test_wrong_arch(monkeypatch, capsys, checkpoint: Path, tmp_path: Path) -> None:

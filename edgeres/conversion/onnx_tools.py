@@ -19,7 +19,8 @@ from ..calibration import CalibrationSet
 from ..calibration.onnxruntime import CalibrationReader
 from ..errors import ConversionError
 from ..preprocess import Preprocess
-from .common import INPUT_NAME, OUTPUT_NAME, quiet
+from ..logs import quiet
+from .common import INPUT_NAME, OUTPUT_NAME
 
 ORT_CALIBRATION = {
     "minmax": CalibrationMethod.MinMax,

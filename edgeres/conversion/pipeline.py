@@ -12,6 +12,7 @@ import torch
 from ..calibration import CalibrationSet, read_image_folder
 from ..calibration.folder import DEFAULT_CALIB_SIZE, Progress, no_progress
 from ..errors import CalibrationError, EdgeresError
+from ..logs import set_verbose
 from ..models import LoadedModel
 from ..preprocess import Preprocess
 from ..targets import get_target
@@ -64,6 +65,7 @@ def convert(
     log: Callable[[str], None] = print,
 ) -> ConvertResult:
     """Convert `model` for `options.target`, verify it against PyTorch, write it atomically."""
+    set_verbose(options.verbose)
     target = get_target(options.target)
     target.check_options(options.precision, dynamic_batch=options.dynamic_batch, opset=options.opset,
                          preset=options.preset)
@@ -81,7 +83,7 @@ def convert(
         out_dir=Path(options.out_dir), stem=options.name or f"{model.arch}_{target.name}_{options.precision}",
         calibration=calibration if options.precision == "int8" else None,
         calibration_method=options.calib_method, opset=options.opset, dynamic_batch=options.dynamic_batch,
-        preset=options.preset, verbose=options.verbose, log=log, reference_crops=crops,
+        preset=options.preset, log=log, reference_crops=crops,
         reference_logits=torch_logits(model.module, model_spec.tensors(crops)), reference_source=source,
     )
     return target.convert(job)

@@ -15,6 +15,7 @@ from .base import Backend
 BACKENDS: dict[str, str] = {
     ".onnx": "edgeres.runtime.onnxruntime:OnnxRuntimeBackend",
     ".xml": "edgeres.runtime.openvino:OpenVinoBackend",
+    ".tflite": "edgeres.runtime.tflite:TfliteBackend",
 }
 
 

@@ -14,6 +14,7 @@ REGISTRY: dict[str, str] = {
     "onnx": "edgeres.targets.onnx:OnnxTarget",
     "npu": "edgeres.targets.npu:NpuTarget",
     "x86": "edgeres.targets.openvino:OpenVinoTarget",
+    "rpi": "edgeres.targets.tflite:TfliteTarget",
 }
 
 

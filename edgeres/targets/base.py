@@ -43,7 +43,6 @@ class ConvertJob:
     opset: int = 18
     dynamic_batch: bool = False
     preset: str | None = None  # quantization preset, for targets that have presets
-    verbose: bool = False  # let the converters' own logs through
     log: Callable[[str], None] = print
     # Crops (uint8 BGR, as resize_and_crop makes them) and PyTorch's logits for them:
     # every export is checked against these.

@@ -12,7 +12,8 @@ import openvino as ov
 import torch
 
 from ..artifact import METADATA_KEY, ArtifactRecord, TensorSpec, sidecar_path, staged_files, write_sidecar
-from ..conversion.common import INPUT_NAME, OUTPUT_NAME, quiet
+from ..conversion.common import INPUT_NAME, OUTPUT_NAME
+from ..logs import quiet
 from ..conversion.verify import compare_logits, enforce
 from ..errors import ConversionError, TargetError
 from ..runtime.openvino import compile_config

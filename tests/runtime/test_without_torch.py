@@ -14,7 +14,7 @@ BLOCK_HEAVY_IMPORTS = textwrap.dedent("""
     import importlib.abc, sys
     class Block(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path, target=None):
-            if name.split(".")[0] in {"torch", "torchvision", "onnx", "onnxscript", "sklearn", "nncf"}:
+            if name.split(".")[0] in {"torch", "torchvision", "onnx", "onnxscript", "sklearn", "nncf", "litert_torch", "ai_edge_quantizer"}:
                 raise ImportError(f"{name} is blocked: not installed on this device")
     sys.meta_path.insert(0, Block())
 """)
@@ -25,7 +25,7 @@ def _run(code: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("target", ["npu", "x86"])
+@pytest.mark.parametrize("target", ["npu", "x86", "rpi"])
 def test_classifier_predicts_without_torch(converted, digits, target: str) -> None:
     artifact = converted(target, "int8").path
     image = sorted(digits.test_dir.rglob("*.png"))[0]
@@ -34,7 +34,7 @@ def test_classifier_predicts_without_torch(converted, digits, target: str) -> No
         classifier = edgeres.Classifier({str(artifact)!r})
         predictions = classifier.predict(cv2.imread({str(image)!r}), topk=1)
         assert next(classifier.stream([cv2.imread({str(image)!r})], topk=1)) == predictions
-        assert not {{"torch", "onnx", "nncf"}} & set(sys.modules)
+        assert not {{"torch", "onnx", "nncf", "litert_torch"}} & set(sys.modules)
         print(predictions[0].label)
     """)
     assert result.returncode == 0, result.stderr

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgeres.errors import ArtifactError, DeviceError
+from edgeres.runtime.classifier import Classifier
+
+pytestmark = pytest.mark.slow
+
+
+def test_backend_and_batch(converted, held_out) -> None:
+    classifier = Classifier(converted("rpi", "int8").path, threads=2)
+    assert classifier.backend_name.startswith("tflite")
+    frames, _ = held_out
+    assert classifier.predict_batch(frames[:3], topk=1) == [classifier.predict(f, topk=1) for f in frames[:3]]
+
+
+def test_corrupt_tflite(tmp_path: Path) -> None:
+    path = tmp_path / "model.tflite"
+    path.write_bytes(b"TFL3 but not really a model")
+    with pytest.raises(ArtifactError, match="not a valid TFLite model"):
+        Classifier(path)
+
+
+def test_device(converted) -> None:
+    with pytest.raises(DeviceError, match="TFLite backend runs on the CPU"):
+        Classifier(converted("rpi", "fp32").path, device="GPU")
