@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
+import edgeres.runtime.openvino  # noqa: F401  (imports OpenVINO first, with its telemetry off)
 from edgeres.demo import DEMO_IMGSZ, DigitsData, digits_dataset, train_digits_resnet
 
 FIXTURE_VERSION = "v1"  # bump to rebuild the cached data and model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import ClassVar, Iterable, Iterator
@@ -11,10 +12,32 @@ import numpy as np
 from ..artifact import METADATA_KEY, ArtifactRecord, parse_embedded, read_sidecar
 from ..errors import ArtifactError, BackendUnavailableError, DeviceError
 
-try:
-    import openvino as ov
-except ImportError:  # the runtime is an extra: say how to get it when it is used
-    ov = None
+
+
+@contextlib.contextmanager
+def no_telemetry() -> Iterator[None]:
+    """Keep OpenVINO (from its first import) and NNCF from sending usage telemetry.
+
+    Both send it unless the user opted out, except when they see CI=true. Classifying
+    or converting someone's model should not phone home, and the sender forks a
+    process, which can deadlock one that has loaded JAX (litert-torch does).
+    """
+    previous = os.environ.get("CI")
+    os.environ["CI"] = "true"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["CI"]
+        else:
+            os.environ["CI"] = previous
+
+
+with no_telemetry():
+    try:
+        import openvino as ov
+    except ImportError:  # the runtime is an extra: say how to get it when it is used
+        ov = None
 
 # Compiled models are cached here, so the second start of an artifact is fast.
 CACHE_ENV = "EDGERES_CACHE_DIR"

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
-import openvino as ov
 import torch
 
 from ..artifact import METADATA_KEY, ArtifactRecord, TensorSpec, sidecar_path, staged_files, write_sidecar
@@ -16,7 +15,7 @@ from ..conversion.common import INPUT_NAME, OUTPUT_NAME
 from ..logs import quiet
 from ..conversion.verify import compare_logits, enforce
 from ..errors import ConversionError, TargetError
-from ..runtime.openvino import compile_config
+from ..runtime.openvino import compile_config, no_telemetry, ov
 from ..preprocess import Preprocess
 from .base import PRECISIONS, ConvertJob, ConvertResult, Tolerance
 
@@ -66,7 +65,7 @@ class OpenVinoTarget:
     def _float_model(self, job: ConvertJob) -> ov.Model:
         job.log(f"Converting {job.arch} with openvino.convert_model (OpenVINO {ov.get_version().split('-')[0]})")
         shape = list(job.preprocess.input_shape)
-        with quiet():
+        with quiet(), no_telemetry():
             try:
                 model = ov.convert_model(job.module.eval(), example_input=torch.zeros(shape))
             except Exception as error:  # the frontend raises several types; all mean "conversion failed"
@@ -79,7 +78,7 @@ class OpenVinoTarget:
     def _quantize(self, job_model: ov.Model, job: ConvertJob) -> tuple[ov.Model, dict]:
         preset = job.preset or "performance"
         job.log(f"Quantizing to INT8 with NNCF ({len(job.calibration)} calibration images, {preset} preset)")
-        with quiet():
+        with quiet(), no_telemetry():
             import nncf
 
             nncf.set_log_level(logging.ERROR)
