@@ -50,6 +50,7 @@ class ArtifactRecord:
     quantization: dict[str, Any] | None = None
     checks: list[dict[str, Any]] = field(default_factory=list)  # rules verified at conversion
     verification: dict[str, Any] | None = None  # agreement with the PyTorch model
+    device_profile: dict[str, Any] | None = None  # e.g. rpi5: its CPU, threads, and why
     edgeres_version: str = __version__
     schema_version: int = SCHEMA_VERSION
 

@@ -46,9 +46,11 @@ def _log(message: str) -> None:
 
 
 def _target_help() -> str:
+    from .devices import profile_names
     from .targets import REGISTRY
 
-    return "Where the artifact will run: " + ", ".join(REGISTRY) + "."
+    return (f"Where the artifact will run: a target ({', '.join(REGISTRY)}) or a device profile "
+            f"({', '.join(profile_names())}), which also records the device's defaults.")
 
 
 @app.command()
@@ -107,7 +109,7 @@ def _print_result(result: Any) -> None:
     record, verification = result.record, result.record.verification
     table = Table(title=f"Wrote {result.path}", show_header=True)
     for column in ("artifact", "precision", "size", "vs PyTorch: top-1 agree", "max |logit diff|", "checked on"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column == "artifact")
     table.add_row(
         result.path.name, record.precision, f"{result.path.stat().st_size / 1e6:.1f} MB",
         f"{verification['top1_agreement']:.1%}", f"{verification['max_abs_logit_diff']:.2e}",
@@ -115,7 +117,12 @@ def _print_result(result: Any) -> None:
     )
     console.print(table)
     for check in record.checks:
-        console.print(f"[green]checked[/green] {check['rule']}: {check['detail']}")
+        colour, word = ("green", "checked") if check["passed"] else ("yellow", "note")
+        console.print(f"[{colour}]{word}[/{colour}] {check['rule']}: {check['detail']}")
+    profile = record.device_profile
+    if profile and profile["recommended_precision"] != record.precision:
+        console.print(f"[yellow]{profile['name']}:[/yellow] {profile['recommended_precision']} is recommended "
+                      f"for this device: {profile['why']}")
 
 
 @app.command()
@@ -178,6 +185,8 @@ def info(
         "source": ", ".join(f"{k}={v}" for k, v in record.source.items()),
         "edgeres": record.edgeres_version,
     }
+    if record.device_profile:
+        rows["device profile"] = f"{record.device_profile['name']}: {record.device_profile['cpu']}"
     if record.quantization:
         rows["quantization"] = ", ".join(f"{k}: {v}" for k, v in record.quantization.items())
     if record.calibration:

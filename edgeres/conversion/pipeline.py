@@ -15,7 +15,7 @@ from ..errors import CalibrationError, EdgeresError
 from ..logs import set_verbose
 from ..models import LoadedModel
 from ..preprocess import Preprocess
-from ..targets import get_target
+from ..targets import resolve_target
 from ..targets.base import CALIBRATION_METHODS, PRECISIONS, ConvertJob, ConvertResult
 
 # Without calibration images, exports are checked on seeded random images.
@@ -66,7 +66,7 @@ def convert(
 ) -> ConvertResult:
     """Convert `model` for `options.target`, verify it against PyTorch, write it atomically."""
     set_verbose(options.verbose)
-    target = get_target(options.target)
+    target, profile = resolve_target(options.target)
     target.check_options(options.precision, dynamic_batch=options.dynamic_batch, opset=options.opset,
                          preset=options.preset)
     model_spec = Preprocess.imagenet(options.imgsz)
@@ -80,10 +80,10 @@ def convert(
     job = ConvertJob(
         module=model.module, arch=model.arch, labels=model.labels, source=model.source,
         preprocess=target.input_spec(model_spec), model_preprocess=model_spec, precision=options.precision,
-        out_dir=Path(options.out_dir), stem=options.name or f"{model.arch}_{target.name}_{options.precision}",
+        out_dir=Path(options.out_dir), stem=options.name or f"{model.arch}_{profile.name if profile else target.name}_{options.precision}",
         calibration=calibration if options.precision == "int8" else None,
         calibration_method=options.calib_method, opset=options.opset, dynamic_batch=options.dynamic_batch,
-        preset=options.preset, log=log, reference_crops=crops,
+        preset=options.preset, profile=profile.to_dict() if profile else None, log=log, reference_crops=crops,
         reference_logits=torch_logits(model.module, model_spec.tensors(crops)), reference_source=source,
     )
     return target.convert(job)

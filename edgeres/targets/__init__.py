@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
+from ..devices import DeviceProfile, load_profile, profile_names
 from ..errors import TargetError
 from .base import Target
 
@@ -23,3 +24,16 @@ def get_target(name: str) -> Target:
         raise TargetError(f"unknown target {name!r}; choose one of {', '.join(REGISTRY)}")
     module_name, class_name = REGISTRY[name].split(":")
     return getattr(import_module(module_name), class_name)()
+
+
+def resolve_target(name: str) -> tuple[Target, DeviceProfile | None]:
+    """A target name (onnx, rpi, ...) or a device profile name (rpi4, rpi5, ...)."""
+    if name in REGISTRY:
+        return get_target(name), None
+    profile = load_profile(name)
+    if profile is None:
+        raise TargetError(
+            f"unknown target {name!r}; choose a target ({', '.join(REGISTRY)}) "
+            f"or a device profile ({', '.join(profile_names())})"
+        )
+    return get_target(profile.target), profile

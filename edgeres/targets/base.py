@@ -43,6 +43,7 @@ class ConvertJob:
     opset: int = 18
     dynamic_batch: bool = False
     preset: str | None = None  # quantization preset, for targets that have presets
+    profile: dict | None = None  # the device profile converted for, if one was named
     log: Callable[[str], None] = print
     # Crops (uint8 BGR, as resize_and_crop makes them) and PyTorch's logits for them:
     # every export is checked against these.

@@ -83,5 +83,5 @@ class OnnxTarget:
             preprocess=job.preprocess.to_dict(), precision=job.precision, target=self.name,
             format="onnx", inputs=inputs, outputs=outputs, source=dict(job.source),
             calibration=calibration, quantization=quantization, checks=checks,
-            verification=verification,
+            verification=verification, device_profile=job.profile,
         )

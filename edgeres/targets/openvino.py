@@ -107,7 +107,7 @@ class OpenVinoTarget:
             preprocess=job.preprocess.to_dict(), precision=job.precision, target=self.name,
             format="openvino", inputs=[_spec(model.inputs[0], self.layout)], outputs=[_spec(model.outputs[0], None)],
             source=dict(job.source), calibration=calibration, quantization=quantization,
-            verification=verification,
+            verification=verification, device_profile=job.profile,
         )
 
 

@@ -122,5 +122,5 @@ class TfliteTarget:
             inputs=[TensorSpec(details.input_name, list(details.input_shape), details.input_dtype, self.layout)],
             outputs=[TensorSpec(details.output_name, list(details.output_shape), details.output_dtype)],
             source=dict(job.source), calibration=calibration, quantization=quantization, checks=[check],
-            verification=verification,
+            verification=verification, device_profile=job.profile,
         )

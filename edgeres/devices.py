@@ -1,0 +1,46 @@
+"""Device profiles: what edgeres assumes about a device (data in the top-level targets/ folder).
+
+A profile names its target and the defaults it implies, each with its reason:
+`edgeres convert --target rpi5` converts for target `rpi` with the rpi5 profile.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from .errors import TargetError
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    name: str
+    target: str
+    cpu: str
+    threads: int
+    input_dtype: str
+    recommended_precision: str
+    why: str
+    published_latency_ms: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "cpu": self.cpu, "threads": self.threads, "input_dtype": self.input_dtype,
+                "recommended_precision": self.recommended_precision, "why": self.why}
+
+
+def profile_names() -> list[str]:
+    folder = resources.files("edgeres.profiles")
+    return sorted(entry.name[: -len(".toml")] for entry in folder.iterdir() if entry.name.endswith(".toml"))
+
+
+def load_profile(name: str) -> DeviceProfile | None:
+    """The profile called `name`, or None if there is none."""
+    entry = resources.files("edgeres.profiles") / f"{name}.toml"
+    if not entry.is_file():
+        return None
+    try:
+        return DeviceProfile(**tomllib.loads(entry.read_text()))
+    except (tomllib.TOMLDecodeError, TypeError) as error:
+        raise TargetError(f"device profile {name} is malformed: {error}") from None

@@ -1,0 +1,15 @@
+"""Raspberry Pi with LiteRT: convert on a PC, copy the .tflite (and its .edgeres.json), classify on the Pi.
+
+    edgeres convert model.pth --arch resnet18 --target rpi5 --int8 --calib calib/ --out out   # on the PC
+    pip install 'edgeres[rpi]'                                                                # on the Pi
+    python examples/rpi_tflite.py out/resnet18_rpi5_int8.tflite photo.jpg
+"""
+
+import sys
+
+import cv2
+
+import edgeres
+
+classifier = edgeres.Classifier(sys.argv[1], threads=4)  # LiteRT + XNNPACK, chosen from .tflite
+print(classifier.predict(cv2.imread(sys.argv[2]), topk=1)[0])
