@@ -6,10 +6,11 @@ A profile names its target and the defaults it implies, each with its reason:
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
+
+import tomllib
 
 from .errors import TargetError
 

@@ -7,8 +7,8 @@ are the pixels it was calibrated and checked with.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
 import threading
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Sequence
 
 import cv2

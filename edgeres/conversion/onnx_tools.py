@@ -18,8 +18,8 @@ from ..artifact import METADATA_KEY, ArtifactRecord, TensorSpec
 from ..calibration import CalibrationSet
 from ..calibration.onnxruntime import CalibrationReader
 from ..errors import ConversionError
-from ..preprocess import Preprocess
 from ..logs import quiet
+from ..preprocess import Preprocess
 from .common import INPUT_NAME, OUTPUT_NAME
 
 ORT_CALIBRATION = {

@@ -11,12 +11,12 @@ import torch
 
 from ..calibration import CalibrationSet, read_image_folder
 from ..calibration.folder import DEFAULT_CALIB_SIZE, Progress, no_progress
-from ..errors import CalibrationError, EdgeresError
+from ..errors import CalibrationError, EdgeresError, TargetError
 from ..logs import set_verbose
 from ..models import LoadedModel
 from ..preprocess import Preprocess
-from ..targets import resolve_target
-from ..targets.base import CALIBRATION_METHODS, PRECISIONS, ConvertJob, ConvertResult
+from ..targets import REGISTRY, get_target, resolve_target
+from ..targets.base import CALIBRATION_METHODS, PRECISIONS, ConvertJob, ConvertResult, Target
 
 # Without calibration images, exports are checked on seeded random images.
 RANDOM_REFERENCE_COUNT = 8
@@ -67,8 +67,7 @@ def convert(
     """Convert `model` for `options.target`, verify it against PyTorch, write it atomically."""
     set_verbose(options.verbose)
     target, profile = resolve_target(options.target)
-    target.check_options(options.precision, dynamic_batch=options.dynamic_batch, opset=options.opset,
-                         preset=options.preset)
+    check_target_options(target, options)
     model_spec = Preprocess.imagenet(options.imgsz)
     calibration = None
     if options.calib is not None:
@@ -87,6 +86,19 @@ def convert(
         reference_logits=torch_logits(model.module, model_spec.tensors(crops)), reference_source=source,
     )
     return target.convert(job)
+
+
+def check_target_options(target: Target, options: ConvertOptions) -> None:
+    """What every target declares (precisions, presets), then the target's own rules."""
+    if options.precision not in target.precisions:
+        hint = ": add --int8 --calib DIR" if target.precisions == ("int8",) else ""
+        raise TargetError(f"target {target.name} makes {', '.join(target.precisions)}, not {options.precision}{hint}")
+    if options.preset is not None and options.preset not in target.presets:
+        if target.presets:
+            raise TargetError(f"--preset must be one of {', '.join(target.presets)}, got {options.preset!r}")
+        with_presets = [name for name in REGISTRY if get_target(name).presets]
+        raise TargetError(f"--preset is for target {', '.join(with_presets)}; target {target.name} has no presets")
+    target.check_options(options.precision, dynamic_batch=options.dynamic_batch, opset=options.opset)
 
 
 def _reference_crops(calibration: CalibrationSet | None, spec: Preprocess,

@@ -10,8 +10,8 @@ import torch
 
 from ..artifact import METADATA_KEY
 from ..errors import ConversionError
-from ..runtime.tflite import IoDetails, interpreter, io_details, xnnpack_coverage
 from ..logs import quiet
+from ..runtime.tflite import IoDetails, interpreter, io_details, xnnpack_coverage
 
 __all__ = ["IoDetails", "convert", "fp16_weights", "full_integer", "io_details", "run", "with_metadata",
            "xnnpack_coverage"]

@@ -13,7 +13,6 @@ from ..artifact import METADATA_KEY, ArtifactRecord, parse_embedded, read_sideca
 from ..errors import ArtifactError, BackendUnavailableError, DeviceError
 
 
-
 @contextlib.contextmanager
 def no_telemetry() -> Iterator[None]:
     """Keep OpenVINO (from its first import) and NNCF from sending usage telemetry.

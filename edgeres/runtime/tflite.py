@@ -141,12 +141,22 @@ class TfliteBackend:
         return self._max_batch
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        batch = self._quantize(batch)
         rows = []
         for item in batch:  # the graph has batch 1
-            self._interpreter.set_tensor(self._input["index"], item[None].astype(self._input["dtype"], copy=False))
+            self._interpreter.set_tensor(self._input["index"], item[None])
             self._interpreter.invoke()
             rows.append(self._dequantize(self._interpreter.get_tensor(self._output["index"])))
         return np.concatenate(rows)
+
+    def _quantize(self, batch: np.ndarray) -> np.ndarray:
+        """Float inputs to an integer model are quantized with the model's own parameters."""
+        dtype = np.dtype(self._input["dtype"])
+        if dtype.kind not in "iu" or batch.dtype == dtype:
+            return batch.astype(dtype, copy=False)
+        scale, zero_point = self._input["quantization"]
+        info = np.iinfo(dtype)
+        return np.clip(np.round(batch / scale) + zero_point, info.min, info.max).astype(dtype)
 
     def _dequantize(self, output: np.ndarray) -> np.ndarray:
         scale, zero_point = self._output["quantization"]

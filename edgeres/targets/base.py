@@ -66,8 +66,14 @@ class Target(Protocol):
     layout: ClassVar[str]  # NCHW or NHWC input
     tolerance: ClassVar[Tolerance]
 
-    def check_options(self, precision: str, *, dynamic_batch: bool, opset: int, preset: str | None = None) -> None:
-        """Raise TargetError for options this target does not accept (before any work is done)."""
+    presets: ClassVar[tuple[str, ...]]  # quantization presets it accepts, () for none
+
+    def check_options(self, precision: str, *, dynamic_batch: bool, opset: int) -> None:
+        """Raise TargetError for options this target does not accept (before any work is done).
+
+        The precision and preset are checked by the pipeline against `precisions` and
+        `presets`; this is for the target's own rules.
+        """
 
     def input_spec(self, model_spec: Preprocess) -> Preprocess:
         """The artifact's input, derived from the PyTorch model's (same resize and crop)."""

@@ -26,12 +26,10 @@ class NpuTarget(OnnxTarget):
     precisions: ClassVar[tuple[str, ...]] = ("int8",)
     tolerance: ClassVar[Tolerance] = Tolerance()
 
-    def check_options(self, precision: str, *, dynamic_batch: bool, opset: int, preset: str | None = None) -> None:
-        if precision != "int8":
-            raise TargetError("target npu makes INT8 only: add --int8 --calib DIR")
+    def check_options(self, precision: str, *, dynamic_batch: bool, opset: int) -> None:
         if dynamic_batch:
             raise TargetError("NPU compilers need a static batch-1 shape: drop --dynamic-batch")
-        super().check_options(precision, dynamic_batch=dynamic_batch, opset=opset, preset=preset)
+        super().check_options(precision, dynamic_batch=dynamic_batch, opset=opset)
 
     def check_graph(self, model: onnx.ModelProto, job: ConvertJob) -> list[dict]:
         checks = [rule(model) for rule in NPU_RULES]

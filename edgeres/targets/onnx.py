@@ -22,13 +22,10 @@ class OnnxTarget:
     precisions: ClassVar[tuple[str, ...]] = PRECISIONS
     layout: ClassVar[str] = "NCHW"
     tolerance: ClassVar[Tolerance] = Tolerance()
+    presets: ClassVar[tuple[str, ...]] = ()
     symmetric_activations: ClassVar[bool] = False
 
-    def check_options(self, precision: str, *, dynamic_batch: bool, opset: int, preset: str | None = None) -> None:
-        if precision not in self.precisions:
-            raise TargetError(f"target {self.name} makes {', '.join(self.precisions)}, not {precision}")
-        if preset is not None:
-            raise TargetError(f"--preset is for target x86 (NNCF); target {self.name} has no presets")
+    def check_options(self, precision: str, *, dynamic_batch: bool, opset: int) -> None:
         if opset < 18:
             # torch.export's ONNX exporter writes opset 18 at the lowest.
             raise TargetError(f"the ONNX exporter writes opset 18 or newer, got --opset {opset}")

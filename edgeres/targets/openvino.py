@@ -12,11 +12,11 @@ import torch
 
 from ..artifact import METADATA_KEY, ArtifactRecord, TensorSpec, sidecar_path, staged_files, write_sidecar
 from ..conversion.common import INPUT_NAME, OUTPUT_NAME
-from ..logs import quiet
 from ..conversion.verify import compare_logits, enforce
-from ..errors import ConversionError, TargetError
-from ..runtime.openvino import compile_config, no_telemetry, ov
+from ..errors import ConversionError
+from ..logs import quiet
 from ..preprocess import Preprocess
+from ..runtime.openvino import compile_config, no_telemetry, ov
 from .base import PRECISIONS, ConvertJob, ConvertResult, Tolerance
 
 PRESETS = ("performance", "mixed")
@@ -30,11 +30,8 @@ class OpenVinoTarget:
     tolerance: ClassVar[Tolerance] = Tolerance()
     presets: ClassVar[tuple[str, ...]] = PRESETS
 
-    def check_options(self, precision: str, *, dynamic_batch: bool, opset: int, preset: str | None = None) -> None:
-        if precision not in self.precisions:
-            raise TargetError(f"target {self.name} makes {', '.join(self.precisions)}, not {precision}")
-        if preset is not None and preset not in self.presets:
-            raise TargetError(f"--preset must be one of {', '.join(self.presets)}, got {preset!r}")
+    def check_options(self, precision: str, *, dynamic_batch: bool, opset: int) -> None:
+        """OpenVINO accepts every option the pipeline has."""
 
     def input_spec(self, model_spec: Preprocess) -> Preprocess:
         return model_spec

@@ -17,7 +17,6 @@ import torch
 
 from ..artifact import ArtifactRecord, TensorSpec, sidecar_path, staged_files, write_sidecar
 from ..conversion import tflite_tools
-from ..logs import quiet
 from ..conversion.verify import compare_logits, enforce
 from ..errors import TargetError
 from ..preprocess import Preprocess
@@ -58,14 +57,11 @@ class TfliteTarget:
     precisions: ClassVar[tuple[str, ...]] = PRECISIONS
     layout: ClassVar[str] = "NHWC"
     tolerance: ClassVar[Tolerance] = Tolerance()
+    presets: ClassVar[tuple[str, ...]] = ()
 
-    def check_options(self, precision: str, *, dynamic_batch: bool, opset: int, preset: str | None = None) -> None:
-        if precision not in self.precisions:
-            raise TargetError(f"target {self.name} makes {', '.join(self.precisions)}, not {precision}")
+    def check_options(self, precision: str, *, dynamic_batch: bool, opset: int) -> None:
         if dynamic_batch:
             raise TargetError("TFLite models here have a static batch of 1: drop --dynamic-batch")
-        if preset is not None:
-            raise TargetError(f"--preset is for target x86 (NNCF); target {self.name} has no presets")
 
     def input_spec(self, model_spec: Preprocess) -> Preprocess:
         """Raw pixels: the normalisation is inside the graph."""

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgeres.errors import ArtifactError, DeviceError
@@ -27,3 +28,11 @@ def test_corrupt_tflite(tmp_path: Path) -> None:
 def test_device(converted) -> None:
     with pytest.raises(DeviceError, match="TFLite backend runs on the CPU"):
         Classifier(converted("rpi", "fp32").path, device="GPU")
+
+
+def test_float_input_is_quantized_with_the_models_parameters(converted, held_out) -> None:
+    classifier = Classifier(converted("rpi", "int8").path)
+    crop = classifier.preprocess.resize_and_crop(held_out[0][0])
+    as_float = classifier.preprocess.replace(dtype="float32", input_scale=None, input_zero_point=None).to_tensor(crop)
+    np.testing.assert_array_equal(classifier._backend.run(as_float[None]),
+                                  classifier._backend.run(classifier.preprocess.to_tensor(crop)[None]))

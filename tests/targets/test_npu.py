@@ -80,7 +80,7 @@ def test_float_model_fails_qdq_rule(converted) -> None:
 
 
 def test_npu_needs_int8(model, tmp_path: Path) -> None:
-    with pytest.raises(TargetError, match="target npu makes INT8 only"):
+    with pytest.raises(TargetError, match="target npu makes int8, not fp32: add --int8 --calib DIR"):
         convert(model, ConvertOptions(target="npu", out_dir=tmp_path, imgsz=32))
 
 

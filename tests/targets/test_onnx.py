@@ -8,7 +8,7 @@ import pytest
 
 from edgeres.conversion import onnx_tools
 from edgeres.conversion.pipeline import ConvertOptions, convert, torch_logits
-from edgeres.errors import CalibrationError, EdgeresError, TargetError, VerificationError
+from edgeres.errors import CalibrationError, EdgeresError, VerificationError
 from edgeres.runtime.classifier import Classifier
 
 pytestmark = pytest.mark.slow
