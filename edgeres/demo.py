@@ -118,12 +118,15 @@ def _fit(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, ep
             schedule.step()
 
 
-DEMO_ARTIFACTS = (("onnx", "fp32"), ("onnx", "fp16"), ("onnx", "int8"), ("npu", "int8"))
-QUICK_ARTIFACTS = (("onnx", "fp32"), ("npu", "int8"))
+DEMO_ARTIFACTS = (
+    ("onnx", "fp32"), ("onnx", "fp16"), ("onnx", "int8"), ("npu", "int8"),
+    ("x86", "fp32"), ("x86", "int8"), ("rpi5", "fp32"), ("rpi5", "int8"),
+)
+QUICK_ARTIFACTS = (("onnx", "fp32"), ("npu", "int8"), ("x86", "int8"), ("rpi5", "int8"))
 
 
 def run_demo(out: Path, *, epochs: int = 6, quick: bool = False, progress=None, log=print) -> list[dict]:
-    """Train (cached), convert to every ONNX-based target, and score each artifact on held-out digits."""
+    """Train (cached), convert for every target, and score each artifact on held-out digits."""
     import time
 
     from .conversion.pipeline import ConvertOptions, convert
@@ -152,8 +155,8 @@ def run_demo(out: Path, *, epochs: int = 6, quick: bool = False, progress=None, 
         elapsed = time.perf_counter() - start
         reference = predicted if reference is None else reference
         rows.append({
-            "artifact": result.path.name, "precision": precision,
-            "size_mb": result.path.stat().st_size / 1e6,
+            "artifact": result.path.name, "precision": precision, "runtime": classifier.backend_name,
+            "size_mb": sum(f.stat().st_size for f in result.files if not f.name.endswith(".json")) / 1e6,
             "accuracy": float((predicted == truth).mean()),
             "agreement": float((predicted == reference).mean()),
             "ms_per_frame": 1e3 * elapsed / len(frames),
