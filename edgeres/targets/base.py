@@ -8,7 +8,7 @@ from typing import Callable, ClassVar, Protocol
 
 import numpy as np
 
-from ..artifact import ArtifactRecord
+from ..artifact import ArtifactRecord, TensorSpec
 from ..calibration import CalibrationSet
 from ..preprocess import Preprocess
 
@@ -57,6 +57,23 @@ class ConvertResult:
     path: Path
     record: ArtifactRecord
     files: tuple[Path, ...]  # everything written, sidecar included
+
+
+def artifact_record(job: ConvertJob, *, target: str, format: str, inputs: list[TensorSpec],
+                    outputs: list[TensorSpec], calibration_method: str, quantization: dict | None,
+                    verification: dict, checks: list[dict] | None = None,
+                    preprocess: Preprocess | None = None) -> ArtifactRecord:
+    """The record every target writes: the job's facts plus what the target found."""
+    calibration = None
+    if job.precision == "int8":
+        calibration = {**job.calibration.summary, "method": calibration_method}
+    return ArtifactRecord(
+        arch=job.arch, num_classes=len(job.labels), labels=list(job.labels),
+        preprocess=(preprocess or job.preprocess).to_dict(), precision=job.precision, target=target,
+        format=format, inputs=inputs, outputs=outputs, source=dict(job.source), calibration=calibration,
+        quantization=quantization, checks=list(checks or []), verification=verification,
+        device_profile=job.profile,
+    )
 
 
 class Target(Protocol):

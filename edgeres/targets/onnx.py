@@ -8,12 +8,12 @@ from typing import ClassVar
 
 import onnx
 
-from ..artifact import ArtifactRecord, sidecar_path, staged_files, write_sidecar
+from ..artifact import sidecar_path, staged_files, write_sidecar
 from ..conversion import onnx_tools
 from ..conversion.verify import compare_logits, enforce
 from ..errors import TargetError
 from ..preprocess import Preprocess
-from .base import PRECISIONS, ConvertJob, ConvertResult, Tolerance
+from .base import PRECISIONS, ConvertJob, ConvertResult, Tolerance, artifact_record
 
 
 class OnnxTarget:
@@ -42,7 +42,10 @@ class OnnxTarget:
         final = job.out_dir / f"{job.stem}.onnx"
         verification = compare_logits(job.reference_logits, logits, job.reference_source)
         enforce(verification, job.precision, self.tolerance, final.name)
-        record = self._record(job, model, quantization, checks, verification)
+        inputs, outputs = onnx_tools.tensor_specs(model, self.layout)
+        record = artifact_record(job, target=self.name, format="onnx", inputs=inputs, outputs=outputs,
+                                 calibration_method=job.calibration_method, quantization=quantization,
+                                 checks=checks, verification=verification)
         onnx_tools.embed_record(model, record)
         with staged_files(job.out_dir) as stage:
             onnx.save(model, str(stage / final.name))
@@ -68,17 +71,3 @@ class OnnxTarget:
                                                 method=job.calibration_method,
                                                 symmetric_activations=self.symmetric_activations)
         return scratch / "int8.onnx", quantization
-
-    def _record(self, job: ConvertJob, model: onnx.ModelProto, quantization: dict | None,
-                checks: list[dict], verification: dict) -> ArtifactRecord:
-        inputs, outputs = onnx_tools.tensor_specs(model, self.layout)
-        calibration = None
-        if job.precision == "int8":
-            calibration = {**job.calibration.summary, "method": job.calibration_method}
-        return ArtifactRecord(
-            arch=job.arch, num_classes=len(job.labels), labels=list(job.labels),
-            preprocess=job.preprocess.to_dict(), precision=job.precision, target=self.name,
-            format="onnx", inputs=inputs, outputs=outputs, source=dict(job.source),
-            calibration=calibration, quantization=quantization, checks=checks,
-            verification=verification, device_profile=job.profile,
-        )

@@ -10,14 +10,14 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from ..artifact import METADATA_KEY, ArtifactRecord, TensorSpec, sidecar_path, staged_files, write_sidecar
+from ..artifact import METADATA_KEY, TensorSpec, sidecar_path, staged_files, write_sidecar
 from ..conversion.common import INPUT_NAME, OUTPUT_NAME
 from ..conversion.verify import compare_logits, enforce
 from ..errors import ConversionError
 from ..logs import quiet
 from ..preprocess import Preprocess
 from ..runtime.openvino import compile_config, no_telemetry, ov
-from .base import PRECISIONS, ConvertJob, ConvertResult, Tolerance
+from .base import PRECISIONS, ConvertJob, ConvertResult, Tolerance, artifact_record
 
 PRESETS = ("performance", "mixed")
 
@@ -51,7 +51,10 @@ class OpenVinoTarget:
             logits = run_ir(probe, job.preprocess.tensors(job.reference_crops), job.precision)
         verification = compare_logits(job.reference_logits, logits, job.reference_source)
         enforce(verification, job.precision, self.tolerance, final.name)
-        record = self._record(job, model, quantization, verification)
+        record = artifact_record(job, target=self.name, format="openvino",
+                                 inputs=[_spec(model.inputs[0], self.layout)], outputs=[_spec(model.outputs[0], None)],
+                                 calibration_method="nncf min-max statistics", quantization=quantization,
+                                 verification=verification)
         model.set_rt_info(record.to_json(), [METADATA_KEY])
         with staged_files(job.out_dir) as stage:
             ov.save_model(model, str(stage / final.name), compress_to_fp16=job.precision == "fp16")
@@ -93,19 +96,6 @@ class OpenVinoTarget:
             "tool": f"nncf {nncf.__version__} quantize",
         }
         return model, quantization
-
-    def _record(self, job: ConvertJob, model: ov.Model, quantization: dict | None,
-                verification: dict) -> ArtifactRecord:
-        calibration = None
-        if job.precision == "int8":
-            calibration = {**job.calibration.summary, "method": "nncf min-max statistics"}
-        return ArtifactRecord(
-            arch=job.arch, num_classes=len(job.labels), labels=list(job.labels),
-            preprocess=job.preprocess.to_dict(), precision=job.precision, target=self.name,
-            format="openvino", inputs=[_spec(model.inputs[0], self.layout)], outputs=[_spec(model.outputs[0], None)],
-            source=dict(job.source), calibration=calibration, quantization=quantization,
-            verification=verification, device_profile=job.profile,
-        )
 
 
 def _spec(port: ov.Output, layout: str | None) -> TensorSpec:

@@ -15,12 +15,12 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from ..artifact import ArtifactRecord, TensorSpec, sidecar_path, staged_files, write_sidecar
+from ..artifact import TensorSpec, sidecar_path, staged_files, write_sidecar
 from ..conversion import tflite_tools
 from ..conversion.verify import compare_logits, enforce
 from ..errors import TargetError
 from ..preprocess import Preprocess
-from .base import PRECISIONS, ConvertJob, ConvertResult, Tolerance
+from .base import PRECISIONS, ConvertJob, ConvertResult, Tolerance, artifact_record
 
 
 class RawPixelResNet(torch.nn.Module):
@@ -83,7 +83,15 @@ class TfliteTarget:
         coverage = tflite_tools.xnnpack_coverage(model_bytes)
         if coverage["outside"]:
             job.log(f"Not delegated to XNNPACK (slow on a Pi): {', '.join(coverage['outside'])}")
-        record = self._record(job, spec, details, quantization, coverage, verification)
+        check = {"rule": "every op inside the XNNPACK delegate", "passed": not coverage["outside"],
+                 "detail": f"{coverage['delegated']} of {coverage['ops']} ops delegated"
+                           + (f"; outside: {', '.join(coverage['outside'])}" if coverage["outside"] else "")}
+        record = artifact_record(
+            job, target=self.name, format="tflite", preprocess=spec,
+            inputs=[TensorSpec(details.input_name, list(details.input_shape), details.input_dtype, self.layout)],
+            outputs=[TensorSpec(details.output_name, list(details.output_shape), details.output_dtype)],
+            calibration_method="min-max (ai-edge-quantizer)", quantization=quantization, checks=[check],
+            verification=verification)
         with staged_files(job.out_dir) as stage:
             (stage / final.name).write_bytes(tflite_tools.with_metadata(model_bytes, record.to_json()))
             write_sidecar(stage / final.name, record)
@@ -103,20 +111,3 @@ class TfliteTarget:
         inputs = (job.preprocess.to_tensor(crop)[None] for crop in job.calibration.crops)
         quantization = tflite_tools.full_integer(fp32, scratch / "int8.tflite", inputs)
         return scratch / "int8.tflite", quantization
-
-    def _record(self, job: ConvertJob, spec: Preprocess, details: "tflite_tools.IoDetails",
-                quantization: dict | None, coverage: dict, verification: dict) -> ArtifactRecord:
-        calibration = None
-        if job.precision == "int8":
-            calibration = {**job.calibration.summary, "method": "min-max (ai-edge-quantizer)"}
-        check = {"rule": "every op inside the XNNPACK delegate", "passed": not coverage["outside"],
-                 "detail": f"{coverage['delegated']} of {coverage['ops']} ops delegated"
-                           + (f"; outside: {', '.join(coverage['outside'])}" if coverage["outside"] else "")}
-        return ArtifactRecord(
-            arch=job.arch, num_classes=len(job.labels), labels=list(job.labels), preprocess=spec.to_dict(),
-            precision=job.precision, target=self.name, format="tflite",
-            inputs=[TensorSpec(details.input_name, list(details.input_shape), details.input_dtype, self.layout)],
-            outputs=[TensorSpec(details.output_name, list(details.output_shape), details.output_dtype)],
-            source=dict(job.source), calibration=calibration, quantization=quantization, checks=[check],
-            verification=verification, device_profile=job.profile,
-        )
