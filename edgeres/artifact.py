@@ -114,6 +114,12 @@ def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def staged_files(out_dir: Path) -> Iterator[Path]:
     """Yield a scratch folder inside `out_dir`; on success, move its files into `out_dir`.
@@ -142,6 +148,7 @@ def atomic_path(final: Path) -> Iterator[Path]:
     handle, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
     os.close(handle)
     tmp = Path(name)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; an artifact is an ordinary file
     try:
         yield tmp
         os.replace(tmp, final)

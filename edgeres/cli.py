@@ -203,6 +203,46 @@ def info(
 
 
 @app.command()
+def video(
+    artifact: Path = typer.Argument(..., help="An artifact made by `edgeres convert`."),
+    source: str = typer.Option("0", help="Camera index (0), video file, or stream URL (rtsp://...)."),
+    headless: bool = typer.Option(False, "--headless", help="No window: write results to --out instead."),
+    out: Optional[Path] = typer.Option(None, help="Folder for annotated.mp4, frames.csv and frames.json."),
+    max_frames: Optional[int] = typer.Option(None, help="Stop after classifying this many frames."),
+    show_every: int = typer.Option(1, help="Draw every Nth classified frame in the window."),
+    all_frames: bool = typer.Option(False, "--all-frames", help="Offline: classify every frame of a file as "
+                                    "fast as possible instead of playing it in real time and dropping frames."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for the runtime."),
+    device: Optional[str] = typer.Option(None, help="Inference device (OpenVINO: CPU, GPU, AUTO, ...)."),
+) -> None:
+    """Classify a camera, a video file or a stream live; q, Esc or Ctrl-C ends it with a summary.
+
+    Capture runs in its own thread and always hands over the newest frame, so the lag
+    never grows: frames that arrive during inference are dropped and counted.
+    """
+    from .runtime.classifier import Classifier
+    from .video import classify_video, window_show
+
+    if headless and out is None:
+        raise EdgeresError("--headless needs --out DIR for the annotated video and per-frame results")
+    classifier = Classifier(artifact, threads=threads, device=device)
+    show = None if headless else window_show()
+    summary = classify_video(classifier, source, out_dir=out, max_frames=max_frames, show=show,
+                             show_every=show_every, realtime=not all_frames)
+    table = Table(title=f"{artifact.name} on {source}", show_header=False)
+    rows = {
+        "frames read / classified / dropped": f"{summary.frames_read} / {summary.frames_classified} / "
+                                               f"{summary.frames_dropped} ({summary.classified_share:.0%} classified)",
+        "FPS mean / p5": f"{summary.fps_mean:.1f} / {summary.fps_p5:.1f}",
+        "latency capture to result": f"{summary.latency_ms_mean:.1f} ms",
+        **{f"wrote {kind}": path for kind, path in summary.outputs.items()},
+    }
+    for key, value in rows.items():
+        table.add_row(key, value)
+    console.print(table)
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("edgeres-demo"), help="Output folder for the data, the model and the artifacts."),
     epochs: int = typer.Option(6, help="Training epochs for the default model."),

@@ -163,3 +163,23 @@ def run_demo(out: Path, *, epochs: int = 6, quick: bool = False, progress=None, 
         })
     (out / "report.json").write_text(json.dumps({"pytorch": info, "artifacts": rows}, indent=2) + "\n")
     return rows
+
+
+def write_clip(images: list[tuple[Path, int]], path: Path, *, fps: float = 30.0, frames_per_image: int = 15,
+               size: tuple[int, int] = (640, 480)) -> list[int]:
+    """A video of `images`, each held for `frames_per_image` frames, centred; returns each frame's class."""
+    width, height = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    truth = []
+    for image_path, label in images:
+        image = read_image(image_path)
+        side = min(width, height)  # fills the centre crop, as the training images do
+        tile = cv2.resize(image, (side, side), interpolation=cv2.INTER_LINEAR)
+        frame = np.full((height, width, 3), 128, np.uint8)
+        top, left = (height - side) // 2, (width - side) // 2
+        frame[top : top + side, left : left + side] = tile
+        for _ in range(frames_per_image):
+            writer.write(frame)
+            truth.append(label)
+    writer.release()
+    return truth

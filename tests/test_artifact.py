@@ -81,3 +81,13 @@ def test_staged_files_leave_nothing_on_failure(tmp_path: Path) -> None:
             (stage / "model.bin").write_bytes(b"half")
             raise RuntimeError("converter crashed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_written_files_get_ordinary_permissions(tmp_path: Path) -> None:
+    import os
+
+    with atomic_path(tmp_path / "model.json") as tmp:
+        tmp.write_text("{}")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "model.json").stat().st_mode & 0o777 == 0o666 & ~mask

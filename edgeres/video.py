@@ -1,0 +1,283 @@
+"""Live classification of a camera, a video file or a stream.
+
+Capture runs in its own thread and keeps only the newest frame: when inference is slower
+than the source, frames are dropped (and counted), never queued, so the lag cannot grow.
+A video file is played at its own frame rate, as a camera would deliver it.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import json
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import cv2
+import numpy as np
+
+from .artifact import atomic_path
+from .errors import EdgeresError
+from .runtime.classifier import Classifier, Prediction
+
+
+class VideoError(EdgeresError):
+    """A video source cannot be opened or read, or a window cannot be shown."""
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    index: int  # position of the frame in the source, counting dropped frames
+    timestamp_s: float  # when the frame was captured, from the start
+    label: str
+    probability: float
+    latency_ms: float  # capture to prediction
+
+
+@dataclass
+class VideoSummary:
+    frames_read: int = 0
+    frames_classified: int = 0
+    frames_dropped: int = 0
+    seconds: float = 0.0
+    fps_mean: float = 0.0
+    fps_p5: float = 0.0  # the slowest 5% of inter-result intervals, as frames per second
+    latency_ms_mean: float = 0.0
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def classified_share(self) -> float:
+        return self.frames_classified / self.frames_read if self.frames_read else 0.0
+
+
+def open_source(source: str | int) -> cv2.VideoCapture:
+    """A camera index ("0"), a file path, or a stream URL (rtsp://, http://)."""
+    if isinstance(source, str) and source.isdigit():
+        source = int(source)
+    if isinstance(source, str) and "://" not in source and not Path(source).exists():
+        raise VideoError(f"video source {source} does not exist; give a file, a camera index or a stream URL")
+    capture = cv2.VideoCapture(source)
+    if not capture.isOpened():
+        raise VideoError(f"cannot open video source {source!r}: no such camera, or not a video OpenCV can decode")
+    return capture
+
+
+class LatestFrame:
+    """Reads a source in a thread and keeps only the newest frame.
+
+    realtime=False is for offline files: no pacing and no dropping, the reader waits
+    until the previous frame has been taken, so every frame is classified.
+    """
+
+    def __init__(self, capture: cv2.VideoCapture, *, realtime: bool) -> None:
+        self._capture = capture
+        self._realtime = realtime
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        self._frame_interval = 1.0 / fps if realtime and fps and fps > 0 else 0.0
+        self._condition = threading.Condition()
+        self._latest: tuple[int, float, np.ndarray] | None = None
+        self._finished = False
+        self.frames_read = 0
+        self.started = time.perf_counter()
+        self._thread = threading.Thread(target=self._read, name="edgeres-capture", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._finished:
+            ok, frame = self._capture.read()
+            if not ok:
+                break
+            index = self.frames_read
+            self.frames_read += 1
+            if self._frame_interval:  # a file plays at its own rate, as a camera would
+                delay = self.started + index * self._frame_interval - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            with self._condition:
+                while not self._realtime and self._latest is not None and not self._finished:
+                    self._condition.wait()  # offline: hand over every frame
+                self._latest = (index, time.perf_counter() - self.started, frame)
+                self._condition.notify_all()
+        with self._condition:
+            self._finished = True
+            self._condition.notify_all()
+
+    def frames(self) -> Iterator[tuple[int, float, np.ndarray]]:
+        """The newest frame each time one is asked for; frames in between are dropped."""
+        while True:
+            with self._condition:
+                while self._latest is None and not self._finished:
+                    self._condition.wait()
+                if self._latest is None:
+                    return
+                latest, self._latest = self._latest, None
+                self._condition.notify_all()
+            yield latest
+
+    def stop(self) -> None:
+        with self._condition:
+            self._finished = True
+            self._condition.notify_all()
+        self._thread.join(timeout=2)
+        self._capture.release()
+
+
+def annotate(frame: np.ndarray, prediction: Prediction, fps: float) -> np.ndarray:
+    text = f"{prediction.label} {prediction.probability:.0%}  {fps:.1f} FPS"
+    scale = max(0.4, frame.shape[1] / 900)
+    thickness = max(1, round(scale * 2))
+    (width, height), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    out = frame.copy()
+    cv2.rectangle(out, (0, 0), (width + 12, height + 14), (0, 0, 0), -1)
+    cv2.putText(out, text, (6, height + 6), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+    return out
+
+
+class _Outputs:
+    """Annotated video and per-frame CSV/JSON; nothing appears under its final name half-written."""
+
+    def __init__(self, out_dir: Path, fps: float) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.out_dir, self.fps = out_dir, fps
+        self.rows: list[FrameResult] = []
+        self._partial = out_dir / ".annotated.partial.mp4"  # OpenCV picks the container by suffix
+        self._writer: cv2.VideoWriter | None = None
+
+    def add(self, result: FrameResult, annotated: np.ndarray) -> None:
+        self.rows.append(result)
+        if self._writer is None:
+            height, width = annotated.shape[:2]
+            fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+            self._writer = cv2.VideoWriter(str(self._partial), fourcc, self.fps, (width, height))
+        self._writer.write(annotated)
+
+    def close(self, summary: VideoSummary) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._partial.replace(self.out_dir / "annotated.mp4")
+            summary.outputs["video"] = str(self.out_dir / "annotated.mp4")
+        summary.outputs["csv"] = str(self.out_dir / "frames.csv")
+        summary.outputs["json"] = str(self.out_dir / "frames.json")
+        with atomic_path(self.out_dir / "frames.csv") as tmp, open(tmp, "w", newline="") as stream:
+            writer = csv.writer(stream)
+            writer.writerow(list(FrameResult.__dataclass_fields__))
+            writer.writerows(list(asdict(row).values()) for row in self.rows)
+        with atomic_path(self.out_dir / "frames.json") as tmp:
+            payload = {"summary": {**asdict(summary), "classified_share": summary.classified_share},
+                       "frames": [asdict(row) for row in self.rows]}
+            tmp.write_text(json.dumps(payload, indent=1) + "\n")
+
+    def discard(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+        self._partial.unlink(missing_ok=True)
+
+
+def classify_video(
+    classifier: Classifier,
+    source: str | int,
+    *,
+    out_dir: Path | None = None,
+    max_frames: int | None = None,
+    show: Callable[[np.ndarray], bool] | None = None,
+    show_every: int = 1,
+    realtime: bool = True,
+) -> VideoSummary:
+    """Classify a source live; write outputs to `out_dir` if given; `show(frame)` False stops.
+
+    Ctrl-C stops it cleanly too; the summary and the outputs so far are kept.
+    """
+    if max_frames is not None and max_frames < 1:
+        raise VideoError(f"--max-frames must be at least 1, got {max_frames}")
+    if show_every < 1:
+        raise VideoError(f"--show-every must be at least 1, got {show_every}")
+    capture = open_source(source)
+    fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
+    outputs = _Outputs(Path(out_dir), fps) if out_dir is not None else None
+    run = _VideoRun(classifier, LatestFrame(capture, realtime=realtime), outputs, show, show_every, max_frames)
+    try:
+        run.loop()
+    except KeyboardInterrupt:
+        pass
+    except BaseException:
+        if outputs is not None:
+            outputs.discard()
+        raise
+    finally:
+        run.reader.stop()
+    summary = run.summary()
+    if outputs is not None:
+        outputs.close(summary)
+    return summary
+
+
+class _VideoRun:
+    """One pass over a source: frames go into the classifier's stream, results come back in order."""
+
+    def __init__(self, classifier: Classifier, reader: LatestFrame, outputs: _Outputs | None,
+                 show: Callable[[np.ndarray], bool] | None, show_every: int, max_frames: int | None) -> None:
+        self.classifier, self.reader, self.outputs = classifier, reader, outputs
+        self.show, self.show_every, self.max_frames = show, show_every, max_frames
+        self.in_flight: collections.deque[tuple[int, float, np.ndarray]] = collections.deque()
+        self.done_times: list[float] = []
+        self.latencies: list[float] = []
+
+    def frames(self) -> Iterator[np.ndarray]:
+        for count, item in enumerate(self.reader.frames()):
+            if self.max_frames is not None and count >= self.max_frames:
+                return
+            self.in_flight.append(item)  # results come back in this order: each is tied to its frame
+            yield item[2]
+
+    def loop(self) -> None:
+        for predictions in self.classifier.stream(self.frames(), topk=1):
+            index, captured_at, frame = self.in_flight.popleft()
+            now = time.perf_counter() - self.reader.started
+            self.done_times.append(now)
+            self.latencies.append(1e3 * (now - captured_at))
+            top = predictions[0]
+            if self.outputs is None and self.show is None:
+                continue
+            annotated = annotate(frame, top, _fps(self.done_times))
+            if self.outputs is not None:
+                self.outputs.add(FrameResult(index, round(captured_at, 4), top.label, round(top.probability, 5),
+                                             round(self.latencies[-1], 2)), annotated)
+            if self.show is not None and len(self.done_times) % self.show_every == 0 and not self.show(annotated):
+                return
+
+    def summary(self) -> VideoSummary:
+        summary = VideoSummary(frames_read=self.reader.frames_read, frames_classified=len(self.done_times))
+        summary.frames_dropped = max(0, summary.frames_read - summary.frames_classified)
+        if len(self.done_times) > 1:
+            summary.seconds = self.done_times[-1] - self.done_times[0]
+            summary.fps_mean = (len(self.done_times) - 1) / summary.seconds if summary.seconds else 0.0
+            slowest = float(np.percentile(np.diff(self.done_times), 95))
+            summary.fps_p5 = 1.0 / slowest if slowest > 0 else 0.0
+        if self.latencies:
+            summary.latency_ms_mean = float(np.mean(self.latencies))
+        return summary
+
+
+def _fps(done_times: list[float], window: int = 30) -> float:
+    recent = done_times[-window:]
+    return (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
+
+
+def window_show(title: str = "edgeres") -> Callable[[np.ndarray], bool]:
+    """Show frames in a window; returns False once the user presses q or Esc."""
+    try:
+        cv2.namedWindow(title, cv2.WINDOW_NORMAL)
+    except cv2.error:
+        raise VideoError(
+            "this OpenCV has no window support (opencv-python-headless); use --headless --out DIR, "
+            "or pip install opencv-python for a window"
+        ) from None
+
+    def show(frame: np.ndarray) -> bool:
+        cv2.imshow(title, frame)
+        return cv2.waitKey(1) & 0xFF not in (ord("q"), 27)
+
+    return show

@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import pytest
+
+from edgeres.demo import write_clip
+from edgeres.runtime.classifier import Classifier
+from edgeres.video import VideoError, classify_video, open_source
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def clip(digits, tmp_path_factory) -> tuple[Path, list[int]]:
+    """640x480 at 30 FPS: 13 held-out digits, 5 frames each."""
+    path = tmp_path_factory.mktemp("video") / "clip.mp4"
+    truth = write_clip(digits.test_images()[::37], path, frames_per_image=5)
+    return path, truth
+
+
+@pytest.fixture(scope="module")
+def classifier(converted) -> Classifier:
+    return Classifier(converted("x86", "int8").path)
+
+
+def test_results_in_order_and_tied_to_their_frames(classifier, clip, tmp_path: Path) -> None:
+    path, truth = clip
+    summary = classify_video(classifier, str(path), out_dir=tmp_path, realtime=False)
+    rows = json.loads((tmp_path / "frames.json").read_text())["frames"]
+    indices = [row["index"] for row in rows]
+    assert indices == sorted(set(indices)) and len(rows) == summary.frames_classified > 0
+    assert summary.frames_read == summary.frames_classified == len(truth)  # offline: every frame
+    assert summary.frames_dropped == 0
+    correct = [classifier.labels.index(row["label"]) == truth[row["index"]] for row in rows]
+    assert sum(correct) / len(correct) >= 0.9  # each result names the digit in its own frame
+    timestamps = [row["timestamp_s"] for row in rows]
+    assert timestamps == sorted(timestamps)
+
+
+def test_annotated_video_and_csv(classifier, clip, tmp_path: Path) -> None:
+    summary = classify_video(classifier, str(clip[0]), out_dir=tmp_path, max_frames=10, realtime=False)
+    assert summary.frames_classified == 10
+    video = cv2.VideoCapture(str(tmp_path / "annotated.mp4"))
+    assert video.isOpened() and int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 10
+    ok, frame = video.read()
+    assert ok and frame.shape == (480, 640, 3)
+    lines = (tmp_path / "frames.csv").read_text().splitlines()
+    assert lines[0] == "index,timestamp_s,label,probability,latency_ms" and len(lines) == 11
+    assert not list(tmp_path.glob(".*"))  # no partial files left
+
+
+def test_every_runtime_streams(converted, clip, tmp_path: Path) -> None:
+    for target in ("onnx", "rpi"):
+        summary = classify_video(Classifier(converted(target, "int8").path), str(clip[0]), max_frames=5,
+                                 realtime=False)
+        assert summary.frames_classified == 5
+
+
+@pytest.mark.parametrize("source, message", [
+    ("/no/such/video.mp4", "does not exist"),
+    ("7", "cannot open video source 7"),
+])
+def test_sources_that_cannot_be_opened(source: str, message: str) -> None:
+    with pytest.raises(VideoError, match=message):
+        open_source(source)
+
+
+def test_a_file_that_is_not_a_video(tmp_path: Path) -> None:
+    path = tmp_path / "notes.mp4"
+    path.write_text("not a video")
+    with pytest.raises(VideoError, match="cannot open video source"):
+        open_source(str(path))
+
+
+def test_realtime_drops_instead_of_queueing(classifier, clip) -> None:
+    """Played in real time, results never fall behind: each is for a frame newer than the last."""
+    summary = classify_video(classifier, str(clip[0]), realtime=True)
+    assert summary.frames_read == len(clip[1])
+    assert summary.frames_classified + summary.frames_dropped == summary.frames_read
+
+
+def test_bad_limits(classifier, clip) -> None:
+    with pytest.raises(VideoError, match="--max-frames must be at least 1"):
+        classify_video(classifier, str(clip[0]), max_frames=0)
+
+
+def test_cli_video(monkeypatch, capsys, converted, clip, tmp_path: Path) -> None:
+    from tests.test_cli import assert_one_red_line, run_cli
+
+    artifact = converted("x86", "int8").path
+    code, out, err = run_cli(monkeypatch, capsys, "video", artifact, "--source", clip[0], "--headless",
+                             "--out", tmp_path, "--max-frames", "5")
+    assert code == 0, err
+    assert "frames read / classified / dropped" in out and (tmp_path / "annotated.mp4").exists()
+    code, _, err = run_cli(monkeypatch, capsys, "video", artifact, "--source", clip[0], "--headless")
+    assert_one_red_line(code, err, "--headless needs --out DIR")
+    code, _, err = run_cli(monkeypatch, capsys, "video", artifact, "--source", clip[0])
+    assert_one_red_line(code, err, "no window support")
