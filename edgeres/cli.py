@@ -254,7 +254,8 @@ def demo(
     """
     from .demo import run_demo
 
-    rows = run_demo(out, epochs=epochs, quick=quick, progress=_progress, log=_log)
+    report = run_demo(out, epochs=epochs, quick=quick, progress=_progress, log=_log)
+    rows, video = report["artifacts"], report["video"]
     table = Table(title="Artifacts on held-out digits (this machine)")
     for column in ("artifact", "runtime", "MB", "top-1", "agree*", "ms"):
         table.add_column(column, no_wrap=True)
@@ -264,6 +265,9 @@ def demo(
     console.print(table)
     console.print("* top-1 agreement with the first (FP32 ONNX) artifact; ms: Classifier.predict per "
                   f"48x48 image, preprocessing included. Report: {out / 'report.json'}")
+    console.print(f"Video ({video['artifact']}, real time): {video['frames_classified']}/{video['frames_read']} "
+                  f"frames classified, {video['fps_mean']:.1f} FPS mean, {video['fps_p5']:.1f} FPS p5; "
+                  f"annotated video: {video['outputs'].get('video')}")
 
 
 def version_callback(value: bool) -> None:
