@@ -32,26 +32,11 @@ from typing import Callable
 
 import numpy as np
 
+from edgeres.demo import photo_crops
+
 CALIBRATION_IMAGES = 64
 ARTIFACTS = (("onnx", "fp32"), ("onnx", "int8"), ("x86", "fp32"), ("x86", "int8"), ("rpi", "fp32"), ("rpi", "int8"))
 RUNTIMES = {"onnx": "onnxruntime", "x86": "openvino", "rpi": "tflite/xnnpack"}
-
-
-def photo_crops(folder: Path, count: int) -> Path:
-    """Write `count` random crops of scikit-image's photos as a calibration folder."""
-    import cv2
-    from skimage import data
-
-    rng = np.random.default_rng(0)
-    photos = [getattr(data, n)()[..., ::-1] for n in ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field")]
-    folder.mkdir(parents=True, exist_ok=True)
-    for index in range(count):
-        photo = photos[index % len(photos)]
-        h, w = photo.shape[:2]
-        side = int(rng.integers(min(h, w) // 2, min(h, w)))
-        top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-        cv2.imwrite(str(folder / f"{index:03d}.png"), np.ascontiguousarray(photo[top : top + side, left : left + side]))
-    return folder
 
 
 def interleaved_medians(cases: dict[str, Callable[[], object]], rounds: int, per_round: int) -> dict[str, float]:

@@ -17,7 +17,9 @@ import json
 import tempfile
 from pathlib import Path
 
-from benchmark_cpu import allow_any_int8_agreement, photo_crops
+from benchmark_cpu import allow_any_int8_agreement
+
+from edgeres.demo import photo_crops
 
 ARTIFACTS = (("x86", "int8"), ("x86", "fp32"), ("onnx", "int8"), ("onnx", "fp32"), ("rpi", "int8"))
 
