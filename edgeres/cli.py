@@ -217,8 +217,13 @@ def video(
 ) -> None:
     """Classify a camera, a video file or a stream live; q, Esc or Ctrl-C ends it with a summary.
 
-    Capture runs in its own thread and always hands over the newest frame, so the lag
-    never grows: frames that arrive during inference are dropped and counted.
+    Capture runs in its own thread and hands over the newest frame: the lag never grows.
+
+    Frames that arrive during inference are dropped and counted (--all-frames keeps them).
+
+    Examples:\n
+      edgeres video out/resnet18_x86_int8.xml --source 0\n
+      edgeres video out/resnet18_x86_int8.xml --source clip.mp4 --headless --out results/
     """
     from .runtime.classifier import Classifier
     from .video import classify_video, window_show

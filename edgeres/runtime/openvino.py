@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
+import queue as queue_module
+import threading
 from pathlib import Path
 from typing import ClassVar, Iterable, Iterator
 
@@ -102,22 +105,61 @@ class OpenVinoBackend:
         return self._request.infer({0: batch})[0].astype(np.float32, copy=False)
 
     def stream(self, inputs: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        """Several infer requests in flight (THROUGHPUT hint); results come back in input order."""
+        """Several infer requests in flight (THROUGHPUT hint); results come back in input order.
+
+        A feeder thread pulls inputs and submits them, so each result is handed out as soon
+        as it is ready: waiting on the input iterator (a camera's next frame) would hold back
+        results that are already done and deliver them in bunches, a frame late.
+        """
         if self._throughput is None:
             self._throughput = self._compile("THROUGHPUT")
         queue = ov.AsyncInferQueue(self._throughput)
-        finished: dict[int, np.ndarray] = {}
-        queue.set_callback(lambda request, index: finished.__setitem__(index, request.get_output_tensor(0).data[0].copy()))
-        next_index = 0
-        for index, item in enumerate(inputs):
-            queue.start_async({0: item[None]}, index)  # waits while every request is busy
-            while next_index in finished:
+        results: queue_module.Queue = queue_module.Queue()
+        queue.set_callback(lambda request, index: results.put((index, request.get_output_tensor(0).data[0].copy())))
+        feeder = _Feeder(queue, inputs, results)
+        feeder.start()
+        try:
+            finished: dict[int, np.ndarray] = {}
+            for next_index in itertools.count():
+                while next_index not in finished:
+                    index, row = results.get()
+                    if index is _Feeder.FAILED:
+                        raise row
+                    if index is _Feeder.DONE and next_index >= row:
+                        return
+                    if isinstance(index, int):
+                        finished[index] = row
                 yield finished.pop(next_index)
-                next_index += 1
-        queue.wait_all()
-        while next_index in finished:
-            yield finished.pop(next_index)
-            next_index += 1
+        finally:
+            feeder.stop()
+
+
+class _Feeder(threading.Thread):
+    """Pulls inputs and starts an inference for each; says DONE (with the count) or FAILED at the end."""
+
+    DONE, FAILED = object(), object()  # sentinels in place of a result index
+
+    def __init__(self, queue, inputs: Iterable[np.ndarray], results: queue_module.Queue) -> None:
+        super().__init__(name="edgeres-openvino-feeder", daemon=True)
+        self.queue, self.inputs, self.results = queue, inputs, results
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        count = 0
+        try:
+            for item in self.inputs:
+                if self.stopping.is_set():
+                    break
+                self.queue.start_async({0: item[None]}, count)  # waits while every request is busy
+                count += 1
+            self.queue.wait_all()
+            self.results.put((self.DONE, count))
+        except BaseException as error:  # handed to the consumer, which raises it in its own thread
+            self.results.put((self.FAILED, error))
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=5)
 
 
 def _read_classifier(core, path: Path):

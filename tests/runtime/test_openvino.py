@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import shutil
 from pathlib import Path
 
@@ -22,6 +23,37 @@ def test_stream_keeps_frame_order(converted, held_out) -> None:
     streamed = [p[0].index for p in classifier.stream(iter(frames), topk=1)]
     assert streamed == [classifier.predict(f, topk=1)[0].index for f in frames]
     assert list(classifier.stream([])) == []
+
+
+def test_stream_hands_out_each_result_before_the_next_input_arrives(converted, held_out) -> None:
+    """A live source: result i must not wait for frame i+1 (a camera delivers it 33 ms later)."""
+    import threading
+
+    classifier = Classifier(converted("x86", "int8").path, threads=2)
+    frames, _ = held_out
+    delivered = threading.Semaphore(0)
+
+    def camera():
+        for frame in frames[:6]:
+            yield frame
+            assert delivered.acquire(timeout=10), "the previous result was held back until this frame"
+
+    for _ in classifier.stream(camera(), topk=1):
+        delivered.release()
+
+
+def test_stream_raises_the_input_error_and_stops_early(converted, held_out) -> None:
+    classifier = Classifier(converted("x86", "int8").path, threads=2)
+    frames, _ = held_out
+
+    def failing():
+        yield from frames[:3]
+        raise OSError("camera unplugged")
+
+    with pytest.raises(OSError, match="camera unplugged"):
+        list(classifier.stream(failing(), topk=1))
+    endless = classifier.stream(itertools.repeat(frames[0]), topk=1)
+    assert [next(endless) for _ in range(3)] and endless.close() is None
 
 
 def test_onnx_stream_falls_back_to_one_by_one(converted, held_out) -> None:
