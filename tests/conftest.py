@@ -60,6 +60,16 @@ def held_out(digits: DigitsData) -> tuple[list[np.ndarray], np.ndarray]:
 
 
 @pytest.fixture(scope="session")
+def clip(digits: DigitsData, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[int]]:
+    """A short video, 640x480 at 30 FPS: 13 held-out digits, 5 frames each, and each frame's class."""
+    from edgeres.demo import write_clip
+
+    path = tmp_path_factory.mktemp("video") / "clip.mp4"
+    truth = write_clip(digits.test_images()[::37], path, frames_per_image=5)
+    return path, truth
+
+
+@pytest.fixture(scope="session")
 def calib_dir(digits: DigitsData) -> Path:
     return digits.train_dir
 

@@ -6,19 +6,10 @@ from pathlib import Path
 import cv2
 import pytest
 
-from edgeres.demo import write_clip
 from edgeres.runtime.classifier import Classifier
 from edgeres.video import VideoError, classify_video, open_source
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def clip(digits, tmp_path_factory) -> tuple[Path, list[int]]:
-    """640x480 at 30 FPS: 13 held-out digits, 5 frames each."""
-    path = tmp_path_factory.mktemp("video") / "clip.mp4"
-    truth = write_clip(digits.test_images()[::37], path, frames_per_image=5)
-    return path, truth
 
 
 @pytest.fixture(scope="module")
