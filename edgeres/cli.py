@@ -62,8 +62,12 @@ def convert(
     target: str = typer.Option("onnx", help=_target_help()),
     int8: bool = typer.Option(False, "--int8", help="Static INT8 quantization; needs --calib."),
     fp16: bool = typer.Option(False, "--fp16", help="FP16 weights and compute."),
-    calib: Optional[Path] = typer.Option(None, help="Folder of calibration images (searched recursively: jpg, png, bmp, webp)."),
+    calib: Optional[str] = typer.Option(
+        None, help="Calibration images: a folder (searched recursively; an ImageFolder is sampled class-balanced), "
+        "a video file or camera index (every Nth frame), a .npy/.npz of uint8 BGR images, or a .txt list of paths."),
     calib_size: int = typer.Option(300, help="How many calibration images to sample (deterministic)."),
+    calib_every: Optional[int] = typer.Option(
+        None, help="Video or camera: take every Nth frame (default: spread over a file; 10 for a camera)."),
     calib_method: CalibMethod = typer.Option(CalibMethod.minmax, help="How activation ranges are chosen from calibration."),
     imgsz: int = typer.Option(224, help="Input size (crop); the resize scales with it as in torchvision (256 for 224)."),
     labels: Optional[Path] = typer.Option(None, help="Text file, one label per line; default class_0, class_1, ..."),
@@ -95,7 +99,7 @@ def convert(
         raise EdgeresError("choose one of --int8 and --fp16 (neither means fp32)")
     precision = "int8" if int8 else "fp16" if fp16 else "fp32"
     options = ConvertOptions(
-        target=target, precision=precision, out_dir=out, calib=calib, calib_size=calib_size,
+        target=target, precision=precision, out_dir=out, calib=calib, calib_size=calib_size, calib_every=calib_every,
         calib_method=calib_method.value, imgsz=imgsz, dynamic_batch=dynamic_batch, opset=opset,
         name=name, seed=seed, preset=preset, verbose=verbose,
     )

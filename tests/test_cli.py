@@ -131,7 +131,7 @@ def test_checkpoint_folder(monkeypatch, capsys, tmp_path: Path) -> None:
 def test_calib_is_a_file(monkeypatch, capsys, checkpoint: Path, tmp_path: Path) -> None:
     code, _, err = run_cli(monkeypatch, capsys, "convert", checkpoint, "--int8", "--calib", checkpoint,
                            "--imgsz", "32", "--out", tmp_path)
-    assert_one_red_line(code, err, "is a file; give the folder")
+    assert_one_red_line(code, err, "is a file edgeres cannot calibrate from; give a folder")
 
 
 def test_out_is_a_file(monkeypatch, capsys, checkpoint: Path) -> None:
@@ -150,3 +150,14 @@ def test_unwritable_output_is_one_red_line(monkeypatch, capsys, checkpoint: Path
     code, _, err = run_cli(monkeypatch, capsys, "convert", checkpoint, "--imgsz", "32", "--out", tmp_path / "out")
     assert_one_red_line(code, err, "Permission denied")
     assert not any(p.is_file() for p in (tmp_path / "out").rglob("*"))
+
+
+def test_convert_calibrates_from_a_video(monkeypatch, capsys, checkpoint: Path, clip, tmp_path: Path) -> None:
+    path, _ = clip
+    code, out, err = run_cli(monkeypatch, capsys, "convert", checkpoint, "--target", "onnx", "--int8",
+                             "--calib", path, "--calib-size", "20", "--calib-every", "3", "--imgsz", "32",
+                             "--out", tmp_path)
+    assert code == 0, err
+    record = json.loads((tmp_path / "resnet18_onnx_int8.edgeres.json").read_text())
+    assert record["calibration"]["source"] == "video" and record["calibration"]["used"] == 20
+    assert record["calibration"]["every"] == 3

@@ -79,24 +79,54 @@ def read_image_folder(
         raise CalibrationError(
             f"calibration folder {folder} has no images ({', '.join(IMAGE_SUFFIXES)}, searched recursively)"
         )
-    chosen = sample_paths(paths, size, seed)
+    classes = image_folder_classes(folder, paths)
+    chosen = balanced_sample(paths, classes, size, seed) if classes else sample_paths(paths, size, seed)
+    calibration = crop_paths(chosen, preprocess, progress, f"{folder}")
+    calibration.summary.update({
+        "source": "image_folder" if classes else "folder",
+        "folder": str(folder),
+        "found": len(paths),
+        "seed": seed,
+    })
+    if classes:
+        calibration.summary["classes"] = len(set(classes.values()))
+    return calibration
+
+
+def crop_paths(chosen: Sequence[Path], preprocess: Preprocess, progress: Progress, where: str) -> CalibrationSet:
+    """Read and crop `chosen`; unreadable files are skipped and counted, none readable is an error."""
     crops, skipped = _crop_all(chosen, preprocess, progress)
     if not crops:
         raise CalibrationError(
-            f"none of the {len(chosen)} images sampled from {folder} could be read; "
-            f"first unreadable: {skipped[0]}"
+            f"none of the {len(chosen)} images sampled from {where} could be read; first unreadable: {skipped[0]}"
         )
-    summary = {
-        "source": "image_folder",
-        "folder": str(folder),
-        "found": len(paths),
-        "sampled": len(chosen),
-        "used": len(crops),
-        "skipped": len(skipped),
-        "skipped_examples": [str(p) for p in skipped[:5]],
-        "seed": seed,
-    }
-    return CalibrationSet(crops=crops, summary=summary)
+    return CalibrationSet(crops=crops, summary={
+        "sampled": len(chosen), "used": len(crops), "skipped": len(skipped),
+        "skipped_examples": [str(p) for p in skipped[:5]], "skipped_why": "not a readable image" if skipped else None,
+    })
+
+
+def image_folder_classes(folder: Path, paths: Sequence[Path]) -> dict[Path, str] | None:
+    """{image: class} when `folder` is an ImageFolder (DIR/<class>/... with no images at the top)."""
+    if any(path.parent == folder for path in paths):
+        return None
+    classes = {path: path.relative_to(folder).parts[0] for path in paths}
+    return classes if len(set(classes.values())) > 1 else None
+
+
+def balanced_sample(paths: Sequence[Path], classes: dict[Path, str], size: int, seed: int) -> list[Path]:
+    """Take classes in turn, each in a seeded shuffled order, so each class gets an equal share."""
+    rng = random.Random(seed)
+    by_class: dict[str, list[Path]] = {}
+    for path in paths:
+        by_class.setdefault(classes[path], []).append(path)
+    queues = [rng.sample(members, len(members)) for _, members in sorted(by_class.items())]
+    chosen: list[Path] = []
+    while len(chosen) < size and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < size:
+                chosen.append(queue.pop())
+    return sorted(chosen)
 
 
 def sample_paths(paths: Sequence[Path], size: int, seed: int) -> list[Path]:

@@ -9,7 +9,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..calibration import CalibrationSet, read_image_folder
+from ..calibration import CalibrationSet, read_calibration
 from ..calibration.folder import DEFAULT_CALIB_SIZE, Progress, no_progress
 from ..errors import CalibrationError, EdgeresError, TargetError
 from ..logs import set_verbose
@@ -29,8 +29,9 @@ class ConvertOptions:
     target: str = "onnx"
     precision: str = "fp32"
     out_dir: Path = Path("out")
-    calib: Path | None = None
+    calib: Path | str | None = None  # folder, video, camera index, .npy/.npz or path list
     calib_size: int = DEFAULT_CALIB_SIZE
+    calib_every: int | None = None  # video or camera: every Nth frame
     calib_method: str = "minmax"
     imgsz: int = 224
     dynamic_batch: bool = False
@@ -54,7 +55,8 @@ class ConvertOptions:
         if Path(self.out_dir).is_file():
             raise EdgeresError(f"--out {self.out_dir} is a file; give a folder for the artifacts")
         if self.precision == "int8" and self.calib is None:
-            raise CalibrationError("--int8 needs calibration images: add --calib DIR (a folder of images)")
+            raise CalibrationError("--int8 needs calibration images: add --calib DIR (a folder of images, "
+                                   "or a video, camera index, .npy/.npz or list of image paths)")
 
 
 def convert(
@@ -71,8 +73,8 @@ def convert(
     model_spec = Preprocess.imagenet(options.imgsz)
     calibration = None
     if options.calib is not None:
-        calibration = read_image_folder(options.calib, model_spec, size=options.calib_size,
-                                        seed=options.seed, progress=progress)
+        calibration = read_calibration(options.calib, model_spec, size=options.calib_size, seed=options.seed,
+                                       every=options.calib_every, progress=progress)
         summary = calibration.summary
         log(f"Read {summary['used']} images from {options.calib} ({summary['skipped']} unreadable, skipped)")
     crops, source = _reference_crops(calibration, model_spec, options.seed)
