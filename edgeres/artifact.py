@@ -51,6 +51,7 @@ class ArtifactRecord:
     checks: list[dict[str, Any]] = field(default_factory=list)  # rules verified at conversion
     verification: dict[str, Any] | None = None  # agreement with the PyTorch model
     device_profile: dict[str, Any] | None = None  # e.g. rpi5: its CPU, threads, and why
+    golden: dict[str, Any] | None = None  # golden samples beside the artifact, for `edgeres verify`
     edgeres_version: str = __version__
     schema_version: int = SCHEMA_VERSION
 

@@ -195,7 +195,11 @@ def info(
         rows["quantization"] = ", ".join(f"{k}: {v}" for k, v in record.quantization.items())
     if record.calibration:
         c = record.calibration
-        rows["calibration"] = f"{c.get('used')} images from {c.get('folder')}, {c.get('skipped')} skipped, {c.get('method')}"
+        where = c.get("folder") or c.get("video") or c.get("file")
+        rows["calibration"] = (f"{c.get('used')} images from {where} ({c.get('source')}), {c.get('skipped')} skipped, "
+                               f"{c.get('method')}")
+    if record.golden:
+        rows["golden samples"] = f"{record.golden['samples']} in {record.golden['file']} (edgeres verify)"
     if record.verification:
         v = record.verification
         rows["verified"] = f"top-1 agreement {v['top1_agreement']:.1%}, max |logit diff| {v['max_abs_logit_diff']:.2e} on {v['samples']} {v['sample_source']}"
@@ -204,6 +208,40 @@ def info(
     for key, value in rows.items():
         table.add_row(key, value)
     console.print(table)
+
+
+@app.command()
+def verify(
+    artifact: Path = typer.Argument(..., help="An artifact made by `edgeres convert`, with its .golden.npz beside it."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for the runtime."),
+    device: Optional[str] = typer.Option(None, help="Inference device (OpenVINO: CPU, GPU, AUTO, ...)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """On the device: run the artifact's golden samples through the installed runtime and check them.
+
+    Each artifact carries a few images with the FP32 model's logits and its own logits at conversion.
+    A wrong runtime version, a broken delegate or a preprocessing mismatch fails here, with exit code 1.
+    """
+    from dataclasses import asdict
+
+    from .golden import check_golden
+    from .runtime.classifier import Classifier
+
+    classifier = Classifier(artifact, threads=threads, device=device)
+    check = check_golden(classifier)
+    if as_json:
+        console.print_json(json.dumps({**asdict(check), "passed": check.passed, "runtime": classifier.backend_name}))
+    else:
+        table = Table(title=f"{artifact.name} on {classifier.backend_name}", show_header=False)
+        table.add_row("golden samples", str(check.samples))
+        table.add_row("vs FP32 reference", f"top-1 {check.top1_vs_reference:.0%}, largest logit error "
+                      f"{check.max_abs_vs_reference:.3g} (largest logit {check.scale:.3g})")
+        table.add_row("vs this artifact at conversion", f"top-1 {check.top1_vs_expected:.0%}, largest logit "
+                      f"difference {check.max_abs_vs_expected:.3g}")
+        console.print(table)
+    if not check.passed:
+        raise EdgeresError(f"{artifact.name} failed on this device: " + "; ".join(check.failures))
+    console.print(f"[green]{artifact.name} passed[/green] ({classifier.record.precision}, {classifier.backend_name})")
 
 
 @app.command()

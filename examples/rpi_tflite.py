@@ -1,7 +1,8 @@
-"""Raspberry Pi with LiteRT: convert on a PC, copy the .tflite (and its .edgeres.json), classify on the Pi.
+"""Raspberry Pi with LiteRT: convert on a PC, copy the .tflite (with its .edgeres.json and .golden.npz), classify on the Pi.
 
     edgeres convert model.pth --arch resnet18 --target rpi5 --int8 --calib calib/ --out out   # on the PC
     pip install 'edgeres[rpi]'                                                                # on the Pi
+    edgeres verify out/resnet18_rpi5_int8.tflite                     # on the Pi: the runtime computes what it should
     python examples/rpi_tflite.py out/resnet18_rpi5_int8.tflite photo.jpg
 """
 

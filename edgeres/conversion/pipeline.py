@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -12,6 +12,7 @@ import torch
 from ..calibration import CalibrationSet, read_calibration
 from ..calibration.folder import DEFAULT_CALIB_SIZE, Progress, no_progress
 from ..errors import CalibrationError, EdgeresError, TargetError
+from ..golden import GOLDEN_COUNT, golden_path, golden_record, write_golden
 from ..logs import set_verbose
 from ..models import LoadedModel
 from ..preprocess import Preprocess
@@ -87,7 +88,24 @@ def convert(
         preset=options.preset, profile=profile.to_dict() if profile else None, log=log, reference_crops=crops,
         reference_logits=torch_logits(model.module, model_spec.tensors(crops)), reference_source=source,
     )
-    return target.convert(job)
+    golden_frames = np.stack(crops[:GOLDEN_COUNT])
+    golden_reference = torch_logits(model.module, model_spec.batch(golden_frames))
+    job = replace(job, golden=golden_record(golden_frames, golden_reference, job.stem, asdict(target.tolerance)))
+    return _with_golden(target.convert(job), golden_frames, golden_reference)
+
+
+def _with_golden(result: ConvertResult, frames: np.ndarray, reference: np.ndarray) -> ConvertResult:
+    """The artifact's own logits on the golden frames, through the runtime, as `edgeres verify` will run them."""
+    from ..runtime.classifier import Classifier
+
+    try:
+        expected = Classifier(result.path).logits_batch(list(frames))
+        path = write_golden(golden_path(result.path), frames, reference, expected)
+    except BaseException:
+        for written in result.files:  # an artifact whose record names a missing golden file is not shipped
+            written.unlink(missing_ok=True)
+        raise
+    return replace(result, files=(*result.files, path))
 
 
 def check_target_options(target: Target, options: ConvertOptions) -> None:

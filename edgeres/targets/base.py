@@ -50,6 +50,7 @@ class ConvertJob:
     reference_crops: list[np.ndarray] | None = None
     reference_logits: np.ndarray | None = None
     reference_source: str = ""
+    golden: dict | None = None  # the record's description of the golden samples
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def artifact_record(job: ConvertJob, *, target: str, format: str, inputs: list[T
         preprocess=(preprocess or job.preprocess).to_dict(), precision=job.precision, target=target,
         format=format, inputs=inputs, outputs=outputs, source=dict(job.source), calibration=calibration,
         quantization=quantization, checks=list(checks or []), verification=verification,
-        device_profile=job.profile,
+        device_profile=job.profile, golden=job.golden,
     )
 
 

@@ -41,7 +41,7 @@ def test_classifier_predicts_without_torch(converted, digits, target: str) -> No
     assert result.stdout.strip() == image.parent.name
 
 
-def test_cli_predict_and_info_without_torch(converted, digits) -> None:
+def test_cli_predict_info_and_verify_without_torch(converted, digits) -> None:
     artifact = converted("npu", "int8").path
     image = sorted(digits.test_dir.rglob("*.png"))[0]
     result = _run(f"""
@@ -51,11 +51,12 @@ def test_cli_predict_and_info_without_torch(converted, digits) -> None:
             main()
         except SystemExit as exit:
             assert not exit.code, exit.code
-        sys.argv = ["edgeres", "info", {str(artifact)!r}]
-        try:
-            main()
-        except SystemExit as exit:
-            assert not exit.code, exit.code
+        for command in ("info", "verify"):
+            sys.argv = ["edgeres", command, {str(artifact)!r}]
+            try:
+                main()
+            except SystemExit as exit:
+                assert not exit.code, exit.code
     """)
     assert result.returncode == 0, result.stderr
     assert image.parent.name in result.stdout and "QDQ around every op" in result.stdout

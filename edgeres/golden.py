@@ -1,0 +1,123 @@
+"""Golden samples: a few images and their reference logits that travel beside every artifact.
+
+At conversion, `<stem>.golden.npz` stores a handful of calibration crops (as frames), the
+FP32 PyTorch logits for them and the artifact's own logits on the conversion machine.
+`edgeres verify ARTIFACT` runs the frames through the runtime installed on the device,
+preprocessing included, and compares: a wrong runtime version, a broken delegate or a
+preprocessing mismatch shows up on the device itself, before any user sees it.
+This module needs no torch: it runs on the device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .artifact import atomic_path
+from .errors import ArtifactError
+
+GOLDEN_SUFFIX = ".golden.npz"
+GOLDEN_COUNT = 16
+# Quantized kernels of two runtime builds may differ by a few output steps, not more.
+INT8_DEVICE_MAX_REL = 0.05
+
+
+def golden_path(artifact: Path) -> Path:
+    return artifact.with_name(artifact.name.split(".")[0] + GOLDEN_SUFFIX)
+
+
+def content_hash(frames: np.ndarray, reference: np.ndarray) -> str:
+    digest = hashlib.sha256(np.ascontiguousarray(frames).tobytes())
+    digest.update(np.ascontiguousarray(reference, dtype=np.float32).tobytes())
+    return digest.hexdigest()
+
+
+def golden_record(frames: np.ndarray, reference: np.ndarray, artifact_stem: str, tolerance: dict) -> dict:
+    """What the artifact's record says of its golden samples (the record is written before the file)."""
+    return {"file": artifact_stem + GOLDEN_SUFFIX, "samples": int(len(frames)), "reference": "pytorch fp32",
+            "sha256": content_hash(frames, reference), "tolerance": tolerance}
+
+
+def write_golden(path: Path, frames: np.ndarray, reference: np.ndarray, expected: np.ndarray) -> Path:
+    """frames: uint8 BGR (N, H, W, 3); reference: PyTorch logits; expected: the artifact's logits here."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as stream:
+            np.savez_compressed(stream, frames=frames, reference=reference.astype(np.float32),
+                                expected=expected.astype(np.float32))
+    return path
+
+
+@dataclass
+class GoldenCheck:
+    samples: int
+    top1_vs_reference: float  # agreement with the FP32 PyTorch model
+    max_abs_vs_reference: float
+    top1_vs_expected: float  # agreement with this artifact's outputs at conversion
+    max_abs_vs_expected: float
+    scale: float  # the largest |reference logit|, for relative errors
+    failures: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+def check_golden(classifier) -> GoldenCheck:
+    """Run the artifact's golden samples through `classifier` (an edgeres Classifier) and judge them."""
+    info = classifier.record.golden
+    if not info:
+        raise ArtifactError(f"{classifier.path.name} carries no golden samples; convert it again with this edgeres")
+    frames, reference, expected = _load(classifier.path.parent / info["file"], info)
+    logits = classifier.logits_batch(list(frames)).astype(np.float64)
+    scale = float(np.abs(reference).max()) or 1.0
+    result = GoldenCheck(
+        samples=len(frames),
+        top1_vs_reference=_agreement(logits, reference), max_abs_vs_reference=float(np.abs(logits - reference).max()),
+        top1_vs_expected=_agreement(logits, expected), max_abs_vs_expected=float(np.abs(logits - expected).max()),
+        scale=scale, failures=[],
+    )
+    result.failures = _failures(result, classifier.record.precision, info["tolerance"],
+                                conversion_top1=_agreement(expected, reference))
+    return result
+
+
+def _failures(check: GoldenCheck, precision: str, tolerance: dict, conversion_top1: float) -> list[str]:
+    failures = []
+    if precision == "fp32" and check.max_abs_vs_reference > tolerance["fp32_max_abs"]:
+        failures.append(f"logits differ from the FP32 reference by {check.max_abs_vs_reference:.2e} "
+                        f"(allowed {tolerance['fp32_max_abs']:.0e})")
+    if precision == "fp16" and check.max_abs_vs_reference / check.scale > tolerance["fp16_max_rel"]:
+        failures.append(f"logits differ from the FP32 reference by {check.max_abs_vs_reference / check.scale:.1%} "
+                        f"of the largest logit (allowed {tolerance['fp16_max_rel']:.0%})")
+    if precision == "int8":
+        needed = min(tolerance["int8_top1"], conversion_top1)
+        if check.top1_vs_reference < needed:
+            failures.append(f"top-1 agrees with the FP32 reference on {check.top1_vs_reference:.0%} of the samples "
+                            f"(at least {needed:.0%} needed, as at conversion)")
+        if check.max_abs_vs_expected / check.scale > INT8_DEVICE_MAX_REL:
+            failures.append(f"logits differ from this artifact's logits at conversion by "
+                            f"{check.max_abs_vs_expected / check.scale:.1%} of the largest logit "
+                            f"(allowed {INT8_DEVICE_MAX_REL:.0%}): the runtime computes something else")
+    if precision != "int8" and check.top1_vs_reference < 1.0:
+        failures.append(f"top-1 agrees with the FP32 reference on only {check.top1_vs_reference:.0%} of the samples")
+    return failures
+
+
+def _agreement(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a.argmax(1) == b.argmax(1)).mean())
+
+
+def _load(path: Path, info: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if not path.is_file():
+        raise ArtifactError(f"{path.name} is missing beside the artifact; copy it along with the artifact")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            frames, reference, expected = data["frames"], data["reference"], data["expected"]
+    except (OSError, ValueError, KeyError) as error:
+        raise ArtifactError(f"{path.name} is not a readable golden file: {error}") from None
+    if content_hash(frames, reference) != info["sha256"]:
+        raise ArtifactError(f"{path.name} does not belong to this artifact (its samples differ from the record's)")
+    return frames, reference.astype(np.float64), expected.astype(np.float64)
