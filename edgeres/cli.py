@@ -210,6 +210,50 @@ def info(
     console.print(table)
 
 
+@app.command("eval")
+def evaluate(
+    artifacts: list[Path] = typer.Argument(..., help="Artifacts made by `edgeres convert` (any mix of formats)."),
+    data: Path = typer.Option(..., help="Labelled ImageFolder: DIR/<class>/images, folders named after the labels."),
+    reference: Optional[Path] = typer.Option(
+        None, help="What agreement and KL are measured against: an artifact or the PyTorch checkpoint "
+        "(default: the first FP32 artifact given)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Accuracy of each artifact on labelled images, through the same Classifier a device uses.
+
+    Reports top-1, top-5, top-1 agreement with the reference, mean KL divergence of the
+    probabilities from the reference's, and accuracy per class.
+
+    Example:\n
+      edgeres eval out/resnet18_onnx_fp32.onnx out/resnet18_x86_int8.xml --data val/
+    """
+    from dataclasses import asdict
+
+    from .evaluate import evaluate_artifacts
+
+    results, reference_name, mapping = evaluate_artifacts(artifacts, data, reference, progress=_progress)
+    if as_json:
+        console.print_json(json.dumps({"data": str(data), "classes_matched": mapping, "reference": reference_name,
+                                       "artifacts": {name: asdict(m) for name, m in results.items()}}))
+        return
+    table = Table(title=f"{data} ({next(iter(results.values())).images} images; reference: {reference_name or 'none'})")
+    for column in ("artifact", "top-1", "top-5", "agree", "mean KL"):
+        table.add_column(column, no_wrap=True)
+    for name, m in results.items():
+        table.add_row(name, f"{m.top1:.2%}", f"{m.top5:.2%}", "-" if m.agreement is None else f"{m.agreement:.2%}",
+                      "-" if m.mean_kl is None else f"{m.mean_kl:.2e}")
+    console.print(table)
+    per_class = Table(title="Accuracy per class")
+    per_class.add_column("class", no_wrap=True, min_width=5)
+    for name in results:
+        per_class.add_column(name, no_wrap=True)
+    for label in next(iter(results.values())).per_class:
+        per_class.add_row(label, *(f"{m.per_class[label]:.1%}" for m in results.values()))
+    console.print(per_class)
+    if mapping != "by label":
+        err_console.print(f"[yellow]class folders matched {mapping}[/yellow]")
+
+
 @app.command()
 def verify(
     artifact: Path = typer.Argument(..., help="An artifact made by `edgeres convert`, with its .golden.npz beside it."),

@@ -61,3 +61,7 @@ class BackendUnavailableError(EdgeresError):
 
 class DeviceError(EdgeresError):
     """The inference device asked for does not exist on this machine."""
+
+
+class EvaluationError(EdgeresError):
+    """Labelled data that is missing, empty, or does not match the model's classes."""

@@ -104,3 +104,10 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits.astype(np.float64) - logits.max()
     exp = np.exp(shifted)
     return exp / exp.sum()
+
+
+def softmax_rows(logits: np.ndarray) -> np.ndarray:
+    """Softmax of each row of (N, classes) logits."""
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
