@@ -254,6 +254,41 @@ def evaluate(
         err_console.print(f"[yellow]class folders matched {mapping}[/yellow]")
 
 
+@app.command("benchmark")
+def benchmark_command(
+    artifacts: list[Path] = typer.Argument(..., help="Artifacts made by `edgeres convert` (any mix of formats)."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads per runtime (default: the runtime's own choice)."),
+    warmup: int = typer.Option(10, help="Untimed predictions before timing."),
+    runs: int = typer.Option(100, help="Timed predictions."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Latency p50/p90/p99, FPS, time to first inference, peak memory and size, per artifact.
+
+    Times Classifier.predict on a 640x480 BGR frame, preprocessing included, one frame at a time;
+    each artifact runs in its own process, so peak memory is its own.
+
+    Example:\n
+      edgeres benchmark out/*.onnx out/*.xml out/*.tflite --threads 4
+    """
+    from dataclasses import asdict
+
+    from .benchmark import benchmark
+
+    results = benchmark(artifacts, threads=threads, warmup=warmup, runs=runs, progress=_progress)
+    if as_json:
+        console.print_json(json.dumps([asdict(r) for r in results]))
+        return
+    table = Table(title=f"Classifier.predict on a 640x480 frame (ms), {runs} runs, threads {threads or 'default'}")
+    table.add_column("artifact", overflow="fold")
+    table.add_column("runtime", overflow="fold")
+    for column in ("MB", "1st", "p50", "p90", "p99", "FPS", "RSS MB"):
+        table.add_column(column, no_wrap=True, justify="right")
+    for r in results:
+        table.add_row(r.artifact, r.runtime.split(" ")[0], f"{r.size_mb:.1f}", f"{r.first_inference_ms:.0f}",
+                      f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.fps:.0f}", f"{r.peak_rss_mb:.0f}")
+    console.print(table)
+
+
 @app.command()
 def verify(
     artifact: Path = typer.Argument(..., help="An artifact made by `edgeres convert`, with its .golden.npz beside it."),
