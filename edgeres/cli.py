@@ -82,17 +82,29 @@ def convert(
         False, "--trust-checkpoint", help="Allow a checkpoint that pickles a whole model. Unpickling can run code: "
         "only for files you trust."),
     seed: int = typer.Option(0, help="Seed for sampling calibration images."),
+    val: Optional[Path] = typer.Option(
+        None, help="Labelled ImageFolder (DIR/<class>/images) to measure accuracy against FP32 on; "
+        "default: agreement with FP32 on the calibration images."),
+    max_drop: Optional[float] = typer.Option(
+        None, help="INT8 accuracy budget, in top-1 percentage points lost on --val: when exceeded, the most "
+        "sensitive layers are kept in float until it holds."),
+    keep_float: Optional[list[str]] = typer.Option(
+        None, help="INT8: leave this layer in float (repeatable), e.g. --keep-float fc --keep-float layer4.1.conv2."),
     verbose: bool = typer.Option(False, "--verbose", help="Show the converters' own logs and progress."),
 ) -> None:
-    """Convert a trained ResNet into a verified artifact for one target.
+    """Convert a trained ResNet into a verified artifact for one target, and prove it.
+
+    Ends with the artifact's accuracy against FP32, latency and size on this machine, also
+    written to report.json, report.md and report.png in the output folder.
 
     Examples:\n
       edgeres convert model.pth --arch resnet18 --target onnx\n
       edgeres convert model.pth --arch resnet50 --target npu --int8 --calib calib/ --labels labels.txt\n
-      edgeres convert model.pth --arch resnet18 --target x86 --int8 --calib calib/
+      edgeres convert model.pth --arch resnet18 --target x86 --int8 --calib calib/\n
+      edgeres convert model.pth --target x86 --int8 --calib calib/ --val val/ --max-drop 0.5
     """
     from .conversion.pipeline import ConvertOptions
-    from .conversion.pipeline import convert as run_convert
+    from .conversion.checked import convert_checked
     from .models import load_model
 
     if int8 and fp16:
@@ -101,21 +113,39 @@ def convert(
     options = ConvertOptions(
         target=target, precision=precision, out_dir=out, calib=calib, calib_size=calib_size, calib_every=calib_every,
         calib_method=calib_method.value, imgsz=imgsz, dynamic_batch=dynamic_batch, opset=opset,
-        name=name, seed=seed, preset=preset, verbose=verbose,
+        name=name, seed=seed, preset=preset, verbose=verbose, keep_float=tuple(keep_float or ()),
     )
     with err_console.status("Loading the model"):
         model = load_model(checkpoint, arch, weights=weights, labels=labels, trust_checkpoint=trust_checkpoint)
-    result = run_convert(model, options, progress=_progress, log=_log)
-    _print_result(result)
+    checked = convert_checked(model, options, val=val, max_drop=max_drop, progress=_progress, log=_log)
+    _print_result(checked.result)
+    _print_report_row(checked.row, checked.reports)
+    if checked.budget_failure:
+        raise EdgeresError(checked.budget_failure)
+
+
+def _print_report_row(row: dict, reports: list[Path]) -> None:
+    accuracy = "" if row["accuracy"] is None else (f"top-1 {row['accuracy']:.2%} (FP32 {row['fp32_accuracy']:.2%}), ")
+    console.print(f"On {row['eval_images']} {row['eval_source']} images: {accuracy}agreement with FP32 "
+                  f"{row['agreement']:.2%}, mean KL {row['mean_kl']:.2e}; {row['latency_p50_ms']:.2f} ms per "
+                  f"640x480 frame ({row['fps']:.0f} FPS) on {row['runtime']}")
+    if row["kept_float"]:
+        console.print(f"Kept in float: {', '.join(row['kept_float'])}")
+    budget = row.get("budget")
+    if budget and budget["met"]:
+        console.print(f"[green]accuracy budget met[/green] ({budget['max_drop_points']:g} points)")
+    console.print(f"Report: {', '.join(str(p) for p in reports)}")
 
 
 def _print_result(result: Any) -> None:
+    from .benchmark import artifact_size
+
     record, verification = result.record, result.record.verification
     table = Table(title=f"Wrote {result.path}", show_header=True)
     for column in ("artifact", "precision", "size", "vs PyTorch: top-1 agree", "max |logit diff|", "checked on"):
         table.add_column(column, no_wrap=column == "artifact")
     table.add_row(
-        result.path.name, record.precision, f"{result.path.stat().st_size / 1e6:.1f} MB",
+        result.path.name, record.precision, f"{artifact_size(result.path) / 1e6:.1f} MB",
         f"{verification['top1_agreement']:.1%}", f"{verification['max_abs_logit_diff']:.2e}",
         f"{verification['samples']} {verification['sample_source']}",
     )

@@ -42,8 +42,9 @@ def test_convert_npu_then_classifier_matches_pytorch(monkeypatch, capsys, checkp
     assert code == 0, err
     artifact = tmp_path / "resnet18_npu_int8.onnx"
     assert "Wrote" in out and "QDQ around every op" in out
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["resnet18_npu_int8.edgeres.json", "resnet18_npu_int8.golden.npz",
-                                                          "resnet18_npu_int8.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "report.json", "report.md", "report.png",
+        "resnet18_npu_int8.edgeres.json", "resnet18_npu_int8.golden.npz", "resnet18_npu_int8.onnx"]
     classifier = Classifier(artifact)
     images = [path for path, _ in digits.test_images()][::3]
     ours = np.array([classifier.predict(cv2.imread(str(path)), topk=1)[0].index for path in images])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import tempfile
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from ..calibration.onnxruntime import CalibrationReader
 from ..errors import ConversionError
 from ..logs import quiet
 from ..preprocess import Preprocess
-from .common import INPUT_NAME, OUTPUT_NAME
+from .common import INPUT_NAME, OUTPUT_NAME, conv_of_batchnorm
 
 ORT_CALIBRATION = {
     "minmax": CalibrationMethod.MinMax,
@@ -47,9 +48,34 @@ def export_fp32(module: torch.nn.Module, input_shape: tuple[int, ...], path: Pat
     program.save(str(path))
     model = onnx.load(str(path))
     mean_pools_to_global_pools(model)
+    name_after_modules(model)
     for node in model.graph.node:
         del node.metadata_props[:]  # the exporter's stack traces name paths on this machine
     onnx.save(model, str(path))
+
+
+def name_after_modules(model: onnx.ModelProto) -> None:
+    """Name each Conv and Gemm node after the PyTorch module whose weights it holds: layer1.0.conv1/Conv.
+
+    The exporter folds each BatchNorm into the Conv before it and names the result after
+    the BatchNorm's scope (layer1.0.bn1); in a ResNet convK pairs with bnK and downsample.0
+    with downsample.1. Readable names let a user (or an accuracy budget) keep layers in float.
+    """
+    taken: set[str] = set()
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm"):
+            continue
+        scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
+        if not scopes:
+            continue
+        module = conv_of_batchnorm(ast.literal_eval(scopes)[-2])
+        name = f"{module}/{node.op_type}"
+        node.name = name if name not in taken else f"{name}_{len(taken)}"
+        taken.add(node.name)
+
+
+def module_of(node_name: str) -> str:
+    return node_name.split("/")[0]
 
 
 def mean_pools_to_global_pools(model: onnx.ModelProto) -> int:
@@ -85,17 +111,21 @@ def to_fp16(src: Path, dst: Path) -> None:
 
 
 def quantize_int8(src: Path, dst: Path, calibration: CalibrationSet, preprocess: Preprocess, *,
-                  method: str, symmetric_activations: bool = False) -> dict:
-    """Static INT8 in QDQ form: per-channel int8 weights, int8 activations from calibration."""
+                  method: str, symmetric_activations: bool = False, keep_float: tuple[str, ...] = ()) -> dict:
+    """Static INT8 in QDQ form: per-channel int8 weights, int8 activations from calibration.
+
+    `keep_float` names PyTorch modules (layer3.1.conv2, fc) whose nodes stay in float.
+    """
     with tempfile.TemporaryDirectory() as scratch, quiet():
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False)
+        excluded = nodes_of_modules(onnx.load(str(prepared)), keep_float)
         options = {"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True}
         quantize_static(
             str(prepared), str(dst), CalibrationReader(calibration, preprocess, INPUT_NAME),
             quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-            calibrate_method=ORT_CALIBRATION[method], extra_options=options,
+            calibrate_method=ORT_CALIBRATION[method], extra_options=options, nodes_to_exclude=excluded,
         )
     return {
         "kind": "static",
@@ -104,7 +134,20 @@ def quantize_int8(src: Path, dst: Path, calibration: CalibrationSet, preprocess:
         "activations": "int8 per-tensor " + ("symmetric" if symmetric_activations else "asymmetric"),
         "calibration_method": method,
         "tool": f"onnxruntime {ort.__version__} quantize_static",
+        "kept_float": list(keep_float),
     }
+
+
+def nodes_of_modules(model: onnx.ModelProto, modules: tuple[str, ...]) -> list[str]:
+    """The node names of `modules`; a module with no node is an error (a typo would quantize it silently)."""
+    by_module: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        by_module.setdefault(module_of(node.name), []).append(node.name)
+    missing = [m for m in modules if m not in by_module]
+    if missing:
+        layers = sorted(m for m, names in by_module.items() if any(n.endswith(("/Conv", "/Gemm")) for n in names))
+        raise ConversionError(f"no layer named {', '.join(missing)} in the model; layers are {', '.join(layers)}")
+    return [name for module in modules for name in by_module[module]]
 
 
 def tensor_specs(model: onnx.ModelProto, layout: str) -> tuple[list[TensorSpec], list[TensorSpec]]:

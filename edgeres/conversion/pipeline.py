@@ -41,6 +41,8 @@ class ConvertOptions:
     seed: int = 0
     preset: str | None = None
     verbose: bool = False
+    keep_float: tuple[str, ...] = ()  # INT8: PyTorch modules to leave in float (conv1, layer3.1.conv2, fc)
+    check_int8_agreement: bool = True  # an accuracy budget judges INT8 on labelled data instead
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -55,6 +57,8 @@ class ConvertOptions:
             raise CalibrationError(f"--calib-size must be at least 1, got {self.calib_size}")
         if Path(self.out_dir).is_file():
             raise EdgeresError(f"--out {self.out_dir} is a file; give a folder for the artifacts")
+        if self.keep_float and self.precision != "int8":
+            raise EdgeresError("--keep-float is for INT8: it names layers to leave unquantized")
         if self.precision == "int8" and self.calib is None:
             raise CalibrationError("--int8 needs calibration images: add --calib DIR (a folder of images, "
                                    "or a video, camera index, .npy/.npz or list of image paths)")
@@ -86,6 +90,7 @@ def convert(
         calibration=calibration if options.precision == "int8" else None,
         calibration_method=options.calib_method, opset=options.opset, dynamic_batch=options.dynamic_batch,
         preset=options.preset, profile=profile.to_dict() if profile else None, log=log, reference_crops=crops,
+        keep_float=tuple(options.keep_float), check_int8_agreement=options.check_int8_agreement,
         reference_logits=torch_logits(model.module, model_spec.tensors(crops)), reference_source=source,
     )
     golden_frames = np.stack(crops[:GOLDEN_COUNT])
@@ -118,6 +123,10 @@ def check_target_options(target: Target, options: ConvertOptions) -> None:
             raise TargetError(f"--preset must be one of {', '.join(target.presets)}, got {options.preset!r}")
         with_presets = [name for name in REGISTRY if get_target(name).presets]
         raise TargetError(f"--preset is for target {', '.join(with_presets)}; target {target.name} has no presets")
+    if options.keep_float and not target.keeps_float:
+        can = [name for name in REGISTRY if get_target(name).keeps_float]
+        raise TargetError(f"target {target.name} quantizes every layer and cannot keep {', '.join(options.keep_float)} "
+                          f"in float; targets that can: {', '.join(can)}")
     target.check_options(options.precision, dynamic_batch=options.dynamic_batch, opset=options.opset)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, ClassVar, Protocol
 
@@ -51,6 +51,14 @@ class ConvertJob:
     reference_logits: np.ndarray | None = None
     reference_source: str = ""
     golden: dict | None = None  # the record's description of the golden samples
+    keep_float: tuple[str, ...] = ()  # PyTorch module names (conv1, layer3.1.conv2, fc) left unquantized
+    # False while an accuracy budget searches: it judges INT8 on labelled data instead.
+    check_int8_agreement: bool = True
+
+    def tolerance(self, target_tolerance: Tolerance) -> Tolerance:
+        if self.check_int8_agreement:
+            return target_tolerance
+        return replace(target_tolerance, int8_top1=0.0)
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,7 @@ class Target(Protocol):
     tolerance: ClassVar[Tolerance]
 
     presets: ClassVar[tuple[str, ...]]  # quantization presets it accepts, () for none
+    keeps_float: ClassVar[bool]  # whether INT8 can leave named layers in float (for an accuracy budget)
 
     def check_options(self, precision: str, *, dynamic_batch: bool, opset: int) -> None:
         """Raise TargetError for options this target does not accept (before any work is done).

@@ -25,6 +25,7 @@ class NpuTarget(OnnxTarget):
     summary: ClassVar[str] = "INT8 QDQ ONNX for NPU compilers (static batch 1, every op quantized)"
     precisions: ClassVar[tuple[str, ...]] = ("int8",)
     tolerance: ClassVar[Tolerance] = Tolerance()
+    keeps_float: ClassVar[bool] = False  # an op left in float falls back to the CPU or is refused
 
     def check_options(self, precision: str, *, dynamic_batch: bool, opset: int) -> None:
         if dynamic_batch:

@@ -23,6 +23,7 @@ class OnnxTarget:
     layout: ClassVar[str] = "NCHW"
     tolerance: ClassVar[Tolerance] = Tolerance()
     presets: ClassVar[tuple[str, ...]] = ()
+    keeps_float: ClassVar[bool] = True
     symmetric_activations: ClassVar[bool] = False
 
     def check_options(self, precision: str, *, dynamic_batch: bool, opset: int) -> None:
@@ -41,7 +42,7 @@ class OnnxTarget:
             logits = onnx_tools.run_onnx(built, job.preprocess.tensors(job.reference_crops))
         final = job.out_dir / f"{job.stem}.onnx"
         verification = compare_logits(job.reference_logits, logits, job.reference_source)
-        enforce(verification, job.precision, self.tolerance, final.name)
+        enforce(verification, job.precision, job.tolerance(self.tolerance), final.name)
         inputs, outputs = onnx_tools.tensor_specs(model, self.layout)
         record = artifact_record(job, target=self.name, format="onnx", inputs=inputs, outputs=outputs,
                                  calibration_method=job.calibration_method, quantization=quantization,
@@ -69,5 +70,6 @@ class OnnxTarget:
         job.log(f"Quantizing to INT8 with {len(job.calibration)} calibration images ({job.calibration_method})")
         quantization = onnx_tools.quantize_int8(fp32, scratch / "int8.onnx", job.calibration, job.preprocess,
                                                 method=job.calibration_method,
-                                                symmetric_activations=self.symmetric_activations)
+                                                symmetric_activations=self.symmetric_activations,
+                                                keep_float=job.keep_float)
         return scratch / "int8.onnx", quantization

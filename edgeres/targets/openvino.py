@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..artifact import METADATA_KEY, TensorSpec, sidecar_path, staged_files, write_sidecar
-from ..conversion.common import INPUT_NAME, OUTPUT_NAME
+from ..conversion.common import INPUT_NAME, OUTPUT_NAME, conv_of_batchnorm
 from ..conversion.verify import compare_logits, enforce
 from ..errors import ConversionError
 from ..logs import quiet
@@ -29,6 +29,7 @@ class OpenVinoTarget:
     layout: ClassVar[str] = "NCHW"
     tolerance: ClassVar[Tolerance] = Tolerance()
     presets: ClassVar[tuple[str, ...]] = PRESETS
+    keeps_float: ClassVar[bool] = True
 
     def check_options(self, precision: str, *, dynamic_batch: bool, opset: int) -> None:
         """OpenVINO accepts every option the pipeline has."""
@@ -50,7 +51,7 @@ class OpenVinoTarget:
             ov.save_model(model, str(probe), compress_to_fp16=job.precision == "fp16")
             logits = run_ir(probe, job.preprocess.tensors(job.reference_crops), job.precision)
         verification = compare_logits(job.reference_logits, logits, job.reference_source)
-        enforce(verification, job.precision, self.tolerance, final.name)
+        enforce(verification, job.precision, job.tolerance(self.tolerance), final.name)
         record = artifact_record(job, target=self.name, format="openvino",
                                  inputs=[_spec(model.inputs[0], self.layout)], outputs=[_spec(model.outputs[0], None)],
                                  calibration_method="nncf min-max statistics", quantization=quantization,
@@ -83,9 +84,10 @@ class OpenVinoTarget:
 
             nncf.set_log_level(logging.ERROR)
             dataset = nncf.Dataset(job.calibration.crops, lambda crop: job.preprocess.to_tensor(crop)[None])
+            ignored = nncf.IgnoredScope(names=ops_of_modules(job_model, job.keep_float)) if job.keep_float else None
             model = nncf.quantize(
                 job_model, dataset, preset=getattr(nncf.QuantizationPreset, preset.upper()),
-                subset_size=len(job.calibration), fast_bias_correction=True,
+                subset_size=len(job.calibration), fast_bias_correction=True, ignored_scope=ignored,
             )
         quantization = {
             "kind": "static",
@@ -94,8 +96,30 @@ class OpenVinoTarget:
             "preset": preset,
             "fast_bias_correction": True,
             "tool": f"nncf {nncf.__version__} quantize",
+            "kept_float": list(job.keep_float),
         }
         return model, quantization
+
+
+def ops_of_modules(model: ov.Model, modules: tuple[str, ...]) -> list[str]:
+    """Friendly names of the Convolution/MatMul ops of PyTorch `modules` (fc, layer3.1.conv2).
+
+    convert_model folds each BatchNorm into its Convolution, which loses its name; the
+    BatchNorm's Add after it keeps `__module.layer1.0.bn1/...`, and in a ResNet bnK follows convK.
+    """
+    found: dict[str, list[str]] = {}
+    for op in model.get_ordered_ops():
+        if op.get_type_name() not in ("Convolution", "MatMul"):
+            continue
+        names = [op.get_friendly_name()] + [t.get_node().get_friendly_name() for t in op.output(0).get_target_inputs()]
+        scoped = next((n for n in names if n.startswith("__module.")), None)
+        if scoped:
+            found.setdefault(conv_of_batchnorm(scoped.split("/")[0].removeprefix("__module.")), []).append(
+                op.get_friendly_name())
+    missing = [m for m in modules if m not in found]
+    if missing:
+        raise ConversionError(f"no layer named {', '.join(missing)} in the model; layers are {', '.join(sorted(found))}")
+    return [name for module in modules for name in found[module]]
 
 
 def _spec(port: ov.Output, layout: str | None) -> TensorSpec:

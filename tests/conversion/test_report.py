@@ -1,0 +1,59 @@
+"""`edgeres convert` ends by proving each artifact: accuracy against FP32, latency, size, in report files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import pytest
+
+from edgeres.demo import DEMO_IMGSZ
+from edgeres.conversion.report import markdown
+from tests.test_cli import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def convert(monkeypatch, capsys, checkpoint, digits, out: Path, *args) -> str:
+    code, stdout, err = run_cli(monkeypatch, capsys, "convert", checkpoint, "--imgsz", DEMO_IMGSZ,
+                                "--labels", digits.labels_file, "--out", out, *args)
+    assert code == 0, err
+    return stdout
+
+
+def test_report_accumulates_per_artifact(monkeypatch, capsys, checkpoint, digits, calib_dir, tmp_path: Path) -> None:
+    printed = convert(monkeypatch, capsys, checkpoint, digits, tmp_path, "--target", "onnx",
+                      "--val", digits.test_dir)
+    assert "On 450 validation images: top-1" in printed and "report.png" in printed
+    convert(monkeypatch, capsys, checkpoint, digits, tmp_path, "--target", "x86", "--int8", "--calib", calib_dir,
+            "--calib-size", "100")
+    convert(monkeypatch, capsys, checkpoint, digits, tmp_path, "--target", "onnx", "--val", digits.test_dir)
+    rows = json.loads((tmp_path / "report.json").read_text())["artifacts"]
+    assert [r["artifact"] for r in rows] == ["resnet18_x86_int8.xml", "resnet18_onnx_fp32.onnx"]  # replaced, not added
+    int8, fp32 = rows
+    assert fp32["eval_source"] == "validation" and fp32["accuracy"] == fp32["fp32_accuracy"] > 0.9
+    assert fp32["agreement"] == 1.0 and fp32["size_mb"] > 40 and fp32["latency_p50_ms"] > 0
+    assert int8["eval_source"] == "calibration" and int8["accuracy"] is None and int8["agreement"] >= 0.95
+    assert 10 < int8["size_mb"] < 13  # the .bin counts
+    text = (tmp_path / "report.md").read_text()
+    assert "| resnet18_x86_int8.xml | int8 |" in text and "| resnet18_onnx_fp32.onnx | fp32 |" in text
+    chart = cv2.imread(str(tmp_path / "report.png"))
+    assert chart is not None and chart.shape[1] > 500
+
+
+def test_report_accuracy_is_the_eval_number(monkeypatch, capsys, checkpoint, digits, converted, tmp_path) -> None:
+    """The report's top-1 equals what edgeres eval computes for the same artifact and data."""
+    convert(monkeypatch, capsys, checkpoint, digits, tmp_path, "--target", "rpi", "--int8", "--calib",
+            digits.train_dir, "--calib-size", "200", "--val", digits.test_dir, "--name", "rpi")
+    row = json.loads((tmp_path / "report.json").read_text())["artifacts"][0]
+    code, out, err = run_cli(monkeypatch, capsys, "eval", tmp_path / "rpi.tflite", "--data", digits.test_dir, "--json")
+    assert code == 0, err
+    assert json.loads(out)["artifacts"]["rpi.tflite"]["top1"] == pytest.approx(row["accuracy"])
+
+
+def test_markdown_without_labels() -> None:
+    row = {"artifact": "a.onnx", "precision": "int8", "size_mb": 1.0, "eval_images": 8, "eval_source": "random",
+           "accuracy": None, "fp32_accuracy": None, "agreement": 0.875, "mean_kl": 1e-3, "latency_p50_ms": 2.0,
+           "fps": 500.0, "kept_float": []}
+    assert "| a.onnx | int8 | 1.0 | 8 random | n/a | n/a | 87.50% |" in markdown([row])
