@@ -38,3 +38,22 @@ def test_target_round_trip(target: str, precision: str, converted, model, held_o
         assert np.abs(ours - reference).max() < tolerance.fp32_max_abs
     agreement = (ours.argmax(1) == reference.argmax(1)).mean()
     assert agreement >= (0.98 if precision == "int8" else 0.99)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target, precision", CASES, ids=[f"{t}-{p}" for t, p in CASES])
+def test_target_artifact_verifies_and_evaluates(target: str, precision: str, converted, digits) -> None:
+    """Golden samples, `edgeres verify` and `edgeres eval` work for every target without target-specific code."""
+    from edgeres.evaluate import evaluate_artifacts
+    from edgeres.golden import check_golden, golden_path
+
+    result = converted(target, precision)
+    assert golden_path(result.path) in result.files
+    assert check_golden(Classifier(result.path)).passed
+    results, _, mapping = evaluate_artifacts([result.path], digits.test_dir)
+    assert mapping == "by label" and results[result.path.name].top1 > 0.9
+
+
+def test_every_target_says_whether_it_keeps_layers_in_float() -> None:
+    for name in REGISTRY:
+        assert isinstance(get_target(name).keeps_float, bool)
