@@ -111,7 +111,8 @@ def to_fp16(src: Path, dst: Path) -> None:
 
 
 def quantize_int8(src: Path, dst: Path, calibration: CalibrationSet, preprocess: Preprocess, *,
-                  method: str, symmetric_activations: bool = False, keep_float: tuple[str, ...] = ()) -> dict:
+                  method: str, symmetric_activations: bool = False, keep_float: tuple[str, ...] = (),
+                  extra_options: dict | None = None, op_types: list[str] | None = None) -> dict:
     """Static INT8 in QDQ form: per-channel int8 weights, int8 activations from calibration.
 
     `keep_float` names PyTorch modules (layer3.1.conv2, fc) whose nodes stay in float.
@@ -120,12 +121,13 @@ def quantize_int8(src: Path, dst: Path, calibration: CalibrationSet, preprocess:
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False)
         excluded = nodes_of_modules(onnx.load(str(prepared)), keep_float)
-        options = {"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True}
+        options = {"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True, **(extra_options or {})}
         quantize_static(
             str(prepared), str(dst), CalibrationReader(calibration, preprocess, INPUT_NAME),
             quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
             calibrate_method=ORT_CALIBRATION[method], extra_options=options, nodes_to_exclude=excluded,
+            op_types_to_quantize=op_types,
         )
     return {
         "kind": "static",

@@ -16,6 +16,7 @@ REGISTRY: dict[str, str] = {
     "npu": "edgeres.targets.npu:NpuTarget",
     "x86": "edgeres.targets.openvino:OpenVinoTarget",
     "rpi": "edgeres.targets.tflite:TfliteTarget",
+    "jetson": "edgeres.targets.jetson:JetsonTarget",
 }
 
 

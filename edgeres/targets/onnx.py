@@ -25,6 +25,8 @@ class OnnxTarget:
     presets: ClassVar[tuple[str, ...]] = ()
     keeps_float: ClassVar[bool] = True
     symmetric_activations: ClassVar[bool] = False
+    ort_quantization_options: ClassVar[dict] = {}  # extra_options for ONNX Runtime's quantize_static
+    ort_op_types: ClassVar[list[str] | None] = None  # op types to quantize; None: all it can
 
     def check_options(self, precision: str, *, dynamic_batch: bool, opset: int) -> None:
         if opset < 18:
@@ -44,14 +46,24 @@ class OnnxTarget:
         verification = compare_logits(job.reference_logits, logits, job.reference_source)
         enforce(verification, job.precision, job.tolerance(self.tolerance), final.name)
         inputs, outputs = onnx_tools.tensor_specs(model, self.layout)
+        companions = self.companion_files(model, job)
+        if companions:
+            quantization = {**(quantization or {}), "companion_files": sorted(companions)}
         record = artifact_record(job, target=self.name, format="onnx", inputs=inputs, outputs=outputs,
                                  calibration_method=job.calibration_method, quantization=quantization,
                                  checks=checks, verification=verification)
         onnx_tools.embed_record(model, record)
         with staged_files(job.out_dir) as stage:
             onnx.save(model, str(stage / final.name))
+            for name, data in companions.items():
+                (stage / name).write_bytes(data)
             write_sidecar(stage / final.name, record)
-        return ConvertResult(final, record, (final, sidecar_path(final)))
+        written = (final, *(job.out_dir / name for name in sorted(companions)), sidecar_path(final))
+        return ConvertResult(final, record, written)
+
+    def companion_files(self, model: onnx.ModelProto, job: ConvertJob) -> dict[str, bytes]:
+        """Files a target writes beside the ONNX, by name (a TensorRT calibration cache, say)."""
+        return {}
 
     def check_graph(self, model: onnx.ModelProto, job: ConvertJob) -> list[dict]:
         """Rules a target requires of the final graph; plain ONNX requires none beyond verification."""
@@ -71,5 +83,11 @@ class OnnxTarget:
         quantization = onnx_tools.quantize_int8(fp32, scratch / "int8.onnx", job.calibration, job.preprocess,
                                                 method=job.calibration_method,
                                                 symmetric_activations=self.symmetric_activations,
-                                                keep_float=job.keep_float)
+                                                keep_float=job.keep_float,
+                                                extra_options=self.ort_quantization_options,
+                                                op_types=self.ort_op_types)
+        self.after_quantization(scratch / "int8.onnx", job)
         return scratch / "int8.onnx", quantization
+
+    def after_quantization(self, path: Path, job: ConvertJob) -> None:
+        """A target's own changes to the QDQ graph, in place."""
