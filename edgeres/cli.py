@@ -319,6 +319,29 @@ def benchmark_command(
     console.print(table)
 
 
+@app.command("build-engine")
+def build_engine_command(
+    onnx_model: Path = typer.Argument(..., help="An ONNX artifact made by `edgeres convert --target jetson`."),
+    out: Optional[Path] = typer.Option(None, help="Engine file (default: MODEL_trt.engine beside the ONNX)."),
+    workspace_mb: int = typer.Option(1024, help="TensorRT's workspace limit in MiB."),
+    dla_core: Optional[int] = typer.Option(None, help="Run on this DLA core (Xavier/Orin), with GPU fallback."),
+    timing_cache: Optional[Path] = typer.Option(None, help="TensorRT timing cache file, read and updated: "
+                                                "rebuilds take seconds instead of minutes."),
+) -> None:
+    """On the Jetson: build a TensorRT engine from a jetson ONNX artifact (FP16/INT8 flags from its record).
+
+    The engine is specific to this GPU and TensorRT version; its record goes into a sidecar.
+
+    Example:\n
+      edgeres build-engine resnet18_jetson_int8.onnx --timing-cache trt.cache
+    """
+    from .engine import build_engine
+
+    engine = build_engine(onnx_model, out, workspace_mb=workspace_mb, dla_core=dla_core, timing_cache=timing_cache,
+                          log=_log)
+    console.print(f"Wrote {engine} ({engine.stat().st_size / 1e6:.1f} MB)")
+
+
 @app.command()
 def verify(
     artifact: Path = typer.Argument(..., help="An artifact made by `edgeres convert`, with its .golden.npz beside it."),

@@ -16,6 +16,7 @@ BACKENDS: dict[str, str] = {
     ".onnx": "edgeres.runtime.onnxruntime:OnnxRuntimeBackend",
     ".xml": "edgeres.runtime.openvino:OpenVinoBackend",
     ".tflite": "edgeres.runtime.tflite:TfliteBackend",
+    ".engine": "edgeres.runtime.tensorrt:TensorRtBackend",
 }
 
 

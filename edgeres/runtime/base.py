@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import ClassVar, Iterable, Iterator, Protocol
 
@@ -38,3 +39,11 @@ class StreamingBackend(Backend, Protocol):
 
     def stream(self, inputs: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """Logits (classes,) for each input (no batch axis), in input order."""
+
+
+# Compiled models (OpenVINO, TensorRT) are cached here, so the second start of an artifact is fast.
+CACHE_ENV = "EDGERES_CACHE_DIR"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "edgeres")

@@ -33,8 +33,11 @@ class Classifier:
     channels and BGRA frames lose their alpha channel.
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None, device: str | None = None) -> None:
+    def __init__(self, path: str | Path, threads: int | None = None, device: str | None = None,
+                 tensorrt_engine: bool = False) -> None:
         self.path = Path(path)
+        if tensorrt_engine:  # a jetson ONNX: build its engine once, beside it, and run that
+            self.path = _engine_for(self.path)
         if not self.path.is_file():
             raise ArtifactError(f"artifact {self.path} does not exist")
         if threads is not None and threads < 1:
@@ -104,6 +107,18 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits.astype(np.float64) - logits.max()
     exp = np.exp(shifted)
     return exp / exp.sum()
+
+
+def _engine_for(onnx_path: Path) -> Path:
+    from ..artifact import read_sidecar, sha256_of
+    from ..engine import build_engine, engine_path_for
+
+    engine = engine_path_for(onnx_path)
+    record = read_sidecar(engine) if engine.is_file() else None
+    built_from = (record.quantization or {}).get("engine", {}).get("onnx_sha256") if record else None
+    if built_from is None or built_from != sha256_of(onnx_path):
+        build_engine(onnx_path, engine)
+    return engine
 
 
 def softmax_rows(logits: np.ndarray) -> np.ndarray:

@@ -9,11 +9,36 @@ import numpy as np
 
 from ..artifact import METADATA_KEY, ArtifactRecord, parse_embedded
 from ..errors import ArtifactError, BackendUnavailableError, DeviceError
+from .base import cache_root
 
 try:
     import onnxruntime as ort
 except ImportError:  # the runtime is an extra: say how to get it when it is used
     ort = None
+
+
+# device name -> ONNX Runtime execution providers, fastest first; CPU always last as fallback.
+DEVICES = {
+    "TensorRT": ["TensorrtExecutionProvider", "CUDAExecutionProvider"],
+    "CUDA": ["CUDAExecutionProvider"],
+    "CPU": [],
+}
+
+
+def providers_for(device: str | None, available: list[str]) -> list[str]:
+    """Execution providers for `device`; by default TensorRT, then CUDA, when this ONNX Runtime has them (a Jetson)."""
+    if device is None:
+        chosen = next((name for name in ("TensorRT", "CUDA") if DEVICES[name][0] in available), "CPU")
+        return [*DEVICES[chosen], "CPUExecutionProvider"]
+    if device not in DEVICES:
+        raise DeviceError(f"unknown ONNX Runtime device {device!r}; choose one of {', '.join(DEVICES)}")
+    missing = [name for name in DEVICES[device] if name not in available]
+    if missing:
+        raise DeviceError(
+            f"device {device} needs {', '.join(missing)}, which this ONNX Runtime lacks (it has "
+            f"{', '.join(available)}); on a Jetson install NVIDIA's onnxruntime-gpu wheel for your JetPack"
+        )
+    return [*DEVICES[device], "CPUExecutionProvider"]
 
 
 class OnnxRuntimeBackend:
@@ -22,8 +47,7 @@ class OnnxRuntimeBackend:
     def __init__(self, path: Path, threads: int | None, device: str | None = None) -> None:
         if ort is None:
             raise BackendUnavailableError("ONNX artifacts need ONNX Runtime: pip install 'edgeres[onnx]'")
-        if device not in (None, "CPU"):
-            raise DeviceError(f"the ONNX Runtime backend runs on CPU here; device {device!r} is not available")
+        providers = providers_for(device, ort.get_available_providers())
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if threads:
@@ -33,7 +57,7 @@ class OnnxRuntimeBackend:
         # 11.1 ms per predict on 2 cores, tools/benchmark_cpu.py).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self._session = ort.InferenceSession(str(path), options, providers=_with_options(providers, path))
         except Exception as error:  # onnxruntime raises its own untyped errors for a bad file
             raise ArtifactError(f"{path} is not a valid ONNX model: {str(error).strip()}") from None
         self._path = path
@@ -41,6 +65,10 @@ class OnnxRuntimeBackend:
         self._input_name = model_input.name
         batch = model_input.shape[0]
         self._max_batch = batch if isinstance(batch, int) else None
+
+    @property
+    def providers(self) -> list[str]:
+        return self._session.get_providers()
 
     def embedded_record(self) -> ArtifactRecord | None:
         text = self._session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
@@ -52,3 +80,13 @@ class OnnxRuntimeBackend:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self._session.run(None, {self._input_name: batch})[0].astype(np.float32, copy=False)
+
+
+def _with_options(providers: list[str], path: Path) -> list:
+    """TensorRT's engine cache lives in edgeres' cache folder, so the second start is fast."""
+    if "TensorrtExecutionProvider" not in providers:
+        return providers
+    cache = cache_root() / "tensorrt"
+    cache.mkdir(parents=True, exist_ok=True)
+    options = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache), "trt_fp16_enable": True}
+    return [(name, options) if name == "TensorrtExecutionProvider" else name for name in providers]

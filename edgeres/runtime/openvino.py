@@ -14,6 +14,7 @@ import numpy as np
 
 from ..artifact import METADATA_KEY, ArtifactRecord, parse_embedded, read_sidecar
 from ..errors import ArtifactError, BackendUnavailableError, DeviceError
+from .base import cache_root
 
 
 @contextlib.contextmanager
@@ -41,8 +42,6 @@ with no_telemetry():
     except ImportError:  # the runtime is an extra: say how to get it when it is used
         ov = None
 
-# Compiled models are cached here, so the second start of an artifact is fast.
-CACHE_ENV = "EDGERES_CACHE_DIR"
 VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO")
 
 
@@ -61,8 +60,7 @@ def compile_config(precision: str | None, threads: int | None, hint: str) -> dic
 
 
 def cache_dir() -> Path:
-    root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "edgeres")
-    return Path(root) / "openvino"
+    return cache_root() / "openvino"
 
 
 class OpenVinoBackend:

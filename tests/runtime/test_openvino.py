@@ -98,7 +98,7 @@ def test_unknown_device(converted) -> None:
 
 
 def test_onnx_runtime_device(converted) -> None:
-    with pytest.raises(DeviceError, match="runs on CPU here"):
+    with pytest.raises(DeviceError, match="unknown ONNX Runtime device 'GPU'"):
         Classifier(converted("onnx", "fp32").path, device="GPU")
 
 
