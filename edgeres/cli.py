@@ -104,6 +104,7 @@ def convert(
       edgeres convert model.pth --target x86 --int8 --calib calib/ --val val/ --max-drop 0.5
     """
     from .conversion.pipeline import ConvertOptions
+    from .artifact import read_sidecar
     from .conversion.checked import convert_checked
     from .models import load_model
 
@@ -119,12 +120,20 @@ def convert(
         model = load_model(checkpoint, arch, weights=weights, labels=labels, trust_checkpoint=trust_checkpoint)
     checked = convert_checked(model, options, val=val, max_drop=max_drop, progress=_progress, log=_log)
     _print_result(checked.result)
-    _print_report_row(checked.row, checked.reports)
+    for companion in checked.companion_rows:
+        path = Path(options.out_dir) / companion["artifact"]
+        console.print(f"Also wrote {path}")
+        for check in getattr(read_sidecar(path), "checks", []):
+            colour, word = ("green", "checked") if check["passed"] else ("yellow", "note")
+            console.print(f"[{colour}]{word}[/{colour}] {check['rule']}: {check['detail']}")
+    for row in (checked.row, *checked.companion_rows):
+        _print_report_row(row)
+    console.print(f"Report: {', '.join(str(p) for p in checked.reports)}")
     if checked.budget_failure:
         raise EdgeresError(checked.budget_failure)
 
 
-def _print_report_row(row: dict, reports: list[Path]) -> None:
+def _print_report_row(row: dict) -> None:
     accuracy = "" if row["accuracy"] is None else (f"top-1 {row['accuracy']:.2%} (FP32 {row['fp32_accuracy']:.2%}), ")
     console.print(f"On {row['eval_images']} {row['eval_source']} images: {accuracy}agreement with FP32 "
                   f"{row['agreement']:.2%}, mean KL {row['mean_kl']:.2e}; {row['latency_p50_ms']:.2f} ms per "
@@ -134,7 +143,6 @@ def _print_report_row(row: dict, reports: list[Path]) -> None:
     budget = row.get("budget")
     if budget and budget["met"]:
         console.print(f"[green]accuracy budget met[/green] ({budget['max_drop_points']:g} points)")
-    console.print(f"Report: {', '.join(str(p) for p in reports)}")
 
 
 def _print_result(result: Any) -> None:

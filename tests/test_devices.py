@@ -24,7 +24,7 @@ def test_the_pi_profiles_exist() -> None:
 
 
 def test_unknown_name_lists_targets_and_profiles() -> None:
-    with pytest.raises(TargetError, match=r"choose a target \(onnx, npu, x86, rpi, jetson\) or a device profile \(rpi4, rpi5\)"):
+    with pytest.raises(TargetError, match=r"choose a target \(onnx, npu, x86, rpi, jetson, mobile\) or a device profile \(rpi4, rpi5\)"):
         resolve_target("pi9")
 
 

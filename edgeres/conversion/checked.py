@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +24,7 @@ class CheckedConversion:
     row: dict  # the report's row for this artifact
     reports: list[Path]
     budget_failure: str | None = None  # set when the accuracy budget could not be met
+    companion_rows: list[dict] = field(default_factory=list)  # other artifacts of the same conversion
 
 
 def convert_checked(model: LoadedModel, options: ConvertOptions, *, val: Path | None = None,
@@ -53,7 +54,14 @@ def convert_checked(model: LoadedModel, options: ConvertOptions, *, val: Path | 
                        f"(kept as written, {', '.join(budget.kept_float) or 'nothing'} in float), loses "
                        f"{judged.drop_points:.2f} points; raise --max-drop, add calibration images, or use --fp16")
     reports = update_reports(Path(options.out_dir), row)
-    return CheckedConversion(result, row, reports, failure)
+    companion_rows = []
+    for companion in result.companions:
+        from ..runtime.classifier import Classifier
+
+        judged = judge(companion, model.module, spec, model.labels, data)
+        companion_rows.append(report_row(companion, Classifier(companion).record, judged, data.source, threads))
+        update_reports(Path(options.out_dir), companion_rows[-1])
+    return CheckedConversion(result, row, reports, failure, companion_rows)
 
 
 def _check_budget_options(options: ConvertOptions, val: Path | None, max_drop: float | None) -> None:

@@ -100,17 +100,19 @@ def convert(
 
 
 def _with_golden(result: ConvertResult, frames: np.ndarray, reference: np.ndarray) -> ConvertResult:
-    """The artifact's own logits on the golden frames, through the runtime, as `edgeres verify` will run them."""
+    """Each artifact's own logits on the golden frames, through its runtime, as `edgeres verify` will run them."""
     from ..runtime.classifier import Classifier
 
+    written = []
     try:
-        expected = Classifier(result.path).logits_batch(list(frames))
-        path = write_golden(golden_path(result.path), frames, reference, expected)
+        for artifact in (result.path, *result.companions):
+            expected = Classifier(artifact).logits_batch(list(frames))
+            written.append(write_golden(golden_path(artifact), frames, reference, expected))
     except BaseException:
-        for written in result.files:  # an artifact whose record names a missing golden file is not shipped
-            written.unlink(missing_ok=True)
+        for path in (*result.files, *written):  # an artifact whose record names a missing golden file is not shipped
+            path.unlink(missing_ok=True)
         raise
-    return replace(result, files=(*result.files, path))
+    return replace(result, files=(*result.files, *written))
 
 
 def check_target_options(target: Target, options: ConvertOptions) -> None:

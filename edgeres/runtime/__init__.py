@@ -17,6 +17,8 @@ BACKENDS: dict[str, str] = {
     ".xml": "edgeres.runtime.openvino:OpenVinoBackend",
     ".tflite": "edgeres.runtime.tflite:TfliteBackend",
     ".engine": "edgeres.runtime.tensorrt:TensorRtBackend",
+    ".pte": "edgeres.runtime.executorch:ExecuTorchBackend",
+    ".ptl": "edgeres.runtime.torchscript:LiteInterpreterBackend",
 }
 
 

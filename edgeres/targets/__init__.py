@@ -17,6 +17,7 @@ REGISTRY: dict[str, str] = {
     "x86": "edgeres.targets.openvino:OpenVinoTarget",
     "rpi": "edgeres.targets.tflite:TfliteTarget",
     "jetson": "edgeres.targets.jetson:JetsonTarget",
+    "mobile": "edgeres.targets.mobile:MobileTarget",
 }
 
 

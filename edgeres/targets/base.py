@@ -66,6 +66,7 @@ class ConvertResult:
     path: Path
     record: ArtifactRecord
     files: tuple[Path, ...]  # everything written, sidecar included
+    companions: tuple[Path, ...] = ()  # other artifacts the same conversion wrote (mobile: the .ptl beside the .pte)
 
 
 def artifact_record(job: ConvertJob, *, target: str, format: str, inputs: list[TensorSpec],

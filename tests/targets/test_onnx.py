@@ -97,7 +97,7 @@ def test_int8_without_calibration_is_refused(model, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"target": "jetsonn"}, r"unknown target 'jetsonn'; choose a target \(onnx, npu, x86, rpi\)"),
+    ({"target": "jetsonn"}, r"unknown target 'jetsonn'; choose a target \(onnx, npu, x86, rpi, jetson, mobile\)"),
     ({"precision": "int4"}, "precision must be one of fp32, fp16, int8"),
     ({"calib_method": "mse"}, "--calib-method must be one of"),
     ({"imgsz": 8}, "--imgsz must be at least 32"),

@@ -1,0 +1,45 @@
+"""ExecuTorch backend for .pte artifacts, through ExecuTorch's Python runtime.
+
+On a phone the app loads the .pte with ExecuTorch's C++, Java or Swift runtime; this
+backend runs the same program here (and in `edgeres verify`/`eval`) with the same kernels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from ..artifact import ArtifactRecord
+from ..errors import ArtifactError, BackendUnavailableError, DeviceError
+
+
+class ExecuTorchBackend:
+    name: ClassVar[str] = "executorch"
+
+    def __init__(self, path: Path, threads: int | None, device: str | None = None) -> None:
+        try:
+            import torch
+            from executorch.runtime import Runtime
+        except ImportError:
+            raise BackendUnavailableError(".pte artifacts need ExecuTorch's runtime: pip install 'edgeres[mobile]'") from None
+        if device not in (None, "CPU"):
+            raise DeviceError(f"ExecuTorch's Python runtime runs on the CPU; device {device!r} is not available")
+        self._torch = torch
+        try:
+            self._method = Runtime.get().load_program(str(path)).load_method("forward")
+        except Exception as error:  # the runtime raises its own untyped errors for a bad file
+            raise ArtifactError(f"{path} is not a loadable ExecuTorch program: {error}") from None
+
+    def embedded_record(self) -> ArtifactRecord | None:
+        return None  # the record is in the sidecar
+
+    @property
+    def max_batch(self) -> int | None:
+        return 1
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        rows = [self._method.execute([self._torch.from_numpy(np.ascontiguousarray(item[None]))])[0]
+                for item in batch]
+        return np.concatenate([row.numpy() for row in rows]).astype(np.float32, copy=False)

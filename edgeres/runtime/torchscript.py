@@ -1,0 +1,49 @@
+"""Lite interpreter backend for TorchScript Lite .ptl artifacts (needs torch).
+
+Phones load a .ptl with PyTorch Mobile's lite interpreter (org.pytorch:pytorch_android_lite,
+LibTorch-Lite); this is the same interpreter in desktop torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from ..artifact import ArtifactRecord
+from ..errors import ArtifactError, BackendUnavailableError, DeviceError
+
+
+class LiteInterpreterBackend:
+    name: ClassVar[str] = "torchscript-lite"
+
+    def __init__(self, path: Path, threads: int | None, device: str | None = None) -> None:
+        try:
+            import torch
+            from torch.jit.mobile import _load_for_lite_interpreter
+        except ImportError:
+            raise BackendUnavailableError(".ptl artifacts need PyTorch's lite interpreter: pip install torch") from None
+        if device not in (None, "CPU"):
+            raise DeviceError(f"the lite interpreter runs on the CPU; device {device!r} is not available")
+        if "qnnpack" in torch.backends.quantized.supported_engines:
+            torch.backends.quantized.engine = "qnnpack"  # INT8 .ptl are made for QNNPACK, as on a phone
+        if threads:
+            torch.set_num_threads(threads)
+        self._torch = torch
+        try:
+            self._module = _load_for_lite_interpreter(str(path))
+        except Exception as error:  # torch raises its own untyped errors for a bad file
+            raise ArtifactError(f"{path} is not a TorchScript Lite model: {str(error).splitlines()[0]}") from None
+
+    def embedded_record(self) -> ArtifactRecord | None:
+        return None  # the record is in the sidecar
+
+    @property
+    def max_batch(self) -> int | None:
+        return 1
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        with self._torch.no_grad():
+            rows = [self._module(self._torch.from_numpy(np.ascontiguousarray(item[None]))) for item in batch]
+        return np.concatenate([row.numpy() for row in rows]).astype(np.float32, copy=False)

@@ -1,0 +1,66 @@
+"""Mobile: the ExecuTorch .pte and the TorchScript Lite .ptl, FP32 and INT8, through the same Classifier."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgeres.conversion.pipeline import torch_logits
+from edgeres.golden import check_golden
+from edgeres.preprocess import Preprocess
+from edgeres.runtime.classifier import Classifier
+from tests.test_cli import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def artifacts(converted, precision: str) -> dict:
+    result = converted("mobile", precision)
+    (lite,) = result.companions
+    return {"pte": result.path, "ptl": lite}
+
+
+def logits_and_reference(path, model, held_out, count: int = 450):
+    classifier = Classifier(path)
+    frames, _ = held_out
+    crops = [classifier.preprocess.resize_and_crop(frame) for frame in frames[:count]]
+    reference = torch_logits(model.module, Preprocess.imagenet(32).tensors(crops))
+    return classifier, classifier.logits_batch(frames[:count]), reference
+
+
+@pytest.mark.parametrize("kind", ["pte", "ptl"])
+def test_fp32_matches_pytorch(converted, model, held_out, kind: str) -> None:
+    classifier, ours, reference = logits_and_reference(artifacts(converted, "fp32")[kind], model, held_out, 100)
+    assert classifier.backend_name == {"pte": "executorch", "ptl": "torchscript-lite"}[kind]
+    assert np.abs(ours - reference).max() < 1e-4
+
+
+@pytest.mark.parametrize("kind", ["pte", "ptl"])
+def test_int8_agrees_with_fp32_on_held_out_images(converted, model, held_out, kind: str) -> None:
+    classifier, ours, reference = logits_and_reference(artifacts(converted, "int8")[kind], model, held_out)
+    assert (ours.argmax(1) == reference.argmax(1)).mean() >= 0.98
+    assert classifier.record.precision == "int8" and classifier.record.quantization["kind"] == "static"
+
+
+def test_records_say_what_ran(converted) -> None:
+    pte, ptl = (Classifier(p).record for p in artifacts(converted, "int8").values())
+    assert pte.format == "pte" and pte.checks[0]["rule"] == "every op inside the XNNPACK delegate" and pte.checks[0]["passed"]
+    assert "XNNPACKQuantizer" in pte.quantization["tool"] and "qnnpack" in ptl.quantization["tool"]
+    optimized = ptl.checks[0]
+    assert optimized["rule"] == "optimize_for_mobile ran"
+    assert optimized["passed"] or "XNNPACK is not enabled" in optimized["detail"]  # this x86 build: not enabled
+    assert ptl.golden["file"].endswith("_lite.golden.npz") and pte.golden["file"].endswith("int8.golden.npz")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_both_verify(converted, precision: str) -> None:
+    for path in artifacts(converted, precision).values():
+        assert check_golden(Classifier(path)).passed
+
+
+def test_cli_says_the_lite_interpreter_is_deprecated(monkeypatch, capsys, checkpoint, tmp_path) -> None:
+    code, out, err = run_cli(monkeypatch, capsys, "convert", checkpoint, "--target", "mobile", "--imgsz", "32",
+                             "--out", tmp_path)
+    assert code == 0, err
+    assert "lite interpreter (.ptl) is deprecated" in err and "Also wrote" in out
+    assert (tmp_path / "resnet18_mobile_fp32_lite.ptl").is_file() and "torchscript-lite" in out
