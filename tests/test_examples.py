@@ -27,6 +27,7 @@ def run_example(script: str, *args) -> str:
     ("x86_openvino.py", "x86", "int8"),
     ("npu_onnx.py", "npu", "int8"),
     ("classify_image.py", "onnx", "fp32"),
+    ("jetson_tensorrt.py", "jetson", "int8"),  # ONNX Runtime here: no TensorRT on this machine
 ])
 def test_device_example_classifies_a_digit(converted, digits, script: str, target: str, precision: str) -> None:
     image, label = digits.test_images()[0]
