@@ -25,7 +25,7 @@ import onnx.numpy_helper
 
 from ..errors import ConversionError, TargetError
 from .base import PRECISIONS, ConvertJob, Tolerance
-from .npu import QDQ_OPS, _check
+from .npu import QDQ_OPS, _check, apply_rules
 from .onnx import OnnxTarget
 
 # TensorRT 8.2.1, JetPack 4.6: the last TensorRT for the Jetson Nano (and TX1/TX2).
@@ -57,14 +57,7 @@ class JetsonTarget(OnnxTarget):
     def check_graph(self, model: onnx.ModelProto, job: ConvertJob) -> list[dict]:
         if job.precision != "int8":
             return []
-        checks = [rule(model) for rule in TENSORRT_RULES]
-        broken = [c for c in checks if not c["passed"]]
-        if broken:
-            details = "; ".join(f"{c['rule']}: {c['detail']}" for c in broken)
-            raise ConversionError(f"the INT8 ONNX breaks TensorRT's QDQ rules ({details})")
-        for check in checks:
-            job.log(f"TensorRT rule passed: {check['rule']} ({check['detail']})")
-        return checks
+        return apply_rules(TENSORRT_RULES, model, job, "TensorRT's QDQ rules", "TensorRT rule")
 
     def after_quantization(self, path: Path, job: ConvertJob) -> None:
         quantize_residuals(path, job.calibration, job.preprocess)

@@ -33,14 +33,19 @@ class NpuTarget(OnnxTarget):
         super().check_options(precision, dynamic_batch=dynamic_batch, opset=opset)
 
     def check_graph(self, model: onnx.ModelProto, job: ConvertJob) -> list[dict]:
-        checks = [rule(model) for rule in NPU_RULES]
-        broken = [c for c in checks if not c["passed"]]
-        if broken:
-            details = "; ".join(f"{c['rule']}: {c['detail']}" for c in broken)
-            raise ConversionError(f"the INT8 ONNX breaks NPU rules ({details})")
-        for check in checks:
-            job.log(f"NPU rule passed: {check['rule']} ({check['detail']})")
-        return checks
+        return apply_rules(NPU_RULES, model, job, "NPU rules", "NPU rule")
+
+
+def apply_rules(rules, model: onnx.ModelProto, job: ConvertJob, broken_name: str, passed_name: str) -> list[dict]:
+    """Run graph rules; any broken one fails the conversion, naming each broken rule and where."""
+    checks = [rule(model) for rule in rules]
+    broken = [c for c in checks if not c["passed"]]
+    if broken:
+        details = "; ".join(f"{c['rule']}: {c['detail']}" for c in broken)
+        raise ConversionError(f"the INT8 ONNX breaks {broken_name} ({details})")
+    for check in checks:
+        job.log(f"{passed_name} passed: {check['rule']} ({check['detail']})")
+    return checks
 
 
 def _check(rule: str, problems: list[str], ok: str) -> dict:
