@@ -123,14 +123,18 @@ def convert(
     for companion in checked.companion_rows:
         path = Path(options.out_dir) / companion["artifact"]
         console.print(f"Also wrote {path}")
-        for check in getattr(read_sidecar(path), "checks", []):
-            colour, word = ("green", "checked") if check["passed"] else ("yellow", "note")
-            console.print(f"[{colour}]{word}[/{colour}] {check['rule']}: {check['detail']}")
+        _print_checks(getattr(read_sidecar(path), "checks", []))
     for row in (checked.row, *checked.companion_rows):
         _print_report_row(row)
     console.print(f"Report: {', '.join(str(p) for p in checked.reports)}")
     if checked.budget_failure:
         raise EdgeresError(checked.budget_failure)
+
+
+def _print_checks(checks: list[dict]) -> None:
+    for check in checks:
+        colour, word = ("green", "checked") if check["passed"] else ("yellow", "note")
+        console.print(f"[{colour}]{word}[/{colour}] {check['rule']}: {check['detail']}")
 
 
 def _print_report_row(row: dict) -> None:
@@ -158,9 +162,7 @@ def _print_result(result: Any) -> None:
         f"{verification['samples']} {verification['sample_source']}",
     )
     console.print(table)
-    for check in record.checks:
-        colour, word = ("green", "checked") if check["passed"] else ("yellow", "note")
-        console.print(f"[{colour}]{word}[/{colour}] {check['rule']}: {check['detail']}")
+    _print_checks(record.checks)
     profile = record.device_profile
     if profile and profile["recommended_precision"] != record.precision:
         console.print(f"[yellow]{profile['name']}:[/yellow] {profile['recommended_precision']} is recommended "

@@ -25,7 +25,7 @@ import onnx.numpy_helper
 
 from ..errors import ConversionError, TargetError
 from .base import PRECISIONS, ConvertJob, Tolerance
-from .npu import QDQ_OPS, _check, apply_rules
+from .npu import QDQ_OPS, _check, _consumers, _producers, apply_rules
 from .onnx import OnnxTarget
 
 # TensorRT 8.2.1, JetPack 4.6: the last TensorRT for the Jetson Nano (and TX1/TX2).
@@ -156,18 +156,6 @@ def activation_scales(model: onnx.ModelProto) -> dict[str, float]:
 
 def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer}
-
-
-def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
-    return {out: node for node in model.graph.node for out in node.output}
-
-
-def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    return consumers
 
 
 def check_symmetric_int8(model: onnx.ModelProto) -> dict:

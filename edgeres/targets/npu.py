@@ -52,6 +52,18 @@ def _check(rule: str, problems: list[str], ok: str) -> dict:
     return {"rule": rule, "passed": not problems, "detail": ", ".join(problems[:5]) if problems else ok}
 
 
+def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in model.graph.node for out in node.output}
+
+
+def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return consumers
+
+
 def check_static_batch1(model: onnx.ModelProto) -> dict:
     problems = []
     for value in [*model.graph.input, *model.graph.output]:
@@ -86,11 +98,7 @@ def check_no_dynamic_shapes(model: onnx.ModelProto) -> dict:
 def check_qdq_everywhere(model: onnx.ModelProto) -> dict:
     """Every compute op reads from DequantizeLinear and writes only to QuantizeLinear."""
     initializers = {init.name for init in model.graph.initializer}
-    producers = {out: node for node in model.graph.node for out in node.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    producers, consumers = _producers(model), _consumers(model)
     problems, quantized = [], 0
     for node in model.graph.node:
         if node.op_type in QDQ_OPS or node.op_type == "Constant":
