@@ -39,9 +39,12 @@ def benchmark(artifacts: Sequence[Path], *, threads: int | None = None, warmup: 
     """Classifier.predict on a 640x480 BGR frame (preprocessing included), per artifact, each in its own process."""
     if warmup < 0 or runs < 1:
         raise EdgeresError(f"--warmup must be 0 or more and --runs at least 1, got {warmup} and {runs}")
+    from .runtime import backend_class
+
     for path in artifacts:
         if not Path(path).is_file():
             raise EdgeresError(f"artifact {path} does not exist")
+        backend_class(Path(path))  # an unknown kind of file is refused here, not in the worker
     items = progress(artifacts, "Benchmarking", len(artifacts)) if progress else artifacts
     return [_run_worker(Path(path), threads, warmup, runs) for path in items]
 
@@ -51,6 +54,8 @@ def _run_worker(path: Path, threads: int | None, warmup: int, runs: int) -> Benc
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        if last.startswith("edgeres.errors."):  # our own error: its message is the part worth showing
+            last = last.split(": ", 1)[-1]
         raise EdgeresError(f"benchmarking {path.name} failed: {last}")
     return BenchmarkResult(**json.loads(done.stdout.strip().splitlines()[-1]))
 

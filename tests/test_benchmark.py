@@ -29,5 +29,8 @@ def test_cli_benchmark(monkeypatch, capsys, converted) -> None:
 def test_cli_benchmark_bad_input(monkeypatch, capsys, converted, tmp_path: Path) -> None:
     code, _, err = run_cli(monkeypatch, capsys, "benchmark", tmp_path / "missing.onnx")
     assert_one_red_line(code, err, "does not exist")
+    (tmp_path / "notes.txt").write_text("not a model")
+    code, _, err = run_cli(monkeypatch, capsys, "benchmark", tmp_path / "notes.txt")
+    assert_one_red_line(code, err, "no runtime backend for '.txt' files")
     code, _, err = run_cli(monkeypatch, capsys, "benchmark", converted("onnx", "fp32").path, "--runs", "0")
     assert_one_red_line(code, err, "--runs at least 1")
