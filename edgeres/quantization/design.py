@@ -1,0 +1,117 @@
+"""The quantization design: statistics once, then plans that every INT8 target applies its own way.
+
+A plan is backend-neutral: a BatchNorm-folded float model (with its biases corrected
+for quantization), one range per activation point, and the layers kept out of INT8. The
+design also simulates a plan in PyTorch, which is how range methods, bias correction
+and the layers worth keeping are chosen before any backend is run.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .corrections import correct_biases
+from .points import fold_batchnorm, layers
+from .ranges import AUTO_METHODS, Range, choose, minmax
+from .simulate import ALL_PLACEMENTS, agreement, kl_from, logits, simulated
+from .statistics import collect
+
+SENSITIVITY_IMAGES = 64
+CHOICE_IMAGES = 256
+OUTPUT_POINT = "fc"
+
+
+@dataclass(frozen=True)
+class QuantizationPlan:
+    """What an INT8 target applies: the corrected float model, each point's range, the layers left out."""
+
+    module: torch.nn.Module = field(repr=False)
+    ranges: dict[str, Range] = field(repr=False)
+    method: str
+    bias_correction: bool
+    higher: tuple[str, ...] = ()  # layers kept in the target's higher precision
+
+    def with_higher(self, higher: tuple[str, ...]) -> "QuantizationPlan":
+        return QuantizationPlan(self.module, self.ranges, self.method, self.bias_correction, tuple(higher))
+
+    def describe(self) -> dict:
+        return {
+            "algorithm": "edgeres: BatchNorm folded, per-tensor activation ranges by "
+                         f"{self.method}{' + fast bias correction' if self.bias_correction else ''}, "
+                         "per-channel symmetric int8 weights",
+            "range_method": self.method, "bias_correction": self.bias_correction,
+            "points": len(self.ranges), "kept_higher": list(self.higher),
+        }
+
+
+@dataclass
+class Simulated:
+    agreement: float  # top-1 agreement with FP32 on the design's evaluation inputs
+    kl: float
+    accuracy: float | None
+
+
+class QuantizationDesign:
+    """Calibration statistics of one model, collected once, and the plans made from them."""
+
+    def __init__(self, module: torch.nn.Module, calibration: np.ndarray, evaluation: np.ndarray,
+                 truth: np.ndarray | None = None, placement: frozenset[str] = ALL_PLACEMENTS) -> None:
+        self.folded = fold_batchnorm(module)
+        self.calibration = calibration
+        self.evaluation, self.truth = evaluation, truth
+        self.placement = placement
+        self.stats = collect(self.folded, calibration)
+        self.layer_names = [layer.name for layer in layers(self.folded)]
+        self.reference = logits(self.folded, evaluation)
+        self._plans: dict[tuple[str, bool], QuantizationPlan] = {}
+
+    def plan(self, method: str, bias_correction: bool, higher: tuple[str, ...] = ()) -> QuantizationPlan:
+        key = (method, bias_correction)
+        if key not in self._plans:
+            ranges = {point: choose(stats, method) for point, stats in self.stats.items()}
+            ranges[OUTPUT_POINT] = minmax(self.stats[OUTPUT_POINT])  # the answer is the largest logit
+            # Every backend gives max-pool's output its input's parameters (a max keeps the grid)
+            ranges["maxpool"] = ranges["conv1"]
+            module = self.folded
+            if bias_correction:
+                module = copy.deepcopy(self.folded)
+                correct_biases(module, ranges, self.calibration)
+            self._plans[key] = QuantizationPlan(module, ranges, method, bias_correction)
+        return self._plans[key].with_higher(higher)
+
+    def simulate(self, plan: QuantizationPlan, subset: int | None = None) -> Simulated:
+        """The plan's INT8 model, simulated, against FP32 on the evaluation inputs (the first `subset`)."""
+        inputs, reference = self.evaluation[:subset], self.reference[:subset]
+        with simulated(plan.module, plan.ranges, placement=self.placement, higher=set(plan.higher)):
+            quantized = logits(plan.module, inputs)
+        accuracy = None
+        if self.truth is not None:
+            accuracy = float((quantized.argmax(1) == self.truth[:subset]).mean())
+        return Simulated(agreement(reference, quantized), kl_from(reference, quantized), accuracy)
+
+    def best_plan(self, methods: tuple[str, ...] = AUTO_METHODS,
+                  corrections: tuple[bool, ...] = (True, False)) -> tuple[QuantizationPlan, list[dict]]:
+        """The range method and bias correction whose simulated INT8 model is closest to FP32 (KL)."""
+        table = []
+        for method in methods:
+            for correction in corrections:
+                result = self.simulate(self.plan(method, correction), CHOICE_IMAGES)
+                table.append({"range_method": method, "bias_correction": correction,
+                              "simulated_agreement": result.agreement, "simulated_kl": result.kl})
+        best = min(table, key=lambda row: (row["simulated_kl"], -row["simulated_agreement"]))
+        return self.plan(best["range_method"], best["bias_correction"]), table
+
+    def sensitivity(self, plan: QuantizationPlan) -> list[tuple[str, float]]:
+        """Each layer, by how much keeping it out of INT8 brings the simulated model closer to FP32 (KL)."""
+        base = self.simulate(plan, SENSITIVITY_IMAGES).kl
+        gains = []
+        for name in self.layer_names:
+            if name in plan.higher:
+                continue
+            kept = self.simulate(plan.with_higher((*plan.higher, name)), SENSITIVITY_IMAGES).kl
+            gains.append((name, base - kept))
+        return sorted(gains, key=lambda item: -item[1])

@@ -1,0 +1,97 @@
+"""INT8 as a backend computes it, simulated in PyTorch: for choosing ranges, corrections and layers.
+
+Weights are per-output-channel symmetric int8 (scale max|w| / 127, values -127..127) as
+every edgeres backend quantizes them; activations are uint8-grid fake-quantized with the
+plan's ranges wherever the target places a quantizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .points import Layer, blocks, layers
+from .ranges import LEVELS, Range
+
+# Where a target puts activation quantizers, beyond the input of every quantized layer.
+BRANCHES = "branches"  # the conv outputs that go into a residual add (pre-add)
+LOGITS = "logits"  # the model's output
+ALL_PLACEMENTS = frozenset({BRANCHES, LOGITS})
+
+
+def quantize_weight(weight: torch.Tensor) -> torch.Tensor:
+    axes = tuple(range(1, weight.dim()))
+    scale = weight.abs().amax(dim=axes, keepdim=True).clamp_min(1e-12) / 127
+    return torch.round(weight / scale).clamp(-127, 127) * scale
+
+
+def fake_quantize(values: torch.Tensor, value_range: Range, levels: int = LEVELS) -> torch.Tensor:
+    low, high = value_range
+    scale = max(high - low, 1e-12) / (levels - 1)
+    zero = round(-low / scale)
+    return (torch.clamp(torch.round(values / scale) + zero, 0, levels - 1) - zero) * scale
+
+
+@contextlib.contextmanager
+def simulated(module: torch.nn.Module, ranges: dict[str, Range], *, placement: frozenset[str] = ALL_PLACEMENTS,
+              higher: frozenset[str] | set[str] = frozenset(), weights: bool = True) -> Iterator[torch.nn.Module]:
+    """Within the block, `module` computes as its INT8 artifact would; layers in `higher` stay float.
+
+    Every backend requantizes the residual stream after each block (the add's output, which
+    the next block's add reads back), so block outputs are always quantized.
+    """
+    named = dict(module.named_modules())
+    handles, saved = [], {}
+    try:
+        for name, block in blocks(module):
+            handles.append(block.register_forward_hook(_output_quantizer(ranges[name])))
+        for layer in layers(module):
+            if layer.name in higher:
+                continue
+            target = named[layer.name]
+            handles.append(target.register_forward_pre_hook(_input_quantizer(ranges[layer.input_point])))
+            if _output_quantized(layer, placement):
+                handles.append(target.register_forward_hook(_output_quantizer(ranges[layer.name])))
+            if weights:
+                saved[layer.name] = target.weight.data
+                target.weight.data = quantize_weight(target.weight.data)
+        yield module
+    finally:
+        for handle in handles:
+            handle.remove()
+        for name, weight in saved.items():
+            named[name].weight.data = weight
+
+
+def _output_quantized(layer: Layer, placement: frozenset[str]) -> bool:
+    return (layer.feeds_add and BRANCHES in placement) or (layer.name == "fc" and LOGITS in placement)
+
+
+def _input_quantizer(value_range: Range):
+    return lambda _, args: (fake_quantize(args[0], value_range),)
+
+
+def _output_quantizer(value_range: Range):
+    return lambda _, __, output: fake_quantize(output, value_range)
+
+
+def logits(module: torch.nn.Module, inputs: np.ndarray, batch: int = 64) -> np.ndarray:
+    outputs = []
+    with torch.inference_mode():
+        for start in range(0, len(inputs), batch):
+            outputs.append(module(torch.from_numpy(inputs[start : start + batch])).numpy())
+    return np.concatenate(outputs)
+
+
+def kl_from(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Mean KL(reference || candidate) of the softmax probabilities."""
+    log_p = torch.log_softmax(torch.from_numpy(reference).double(), dim=1)
+    log_q = torch.log_softmax(torch.from_numpy(candidate).double(), dim=1)
+    return float((log_p.exp() * (log_p - log_q)).sum(dim=1).mean())
+
+
+def agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
+    return float((reference.argmax(1) == candidate.argmax(1)).mean())

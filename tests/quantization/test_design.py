@@ -1,0 +1,165 @@
+"""The backend-neutral half of INT8: points, statistics, ranges, simulation, bias correction, ranking."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from edgeres.demo import DEMO_IMGSZ
+from edgeres.preprocess import Preprocess
+from edgeres.quantization.corrections import _apply, correct_biases
+from edgeres.quantization.design import QuantizationDesign
+from edgeres.quantization.points import fold_batchnorm, layers, points
+from edgeres.quantization.ranges import METHODS, choose, fake_quantize
+from edgeres.quantization.simulate import fake_quantize as fake_quantize_tensor
+from edgeres.quantization.simulate import logits, quantize_weight, simulated
+from edgeres.quantization.statistics import PointStats, collect
+
+
+def random_resnet(arch: str = "resnet18", seed: int = 0) -> torch.nn.Module:
+    """A torchvision ResNet with BatchNorm statistics that are not the identity (as after training)."""
+    torch.manual_seed(seed)
+    model = getattr(torchvision.models, arch)(num_classes=10).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+def inputs(count: int = 24, size: int = 32, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((count, 3, size, size)).astype(np.float32)
+
+
+@pytest.mark.parametrize("arch, layer_count", [("resnet18", 21), ("resnet50", 54)])
+def test_every_layer_and_point_is_named(arch: str, layer_count: int) -> None:
+    model = random_resnet(arch)
+    found = layers(model)
+    assert len(found) == layer_count and found[0].name == "conv1" and found[-1].name == "fc"
+    assert {layer.input_point for layer in found} <= set(points(model))
+    assert found[-1].input_point == "avgpool"
+    downsample = next(layer for layer in found if layer.name == "layer2.0.downsample.0")
+    assert downsample.input_point == f"layer1.{len(model.layer1) - 1}" and downsample.feeds_add
+    assert not downsample.relu_after
+
+
+def test_folding_batchnorm_keeps_the_function() -> None:
+    model = random_resnet("resnet50")
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    x = inputs(4)
+    np.testing.assert_allclose(logits(folded, x), logits(model, x), rtol=1e-5, atol=1e-3)
+
+
+def test_statistics_are_exact_where_they_must_be() -> None:
+    folded = fold_batchnorm(random_resnet())
+    x = inputs()
+    stats = collect(folded, x)
+    assert set(stats) == set(points(folded))
+    seen = {}
+    handle = folded.layer1[0].register_forward_hook(lambda m, a, out: seen.setdefault("out", out.clone()))
+    logits(folded, x, batch=len(x))
+    handle.remove()
+    assert stats["layer1.0"].high == pytest.approx(float(seen["out"].max()))
+    assert stats["layer1.0"].low == 0.0  # a block ends with its ReLU
+    assert stats["layer1.0.conv2"].low < 0  # the conv before the residual add has no ReLU
+    assert stats["input"].low == pytest.approx(float(x.min()))
+    assert stats["fc"].mean_high <= stats["fc"].high
+
+
+@pytest.mark.parametrize("tail", ["laplace", "student-t", "mixture"])
+def test_range_methods_stay_inside_the_values_and_mse_is_the_least_error(tail: str) -> None:
+    rng = np.random.default_rng(0)
+    values = {"laplace": rng.laplace(0, 1, 1 << 18), "student-t": rng.standard_t(3, 1 << 18),
+              "mixture": np.concatenate([rng.normal(0, 1, 255_000), rng.normal(0, 30, 7144)])}[tail]
+    values = rng.permutation(values).astype(np.float32)
+    stats = PointStats(float(values.min()), float(values.max()), values, float(values.min()) / 2,
+                       float(values.max()) / 2)
+    ranges = {method: choose(stats, method) for method in METHODS}
+    assert ranges["minmax"] == (float(values.min()), float(values.max()))
+    for method, (low, high) in ranges.items():
+        assert values.min() <= low < 0 < high <= values.max(), method
+    assert ranges["percentile"][1] < values.max() and ranges["entropy"][1] < values.max()
+
+    def error(method):
+        return float(np.mean((fake_quantize(values, *ranges[method]) - values) ** 2))
+    assert error("mse") <= 1.02 * min(error(method) for method in METHODS)
+    with pytest.raises(ValueError, match="methods are"):
+        choose(stats, "median")
+
+
+def test_simulation_with_wide_grids_is_float_and_int8_is_not(monkeypatch) -> None:
+    folded = fold_batchnorm(random_resnet())
+    x = inputs()
+    stats = collect(folded, x)
+    ranges = {point: choose(s, "minmax") for point, s in stats.items()}
+    exact = logits(folded, x)
+    with simulated(folded, ranges):
+        int8 = logits(folded, x)
+    assert np.abs(int8 - exact).max() > 1e-3
+    np.testing.assert_allclose(logits(folded, x), exact)  # hooks and weights are restored
+    every = {layer.name for layer in layers(folded)}
+    with simulated(folded, ranges, higher=every):
+        only_stream = logits(folded, x)
+    assert np.abs(only_stream - exact).max() < np.abs(int8 - exact).max()
+
+
+@pytest.mark.parametrize("layer_name", ["conv1", "layer3.0.conv2", "fc"])
+def test_bias_correction_removes_each_layers_mean_shift(layer_name: str) -> None:
+    """Fast bias correction: with its float input, a corrected INT8 layer's mean output is the float one's."""
+    folded = fold_batchnorm(random_resnet())
+    x = inputs(32)
+    ranges = {point: choose(s, "minmax") for point, s in collect(folded, x).items()}
+    corrected = copy.deepcopy(folded)
+    shifts = correct_biases(corrected, ranges, x)
+    assert set(shifts) == {layer.name for layer in layers(folded)} and max(shifts.values()) > 0
+    layer = next(item for item in layers(folded) if item.name == layer_name)
+    captured = []
+    handle = dict(folded.named_modules())[layer_name].register_forward_pre_hook(lambda m, a: captured.append(a[0]))
+    logits(folded, x, batch=len(x))
+    handle.remove()
+    x_float = captured[0]
+    original, fixed = dict(folded.named_modules())[layer_name], dict(corrected.named_modules())[layer_name]
+    axes = [0] + list(range(2, x_float.dim()))
+
+    @torch.no_grad()
+    def mean_output(module, quantize: bool) -> torch.Tensor:
+        weight = quantize_weight(module.weight) if quantize else module.weight
+        value = fake_quantize_tensor(x_float, ranges[layer.input_point]) if quantize else x_float
+        return _apply(module, value, weight).mean(dim=axes)
+
+    exact = mean_output(original, quantize=False)
+    before = (mean_output(original, quantize=True) - exact).abs().max()
+    after = (mean_output(fixed, quantize=True) - exact).abs().max()
+    assert after < before / 10
+
+
+@pytest.fixture(scope="module")
+def sensitive_design(model, digits) -> QuantizationDesign:
+    """The digits model with fc's weights for one feature raised by 1000: FP32 answers alike, INT8 fc does not."""
+    module = copy.deepcopy(model.module)
+    with torch.no_grad():
+        module.fc.weight[:, 7] += 1000.0
+    spec = Preprocess.imagenet(DEMO_IMGSZ)
+    from edgeres.calibration import read_image_folder
+
+    crops = read_image_folder(digits.train_dir, spec, size=64).crops
+    return QuantizationDesign(module, spec.tensors(crops), spec.tensors(crops))
+
+
+def test_the_layer_made_sensitive_ranks_first(sensitive_design) -> None:
+    plan, table = sensitive_design.best_plan()
+    assert len(table) == 8 and plan.method in METHODS
+    ranking = sensitive_design.sensitivity(plan)
+    assert ranking[0][0] == "fc" and ranking[0][1] > 100 * max(ranking[1][1], 1e-9)
+    assert sensitive_design.simulate(plan).agreement < 0.5
+    assert sensitive_design.simulate(plan.with_higher(("fc",))).agreement > 0.95
