@@ -122,23 +122,6 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def staged_files(out_dir: Path) -> Iterator[Path]:
-    """Yield a scratch folder inside `out_dir`; on success, move its files into `out_dir`.
-
-    For artifacts of several files (an OpenVINO .xml and .bin, plus the sidecar): each
-    file is complete before it appears, the sidecar (*.edgeres.json) appears last, and
-    on failure nothing appears at all.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".edgeres-", dir=out_dir) as scratch:
-        yield Path(scratch)
-        staged = sorted(Path(scratch).iterdir(), key=lambda p: (p.name.endswith(SIDECAR_SUFFIX), p.suffix == ".xml"))
-        for path in staged:
-            os.replace(path, out_dir / path.name)
-
-
-@contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary path beside `final`; rename it into place only on success.
 

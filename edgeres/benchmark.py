@@ -39,8 +39,9 @@ def benchmark(artifacts: Sequence[Path], *, threads: int | None = None, warmup: 
     """Classifier.predict on a 640x480 BGR frame (preprocessing included), per artifact, each in its own process."""
     if warmup < 0 or runs < 1:
         raise EdgeresError(f"--warmup must be 0 or more and --runs at least 1, got {warmup} and {runs}")
-    from .runtime import backend_class
+    from .runtime import backend_class, resolve_artifact
 
+    artifacts = [resolve_artifact(Path(path)) for path in artifacts]
     for path in artifacts:
         if not Path(path).is_file():
             raise EdgeresError(f"artifact {path} does not exist")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -31,10 +30,10 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-class CalibMethod(str, Enum):
-    minmax = "minmax"
-    entropy = "entropy"
-    percentile = "percentile"
+def _calibration_methods() -> str:
+    from .quantization.ranges import METHODS
+
+    return ", ".join(("auto", *METHODS))
 
 
 def _progress(items: Iterable[Any], description: str, total: int) -> Iterable[Any]:
@@ -68,11 +67,18 @@ def convert(
     calib_size: int = typer.Option(300, help="How many calibration images to sample (deterministic)."),
     calib_every: Optional[int] = typer.Option(
         None, help="Video or camera: take every Nth frame (default: spread over a file; 10 for a camera)."),
-    calib_method: CalibMethod = typer.Option(CalibMethod.minmax, help="How activation ranges are chosen from calibration."),
-    imgsz: int = typer.Option(224, help="Input size (crop); the resize scales with it as in torchvision (256 for 224)."),
+    calib_method: str = typer.Option(
+        "auto", help=f"How each activation's INT8 range is chosen ({_calibration_methods()}); auto simulates them "
+        "all and takes the one closest to FP32."),
+    bias_correction: Optional[bool] = typer.Option(
+        None, "--bias-correction/--no-bias-correction", help="Correct each layer's bias for the shift INT8 "
+        "causes (default: chosen with the range method)."),
+    imgsz: int = typer.Option(224, help="Input size (crop), 32 to 1024; the resize scales with it as in "
+                              "torchvision (256 for 224)."),
     labels: Optional[Path] = typer.Option(None, help="Text file, one label per line; default class_0, class_1, ..."),
-    out: Path = typer.Option(Path("out"), help="Output folder."),
-    name: Optional[str] = typer.Option(None, help="Artifact file name without suffix; default ARCH_TARGET_PRECISION."),
+    out: Path = typer.Option(Path("out"), help="Output folder; each conversion writes its own set OUT/NAME/."),
+    name: Optional[str] = typer.Option(None, help="Artifact name (a plain file name without suffix); default "
+                                       "ARCH_TARGET_PRECISION."),
     weights: Optional[str] = typer.Option(None, help="'imagenet' for torchvision's pretrained weights instead of a checkpoint."),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Allow any batch size (default: static batch 1)."),
     opset: int = typer.Option(18, help="ONNX opset (18 or newer)."),
@@ -83,29 +89,35 @@ def convert(
         "only for files you trust."),
     seed: int = typer.Option(0, help="Seed for sampling calibration images."),
     val: Optional[Path] = typer.Option(
-        None, help="Labelled ImageFolder (DIR/<class>/images) to measure accuracy against FP32 on; "
-        "default: agreement with FP32 on the calibration images."),
+        None, help="Labelled ImageFolder (DIR/<class>/images) that INT8 is judged on: the accuracy bar and the "
+        "report (default: agreement with FP32 on the calibration images)."),
     max_drop: Optional[float] = typer.Option(
-        None, help="INT8 accuracy budget, in top-1 percentage points lost on --val: when exceeded, the most "
-        "sensitive layers are kept in float until it holds."),
+        None, help="INT8 bar: at most this many top-1 percentage points lost on --val (default 0.3 with --val)."),
+    min_agreement: float = typer.Option(0.96, help="INT8 bar: top-1 agreement with FP32 of at least this fraction."),
+    max_kept: int = typer.Option(16, help="INT8: keep at most this many layers out of INT8 while searching for an "
+                                 "artifact that meets the bar."),
     keep_float: Optional[list[str]] = typer.Option(
-        None, help="INT8: leave this layer in float (repeatable), e.g. --keep-float fc --keep-float layer4.1.conv2."),
+        None, "--keep-float", "--keep", help="INT8: keep this layer out of INT8 (repeatable), e.g. --keep fc: float "
+        "where the target runs float, 16-bit activations on npu."),
     verbose: bool = typer.Option(False, "--verbose", help="Show the converters' own logs and progress."),
 ) -> None:
     """Convert a trained ResNet into a verified artifact for one target, and prove it.
 
-    Ends with the artifact's accuracy against FP32, latency and size on this machine, also
+    INT8 is searched until it meets the bar (--min-agreement, --max-drop): ranges chosen in
+    simulation, then the most sensitive layers kept out of INT8, each attempt measured for
+    real. If none meets it, the best is kept, reported, and the command exits 1.
+
+    Ends with each artifact's accuracy against FP32, latency and size on this machine, also
     written to report.json, report.md and report.png in the output folder.
 
     Examples:\n
       edgeres convert model.pth --arch resnet18 --target onnx\n
       edgeres convert model.pth --arch resnet50 --target npu --int8 --calib calib/ --labels labels.txt\n
-      edgeres convert model.pth --arch resnet18 --target x86 --int8 --calib calib/\n
-      edgeres convert model.pth --target x86 --int8 --calib calib/ --val val/ --max-drop 0.5
+      edgeres convert model.pth --target jetson --int8 --calib calib/ --val val/\n
+      edgeres convert model.pth --target rpi5 --int8 --calib calib/ --val val/ --max-drop 0.5
     """
-    from .conversion.pipeline import ConvertOptions
-    from .artifact import read_sidecar
-    from .conversion.checked import convert_checked
+    from .conversion.pipeline import AccuracyBarError, ConvertOptions
+    from .conversion.pipeline import convert as run_conversion
     from .models import load_model
 
     if int8 and fp16:
@@ -113,22 +125,65 @@ def convert(
     precision = "int8" if int8 else "fp16" if fp16 else "fp32"
     options = ConvertOptions(
         target=target, precision=precision, out_dir=out, calib=calib, calib_size=calib_size, calib_every=calib_every,
-        calib_method=calib_method.value, imgsz=imgsz, dynamic_batch=dynamic_batch, opset=opset,
-        name=name, seed=seed, preset=preset, verbose=verbose, keep_float=tuple(keep_float or ()),
+        calib_method=calib_method, bias_correction=bias_correction, imgsz=imgsz, dynamic_batch=dynamic_batch,
+        opset=opset, name=name, seed=seed, preset=preset, verbose=verbose, keep=tuple(keep_float or ()), val=val,
+        max_drop=max_drop, min_agreement=min_agreement, max_kept=max_kept,
     )
     with err_console.status("Loading the model"):
         model = load_model(checkpoint, arch, weights=weights, labels=labels, trust_checkpoint=trust_checkpoint)
-    checked = convert_checked(model, options, val=val, max_drop=max_drop, progress=_progress, log=_log)
-    _print_result(checked.result)
-    for companion in checked.companion_rows:
-        path = Path(options.out_dir) / companion["artifact"]
-        console.print(f"Also wrote {path}")
-        _print_checks(getattr(read_sidecar(path), "checks", []))
-    for row in (checked.row, *checked.companion_rows):
+    try:
+        result = run_conversion(model, options, progress=_progress, log=_log)
+    except AccuracyBarError as error:
+        _print_result(error.result, out)
+        raise
+    _print_result(result, out)
+
+
+def _print_result(result: Any, out: Path) -> None:
+    from .artifact import read_sidecar
+
+    for path in (result.path, *result.companions):
+        _print_artifact(path, read_sidecar(path))
+    if result.search:
+        _print_attempts(result.search)
+    for row in result.rows:
         _print_report_row(row)
-    console.print(f"Report: {', '.join(str(p) for p in checked.reports)}")
-    if checked.budget_failure:
-        raise EdgeresError(checked.budget_failure)
+    if result.rows:
+        console.print(f"Report: {', '.join(str(out / n) for n in ('report.json', 'report.md', 'report.png'))}")
+
+
+def _print_artifact(path: Path, record: Any) -> None:
+    from .benchmark import artifact_size
+
+    verification = record.verification
+    table = Table(title=f"Wrote {path}", show_header=True)
+    for column in ("artifact", "precision", "size", "vs PyTorch: top-1 agree", "max |logit diff|", "checked on"):
+        table.add_column(column, no_wrap=column == "artifact")
+    table.add_row(
+        path.name, record.precision, f"{artifact_size(path) / 1e6:.1f} MB",
+        f"{verification['top1_agreement']:.1%}", f"{verification['max_abs_logit_diff']:.2e}",
+        f"{verification['samples']} {verification['sample_source']}",
+    )
+    console.print(table)
+    _print_checks(record.checks)
+    profile = record.device_profile
+    if profile and profile["recommended_precision"] != record.precision:
+        console.print(f"[yellow]{profile['name']}:[/yellow] {profile['recommended_precision']} is recommended "
+                      f"for this device: {profile['why']}")
+
+
+def _print_attempts(search: dict) -> None:
+    table = Table(title=f"INT8 attempts on {search['evaluated_on']}")
+    for column in ("#", "ranges", "kept out of INT8", "agreement", "top-1 drop", "bar"):
+        table.add_column(column)
+    for index, attempt in enumerate(search["attempts"]):
+        drop = "n/a" if attempt["drop_points"] is None else f"{attempt['drop_points']:+.2f} pt"
+        ranges = attempt["range_method"] + (" + bias corr." if attempt["bias_correction"] else "")
+        kept = ", ".join(attempt["kept_higher"]) or "-"
+        chosen = " (kept)" if index == search["chosen"] else ""
+        table.add_row(str(index), ranges, kept, f"{attempt['agreement']:.2%}", drop,
+                      ("met" if attempt["met"] else "missed") + chosen)
+    console.print(table)
 
 
 def _print_checks(checks: list[dict]) -> None:
@@ -139,34 +194,15 @@ def _print_checks(checks: list[dict]) -> None:
 
 def _print_report_row(row: dict) -> None:
     accuracy = "" if row["accuracy"] is None else (f"top-1 {row['accuracy']:.2%} (FP32 {row['fp32_accuracy']:.2%}), ")
-    console.print(f"On {row['eval_images']} {row['eval_source']} images: {accuracy}agreement with FP32 "
-                  f"{row['agreement']:.2%}, mean KL {row['mean_kl']:.2e}; {row['latency_p50_ms']:.2f} ms per "
-                  f"640x480 frame ({row['fps']:.0f} FPS) on {row['runtime']}")
-    if row["kept_float"]:
-        console.print(f"Kept in float: {', '.join(row['kept_float'])}")
-    budget = row.get("budget")
-    if budget and budget["met"]:
-        console.print(f"[green]accuracy budget met[/green] ({budget['max_drop_points']:g} points)")
-
-
-def _print_result(result: Any) -> None:
-    from .benchmark import artifact_size
-
-    record, verification = result.record, result.record.verification
-    table = Table(title=f"Wrote {result.path}", show_header=True)
-    for column in ("artifact", "precision", "size", "vs PyTorch: top-1 agree", "max |logit diff|", "checked on"):
-        table.add_column(column, no_wrap=column == "artifact")
-    table.add_row(
-        result.path.name, record.precision, f"{artifact_size(result.path) / 1e6:.1f} MB",
-        f"{verification['top1_agreement']:.1%}", f"{verification['max_abs_logit_diff']:.2e}",
-        f"{verification['samples']} {verification['sample_source']}",
-    )
-    console.print(table)
-    _print_checks(record.checks)
-    profile = record.device_profile
-    if profile and profile["recommended_precision"] != record.precision:
-        console.print(f"[yellow]{profile['name']}:[/yellow] {profile['recommended_precision']} is recommended "
-                      f"for this device: {profile['why']}")
+    console.print(f"{row['artifact']} on {row['eval_images']} {row['eval_source']} images: {accuracy}agreement "
+                  f"with FP32 {row['agreement']:.2%}, mean KL {row['mean_kl']:.2e}; {row['latency_p50_ms']:.2f} ms "
+                  f"per 640x480 frame ({row['fps']:.0f} FPS) on {row['runtime']}")
+    if row["kept_higher"]:
+        console.print(f"Kept out of INT8 ({row['higher_precision']}): {', '.join(row['kept_higher'])}")
+    if row.get("all_int8"):
+        base = row["all_int8"]
+        console.print(f"Their cost: {row['size_mb'] - base['size_mb']:+.2f} MB, "
+                      f"{row['latency_p50_ms'] - base['latency_p50_ms']:+.2f} ms per frame against all-INT8")
 
 
 @app.command()

@@ -82,10 +82,15 @@ def metrics(logits: np.ndarray, truth: np.ndarray, class_names: Sequence[str],
     for index in np.unique(truth):
         result.per_class[class_names[index]] = float(correct[truth == index].mean())
     if reference is not None:
-        p, q = softmax_rows(reference.astype(np.float64)), softmax_rows(logits.astype(np.float64))
         result.agreement = float((reference.argmax(1) == top5[:, 0]).mean())
-        result.mean_kl = float(np.mean(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=1)))
+        result.mean_kl = mean_kl(reference, logits)
     return result
+
+
+def mean_kl(reference: np.ndarray, logits: np.ndarray) -> float:
+    """Mean KL(reference || logits) of the class probabilities."""
+    p, q = softmax_rows(reference.astype(np.float64)), softmax_rows(logits.astype(np.float64))
+    return float(np.mean(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=1)))
 
 
 def artifact_logits(classifier, paths: Sequence[Path], progress: Progress = no_progress) -> np.ndarray:

@@ -11,12 +11,12 @@ This module needs no torch: it runs on the device.
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .artifact import atomic_path
 from .errors import ArtifactError
 
 GOLDEN_SUFFIX = ".golden.npz"
@@ -26,7 +26,7 @@ INT8_DEVICE_MAX_REL = 0.05
 
 
 def golden_path(artifact: Path) -> Path:
-    return artifact.with_name(artifact.name.split(".")[0] + GOLDEN_SUFFIX)
+    return artifact.with_name(artifact.stem + GOLDEN_SUFFIX)
 
 
 def content_hash(frames: np.ndarray, reference: np.ndarray) -> str:
@@ -41,13 +41,12 @@ def golden_record(frames: np.ndarray, reference: np.ndarray, artifact_stem: str,
             "sha256": content_hash(frames, reference), "tolerance": tolerance}
 
 
-def write_golden(path: Path, frames: np.ndarray, reference: np.ndarray, expected: np.ndarray) -> Path:
-    """frames: uint8 BGR (N, H, W, 3); reference: PyTorch logits; expected: the artifact's logits here."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as stream:
-            np.savez_compressed(stream, frames=frames, reference=reference.astype(np.float32),
-                                expected=expected.astype(np.float32))
-    return path
+def golden_bytes(frames: np.ndarray, reference: np.ndarray, expected: np.ndarray) -> bytes:
+    """The golden file: frames uint8 BGR (N, H, W, 3), PyTorch's logits, the artifact's logits here."""
+    stream = io.BytesIO()
+    np.savez_compressed(stream, frames=frames, reference=reference.astype(np.float32),
+                        expected=expected.astype(np.float32))
+    return stream.getvalue()
 
 
 @dataclass

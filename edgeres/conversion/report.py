@@ -1,98 +1,53 @@
 """What `edgeres convert` proves about each artifact it writes: accuracy against FP32, latency, size.
 
-Rows accumulate in the output folder's report.json (one per artifact, replaced when the
-artifact is converted again), rendered as report.md and a bar chart, report.png.
+Each set folder holds its own rows (report.json); the output folder's report.json,
+report.md and report.png gather every set in it and are rebuilt at each conversion.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from ..artifact import atomic_path
 from ..benchmark import artifact_size, benchmark
-from ..calibration.folder import read_image
-from ..evaluate import metrics, read_labelled_folder
-from ..preprocess import Preprocess
+from .measure import Judged
 
+SET_REPORT = "report.json"
 REPORT_JSON, REPORT_MD, REPORT_PNG = "report.json", "report.md", "report.png"
 LATENCY_RUNS = 30
-MAX_EVAL_IMAGES = 1000
-
-
-@dataclass
-class EvalSet:
-    """Frames an artifact is judged on, with their true classes when known."""
-
-    frames: list[np.ndarray]
-    truth: np.ndarray | None
-    source: str  # "validation", "calibration" or "random"
-
-    @classmethod
-    def from_val(cls, folder: Path, labels: list[str], limit: int = MAX_EVAL_IMAGES) -> "EvalSet":
-        images = read_labelled_folder(folder, labels)
-        step = max(1, len(images.paths) // limit)  # an even spread over the classes
-        paths, truth = images.paths[::step][:limit], images.classes[::step][:limit]
-        return cls([read_image(p) for p in paths], truth, "validation")
-
-
-@dataclass
-class Judged:
-    """An artifact's logits and PyTorch's on an EvalSet, and what they say."""
-
-    accuracy: float | None
-    fp32_accuracy: float | None
-    agreement: float
-    mean_kl: float
-    images: int
-
-    @property
-    def drop_points(self) -> float | None:
-        """Top-1 accuracy lost against FP32, in percentage points (None without labels)."""
-        return None if self.accuracy is None else 100 * (self.fp32_accuracy - self.accuracy)
-
-
-def judge(artifact: Path, module, model_spec: Preprocess, labels: list[str], data: EvalSet) -> Judged:
-    from ..runtime.classifier import Classifier
-    from .pipeline import torch_logits
-
-    classifier = Classifier(artifact)
-    logits = np.concatenate([classifier.logits_batch(data.frames[i : i + 64]) for i in range(0, len(data.frames), 64)])
-    reference = torch_logits(module, model_spec.batch(data.frames))
-    truth = data.truth if data.truth is not None else reference.argmax(1)
-    judged = metrics(logits, truth, labels, reference)
-    labelled = data.truth is not None
-    return Judged(accuracy=judged.top1 if labelled else None,
-                  fp32_accuracy=float((reference.argmax(1) == truth).mean()) if labelled else None,
-                  agreement=judged.agreement, mean_kl=judged.mean_kl, images=len(data.frames))
 
 
 def report_row(artifact: Path, record, judged: Judged, source: str, threads: int | None = None) -> dict:
     latency = benchmark([artifact], threads=threads, warmup=5, runs=LATENCY_RUNS)[0]
+    quantization = record.quantization or {}
     return {
         "artifact": artifact.name, "target": record.target, "precision": record.precision,
         "size_mb": round(artifact_size(artifact) / 1e6, 3), "eval_images": judged.images, "eval_source": source,
         "accuracy": judged.accuracy, "fp32_accuracy": judged.fp32_accuracy, "agreement": judged.agreement,
         "mean_kl": judged.mean_kl, "latency_p50_ms": round(latency.p50_ms, 3), "fps": round(latency.fps, 1),
-        "runtime": latency.runtime, "kept_float": (record.quantization or {}).get("kept_float", []),
+        "runtime": latency.runtime, "kept_higher": quantization.get("design", {}).get("kept_higher", []),
+        "higher_precision": quantization.get("higher_precision"),
     }
 
 
-def update_reports(out_dir: Path, row: dict) -> list[Path]:
-    """Add or replace `row` in out_dir/report.json, then rewrite report.md and report.png."""
-    path = out_dir / REPORT_JSON
-    rows = json.loads(path.read_text())["artifacts"] if path.is_file() else []
-    rows = [r for r in rows if r["artifact"] != row["artifact"]] + [row]
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps({"artifacts": rows}, indent=2) + "\n")
-    with atomic_path(out_dir / REPORT_MD) as tmp:
-        tmp.write_text(markdown(rows))
-    with atomic_path(out_dir / REPORT_PNG) as tmp:
-        chart(rows, tmp)
-    return [path, out_dir / REPORT_MD, out_dir / REPORT_PNG]
+def folder_summary_files(out_dir: Path, name: str, rows: list[dict]) -> tuple[tuple[Path, Path], ...]:
+    """The folder's report files with `name`'s rows replaced, written beside their final names.
+
+    Returns (temporary, final) pairs, renamed in only once the set itself is in place.
+    """
+    every = []
+    for row_file in sorted(Path(out_dir).glob(f"*/{SET_REPORT}")):
+        if row_file.parent.name != name and not row_file.parent.name.startswith("."):
+            every += json.loads(row_file.read_text()).get("artifacts", [])
+    every += rows
+    prepared = []
+    for final, write in ((REPORT_JSON, lambda p: p.write_text(json.dumps({"artifacts": every}, indent=2) + "\n")),
+                         (REPORT_MD, lambda p: p.write_text(markdown(every))),
+                         (REPORT_PNG, lambda p: chart(every, p))):
+        temporary = Path(out_dir) / f".{final}.{name}.part"
+        write(temporary)
+        prepared.append((temporary, Path(out_dir) / final))
+    return tuple(prepared)
 
 
 def _percent(value: float | None) -> str:
@@ -105,16 +60,41 @@ def markdown(rows: list[dict]) -> str:
         "Accuracy: top-1 on the evaluation images (FP32 = the PyTorch model on the same images); agreement: "
         "top-1 agreement with the PyTorch model; latency: `Classifier.predict` on a 640x480 frame, median, on "
         "the machine that converted.", "",
-        "| artifact | precision | MB | images | accuracy | FP32 | agreement | mean KL | p50 ms | FPS | kept in float |",
+        "| artifact | precision | MB | images | accuracy | FP32 | agreement | mean KL | p50 ms | FPS | kept out of INT8 |",
         "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['artifact']} | {r['precision']} | {r['size_mb']:.1f} | {r['eval_images']} {r['eval_source']} | "
             f"{_percent(r['accuracy'])} | {_percent(r['fp32_accuracy'])} | {_percent(r['agreement'])} | "
-            f"{r['mean_kl']:.2e} | {r['latency_p50_ms']:.2f} | {r['fps']:.0f} | {', '.join(r['kept_float']) or '-'} |"
+            f"{r['mean_kl']:.2e} | {r['latency_p50_ms']:.2f} | {r['fps']:.0f} | {', '.join(r['kept_higher']) or '-'} |"
         )
+    for r in rows:
+        if r.get("search"):
+            lines += ["", *_search_lines(r)]
     return "\n".join(lines) + "\n"
+
+
+def _search_lines(row: dict) -> list[str]:
+    search = row["search"]
+    lines = [f"## {row['artifact']}: INT8 attempts ({'bar met' if search['met'] else 'bar NOT met'}; "
+             f"evaluated on {search['evaluated_on']})", "",
+             "| # | ranges | bias corr. | kept out of INT8 | agreement | top-1 drop (pt) | MB | chosen |",
+             "|---:|---|---|---|---:|---:|---:|---|"]
+    for index, attempt in enumerate(search["attempts"]):
+        drop = "n/a" if attempt["drop_points"] is None else f"{attempt['drop_points']:+.2f}"
+        lines.append(f"| {index} | {attempt['range_method']} | {'yes' if attempt['bias_correction'] else 'no'} | "
+                     f"{', '.join(attempt['kept_higher']) or '-'} | {attempt['agreement']:.2%} | {drop} | "
+                     f"{attempt['size_mb']:.1f} | {'yes' if index == search['chosen'] else ''} |")
+    if search["sensitivity_top"]:
+        lines += ["", "Most sensitive layers (simulated KL gained by keeping each out of INT8): "
+                  + ", ".join(f"{name} {gain:.1e}" for name, gain in search["sensitivity_top"][:8])]
+    if row.get("all_int8"):
+        base = row["all_int8"]
+        lines += ["", f"Cost of the layers kept out: {row['size_mb'] - base['size_mb']:+.2f} MB, "
+                  f"{row['latency_p50_ms'] - base['latency_p50_ms']:+.2f} ms per frame against all-INT8 "
+                  f"({base['size_mb']:.1f} MB, {base['latency_p50_ms']:.2f} ms)"]
+    return lines
 
 
 def chart(rows: list[dict], path: Path) -> None:

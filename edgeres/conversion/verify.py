@@ -25,7 +25,10 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray, source: str) ->
 
 
 def enforce(verification: dict, precision: str, tolerance: Tolerance, artifact: str) -> None:
-    """Raise VerificationError when the artifact is not faithful enough to be shipped."""
+    """Raise VerificationError when a float artifact is not faithful enough to be shipped.
+
+    INT8 is judged by the accuracy bar of the quantization search instead.
+    """
     if precision == "fp32" and verification["max_abs_logit_diff"] > tolerance.fp32_max_abs:
         raise VerificationError(
             f"{artifact}: FP32 logits differ from PyTorch by {verification['max_abs_logit_diff']:.2e}, "
@@ -35,10 +38,4 @@ def enforce(verification: dict, precision: str, tolerance: Tolerance, artifact: 
         raise VerificationError(
             f"{artifact}: FP16 logits differ from PyTorch by {verification['max_rel_logit_diff']:.1%} "
             f"of the largest logit, more than the allowed {tolerance.fp16_max_rel:.0%}; use fp32 for this model"
-        )
-    if precision == "int8" and verification["top1_agreement"] < tolerance.int8_top1:
-        raise VerificationError(
-            f"{artifact}: INT8 top-1 agrees with PyTorch on only {verification['top1_agreement']:.1%} of "
-            f"{verification['samples']} calibration images (at least {tolerance.int8_top1:.0%} needed); "
-            "try --calib-method entropy or percentile, more calibration images, or --fp16"
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,23 +10,13 @@ import onnx
 import onnx.numpy_helper
 import onnxruntime as ort
 import torch
-from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-from onnxruntime.quantization.shape_inference import quant_pre_process
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
 from ..artifact import METADATA_KEY, ArtifactRecord, TensorSpec
-from ..calibration import CalibrationSet
-from ..calibration.onnxruntime import CalibrationReader
 from ..errors import ConversionError
 from ..logs import quiet
-from ..preprocess import Preprocess
 from .common import INPUT_NAME, OUTPUT_NAME, conv_of_batchnorm
 
-ORT_CALIBRATION = {
-    "minmax": CalibrationMethod.MinMax,
-    "entropy": CalibrationMethod.Entropy,
-    "percentile": CalibrationMethod.Percentile,
-}
 _ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
                 onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT8: "int8"}
 
@@ -108,48 +97,6 @@ def to_fp16(src: Path, dst: Path) -> None:
     """FP16 weights and compute; the input and output stay float32 so callers need not change."""
     model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
     onnx.save(model, str(dst))
-
-
-def quantize_int8(src: Path, dst: Path, calibration: CalibrationSet, preprocess: Preprocess, *,
-                  method: str, symmetric_activations: bool = False, keep_float: tuple[str, ...] = (),
-                  extra_options: dict | None = None, op_types: list[str] | None = None) -> dict:
-    """Static INT8 in QDQ form: per-channel int8 weights, int8 activations from calibration.
-
-    `keep_float` names PyTorch modules (layer3.1.conv2, fc) whose nodes stay in float.
-    """
-    with tempfile.TemporaryDirectory() as scratch, quiet():
-        prepared = Path(scratch) / "prepared.onnx"
-        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False)
-        excluded = nodes_of_modules(onnx.load(str(prepared)), keep_float)
-        options = {"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True, **(extra_options or {})}
-        quantize_static(
-            str(prepared), str(dst), CalibrationReader(calibration, preprocess, INPUT_NAME),
-            quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-            calibrate_method=ORT_CALIBRATION[method], extra_options=options, nodes_to_exclude=excluded,
-            op_types_to_quantize=op_types,
-        )
-    return {
-        "kind": "static",
-        "format": "QDQ",
-        "weights": "int8 per-channel symmetric",
-        "activations": "int8 per-tensor " + ("symmetric" if symmetric_activations else "asymmetric"),
-        "calibration_method": method,
-        "tool": f"onnxruntime {ort.__version__} quantize_static",
-        "kept_float": list(keep_float),
-    }
-
-
-def nodes_of_modules(model: onnx.ModelProto, modules: tuple[str, ...]) -> list[str]:
-    """The node names of `modules`; a module with no node is an error (a typo would quantize it silently)."""
-    by_module: dict[str, list[str]] = {}
-    for node in model.graph.node:
-        by_module.setdefault(module_of(node.name), []).append(node.name)
-    missing = [m for m in modules if m not in by_module]
-    if missing:
-        layers = sorted(m for m, names in by_module.items() if any(n.endswith(("/Conv", "/Gemm")) for n in names))
-        raise ConversionError(f"no layer named {', '.join(missing)} in the model; layers are {', '.join(layers)}")
-    return [name for module in modules for name in by_module[module]]
 
 
 def tensor_specs(model: onnx.ModelProto, layout: str) -> tuple[list[TensorSpec], list[TensorSpec]]:

@@ -31,3 +31,17 @@ def backend_class(path: Path) -> type[Backend]:
         )
     module_name, class_name = BACKENDS[suffix].split(":")
     return getattr(import_module(module_name), class_name)
+
+
+def resolve_artifact(path: Path) -> Path:
+    """An artifact file, or a set folder made by `edgeres convert` (OUT/NAME/): its NAME.<format> file."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    found = sorted(p for p in path.iterdir() if p.suffix.lower() in BACKENDS and p.is_file())
+    named = [p for p in found if p.stem == path.name]
+    if len(named) == 1 or len(found) == 1:
+        return (named or found)[0]
+    if not found:
+        raise ArtifactError(f"{path} is a folder with no artifact in it (edgeres runs {', '.join(BACKENDS)} files)")
+    raise ArtifactError(f"{path} holds several artifacts ({', '.join(p.name for p in found)}); name the file")

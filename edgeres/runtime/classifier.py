@@ -11,7 +11,7 @@ import numpy as np
 from ..artifact import ArtifactRecord, read_sidecar, sidecar_path
 from ..errors import ArtifactError, EdgeresError
 from ..preprocess import Preprocess
-from . import backend_class
+from . import backend_class, resolve_artifact
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Classifier:
 
     def __init__(self, path: str | Path, threads: int | None = None, device: str | None = None,
                  tensorrt_engine: bool = False) -> None:
-        self.path = Path(path)
+        self.path = resolve_artifact(Path(path))
         if tensorrt_engine:  # a jetson ONNX: build its engine once, beside it, and run that
             self.path = _engine_for(self.path)
         if not self.path.is_file():

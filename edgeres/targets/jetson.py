@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 
+from ..exporters.onnx_tools import module_of
 from ..errors import ConversionError, TargetError
 from .base import PRECISIONS, ConvertJob, Tolerance
 from .npu import QDQ_OPS, _check, _consumers, _producers, apply_rules
@@ -39,7 +40,10 @@ class JetsonTarget(OnnxTarget):
     summary: ClassVar[str] = "ONNX for TensorRT on a Jetson: FP16, or INT8 with TensorRT's QDQ rules (+ TRT 8 cache)"
     precisions: ClassVar[tuple[str, ...]] = PRECISIONS
     tolerance: ClassVar[Tolerance] = Tolerance()
-    keeps_float: ClassVar[bool] = True  # TensorRT runs a layer without QDQ in FP16/FP32
+    # Only each layer's input is quantized here (TensorRT fuses the rest into the int8 kernels);
+    # a layer without Q/DQ runs in FP16 (or FP32) in TensorRT.
+    placement: ClassVar[frozenset[str]] = frozenset()
+    higher_precision: ClassVar[str] = "float (FP16 in TensorRT)"
     symmetric_activations: ClassVar[bool] = True
     ort_quantization_options: ClassVar[dict] = {
         "QuantizeBias": False,  # TensorRT quantizes biases itself; an int32 DequantizeLinear is refused
@@ -54,13 +58,13 @@ class JetsonTarget(OnnxTarget):
             raise TargetError("jetson engines are built for a static batch of 1 here: drop --dynamic-batch")
         super().check_options(precision, dynamic_batch=dynamic_batch, opset=opset)
 
-    def check_graph(self, model: onnx.ModelProto, job: ConvertJob) -> list[dict]:
+    def check_graph(self, model: onnx.ModelProto, job: ConvertJob, plan) -> list[dict]:
         if job.precision != "int8":
             return []
-        return apply_rules(TENSORRT_RULES, model, job, "TensorRT's QDQ rules", "TensorRT rule")
+        return apply_rules(TENSORRT_RULES, model, job, "TensorRT's QDQ rules", "TensorRT rule", frozenset(plan.higher))
 
-    def after_quantization(self, path: Path, job: ConvertJob) -> None:
-        quantize_residuals(path, job.calibration, job.preprocess)
+    def after_quantization(self, path: Path, plan) -> None:
+        quantize_residuals(path, plan.ranges)
 
     def companion_files(self, model: onnx.ModelProto, job: ConvertJob) -> dict[str, bytes]:
         if job.precision != "int8":
@@ -68,12 +72,12 @@ class JetsonTarget(OnnxTarget):
         return {f"{job.stem}.calib.cache": calibration_cache(model).encode()}
 
 
-def quantize_residuals(path: Path, calibration, preprocess) -> int:
+def quantize_residuals(path: Path, ranges: dict) -> int:
     """Q/DQ on the residual input of each Add whose inputs both come from a Conv (a downsampling block).
 
     TensorRT fuses a residual Add into the Conv before it when the other input is
     quantized; ONNX Runtime leaves a Conv's output (the downsample branch) in float. Its
-    scale is calibrated here as ONNX Runtime's symmetric MinMax would: max |x| / 127.
+    symmetric scale comes from the plan's range for that downsample: max |x| / 127.
     Returns the number of residuals quantized.
     """
     model = onnx.load(str(path))
@@ -83,11 +87,9 @@ def quantize_residuals(path: Path, calibration, preprocess) -> int:
         if node.op_type == "Add" and all(getattr(producers.get(i), "op_type", None) == "Conv" for i in node.input):
             branch = [i for i in node.input if "downsample" in producers[i].name] or [node.input[1]]
             residuals.append((node, branch[0]))
-    if not residuals:
-        return 0
-    ranges = _tensor_amax(model, [tensor for _, tensor in residuals], calibration, preprocess)
     for add, tensor in residuals:
-        scale = onnx.numpy_helper.from_array(np.array(ranges[tensor] / 127, np.float32), f"{tensor}_residual_scale")
+        amax = max(abs(v) for v in ranges[module_of(producers[tensor].name)])
+        scale = onnx.numpy_helper.from_array(np.array(amax / 127, np.float32), f"{tensor}_residual_scale")
         zero = onnx.numpy_helper.from_array(np.array(0, np.int8), f"{tensor}_residual_zero_point")
         model.graph.initializer.extend([scale, zero])
         quantized, restored = f"{tensor}_residual_quantized", f"{tensor}_residual_dequantized"
@@ -100,25 +102,6 @@ def quantize_residuals(path: Path, calibration, preprocess) -> int:
         add.input[list(add.input).index(tensor)] = restored
     onnx.save(model, str(path))
     return len(residuals)
-
-
-def _tensor_amax(model: onnx.ModelProto, tensors: list[str], calibration, preprocess) -> dict[str, float]:
-    import onnxruntime as ort
-
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    for tensor in tensors:
-        probe.graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep the probed tensors
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    amax = dict.fromkeys(tensors, 0.0)
-    for tensor_input in preprocess.tensors(calibration.crops):
-        for tensor, value in zip(tensors, session.run(tensors, {name: tensor_input[None]})):
-            amax[tensor] = max(amax[tensor], float(np.abs(value).max()))
-    return amax
 
 
 def calibration_cache(model: onnx.ModelProto) -> str:
@@ -158,7 +141,7 @@ def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer}
 
 
-def check_symmetric_int8(model: onnx.ModelProto) -> dict:
+def check_symmetric_int8(model: onnx.ModelProto, kept: frozenset[str] = frozenset()) -> dict:
     constants, problems, count = _constants(model), [], 0
     for node in model.graph.node:
         if node.op_type not in QDQ_OPS:
@@ -172,7 +155,7 @@ def check_symmetric_int8(model: onnx.ModelProto) -> dict:
     return _check("symmetric int8 (zero point 0)", problems, f"{count} Q/DQ nodes, int8, zero point 0")
 
 
-def check_per_channel_weights(model: onnx.ModelProto) -> dict:
+def check_per_channel_weights(model: onnx.ModelProto, kept: frozenset[str] = frozenset()) -> dict:
     """Weights per output channel (axis 0, one scale per channel); activations one scale per tensor."""
     constants, producers, problems, weights = _constants(model), _producers(model), [], 0
     for node in model.graph.node:
@@ -192,7 +175,7 @@ def check_per_channel_weights(model: onnx.ModelProto) -> dict:
     return _check("per-channel weights, per-tensor activations", problems, f"{weights} weighted ops")
 
 
-def check_float_bias(model: onnx.ModelProto) -> dict:
+def check_float_bias(model: onnx.ModelProto, kept: frozenset[str] = frozenset()) -> dict:
     constants, producers, problems = _constants(model), _producers(model), []
     for node in model.graph.node:
         if node.op_type in WEIGHTED_OPS and len(node.input) > 2 and node.input[2]:
@@ -202,32 +185,47 @@ def check_float_bias(model: onnx.ModelProto) -> dict:
     return _check("float biases", problems, "every bias in float; TensorRT quantizes it")
 
 
-def check_weighted_ops_dequantized(model: onnx.ModelProto) -> dict:
+def check_weighted_ops_dequantized(model: onnx.ModelProto, kept: frozenset[str] = frozenset()) -> dict:
     producers, problems, count = _producers(model), [], 0
     for node in model.graph.node:
-        if node.op_type not in WEIGHTED_OPS:
+        if node.op_type not in WEIGHTED_OPS or _layer(node) in kept:
             continue
         count += 1
         for role, name in (("input", node.input[0]), ("weight", node.input[1])):
             if getattr(producers.get(name), "op_type", None) != "DequantizeLinear":
                 problems.append(f"{node.name} {role} is not dequantized")
-    return _check("every Conv/Gemm input and weight from DequantizeLinear", problems, f"{count} ops")
+    kept_note = f", {len(kept)} kept in FP16 by the plan" if kept else ""
+    return _check("every Conv/Gemm input and weight from DequantizeLinear", problems, f"{count} ops{kept_note}")
 
 
-def check_residual_add_inputs(model: onnx.ModelProto) -> dict:
-    """One input straight from a Conv (the add fuses into it), the other (the residual) dequantized."""
-    producers, problems, count = _producers(model), [], 0
+def _layer(node: onnx.NodeProto) -> str:
+    return "fc" if node.op_type == "Gemm" else module_of(node.name)
+
+
+def check_residual_add_inputs(model: onnx.ModelProto, kept: frozenset[str] = frozenset()) -> dict:
+    """One input straight from a Conv (the add fuses into it), the other (the residual) dequantized.
+
+    A residual that only layers kept out of INT8 read stays in float: that add runs in FP16.
+    """
+    producers, consumers, problems, count, in_float = _producers(model), _consumers(model), [], 0, 0
     for node in model.graph.node:
         if node.op_type != "Add":
             continue
         count += 1
         kinds = sorted(getattr(producers.get(name), "op_type", "graph input") for name in node.input)
-        if kinds != ["Conv", "DequantizeLinear"]:
+        if kinds == ["Conv", "DequantizeLinear"]:
+            continue
+        residual = next((name for name in node.input if getattr(producers.get(name), "op_type", "") != "Conv"), None)
+        readers = {_layer(c) for c in consumers.get(residual, []) if c.op_type in WEIGHTED_OPS}
+        if kept and readers and readers <= kept:
+            in_float += 1
+        else:
             problems.append(f"{node.name} adds {' and '.join(kinds)}")
-    return _check("residual Add: a Conv output plus a dequantized residual", problems, f"{count} residual adds")
+    note = f", {in_float} next to layers kept in FP16" if in_float else ""
+    return _check("residual Add: a Conv output plus a dequantized residual", problems, f"{count} residual adds{note}")
 
 
-def check_no_output_quantization(model: onnx.ModelProto) -> dict:
+def check_no_output_quantization(model: onnx.ModelProto, kept: frozenset[str] = frozenset()) -> dict:
     """A Conv writes straight into its ReLU, or into the Add it fuses with, so TensorRT makes one kernel.
 
     The one quantized Conv output allowed is a residual: the downsample branch feeding an

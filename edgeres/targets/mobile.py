@@ -11,7 +11,6 @@ Both take the model's NCHW float input (the app normalises as the record's prepr
 from __future__ import annotations
 
 import copy
-import dataclasses
 import tempfile
 from pathlib import Path
 from typing import ClassVar
@@ -19,13 +18,14 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from ..artifact import TensorSpec, sidecar_path, staged_files, write_sidecar
-from ..conversion.common import INPUT_NAME, OUTPUT_NAME
-from ..conversion.verify import compare_logits, enforce
+from ..artifact import ArtifactRecord, TensorSpec
+from ..exporters.common import INPUT_NAME, OUTPUT_NAME
 from ..errors import BackendUnavailableError, ConversionError, TargetError
 from ..logs import quiet
 from ..preprocess import Preprocess
-from .base import ConvertJob, ConvertResult, Tolerance, artifact_record
+from ..quantization import executorch_backend
+from ..quantization.simulate import ALL_PLACEMENTS
+from .base import Built, BuiltArtifact, ConvertJob, Tolerance
 
 LITE_SUFFIX = "_lite"
 LITE_DEPRECATION = ("PyTorch's lite interpreter (.ptl) is deprecated upstream; prefer the ExecuTorch .pte "
@@ -39,7 +39,8 @@ class MobileTarget:
     layout: ClassVar[str] = "NCHW"
     tolerance: ClassVar[Tolerance] = Tolerance()
     presets: ClassVar[tuple[str, ...]] = ()
-    keeps_float: ClassVar[bool] = False
+    placement: ClassVar[frozenset[str]] = ALL_PLACEMENTS
+    higher_precision: ClassVar[str] = "float XNNPACK ops (.pte), float modules (.ptl)"
 
     def check_options(self, precision: str, *, dynamic_batch: bool, opset: int) -> None:
         if dynamic_batch:
@@ -48,50 +49,30 @@ class MobileTarget:
     def input_spec(self, model_spec: Preprocess) -> Preprocess:
         return model_spec
 
-    def convert(self, job: ConvertJob) -> ConvertResult:
+    def build(self, job: ConvertJob, plan, scratch: Path) -> Built:
+        scratch.mkdir(parents=True, exist_ok=True)
         job.log(LITE_DEPRECATION)
-        module = job.module.eval()
-        example = torch.from_numpy(job.preprocess.tensors(job.reference_crops[:1]))
-        calibration = job.preprocess.tensors(job.calibration.crops) if job.calibration else None
-        inputs = job.preprocess.tensors(job.reference_crops)
-        pte, pte_quantization, pte_checks = executorch_program(module, example, calibration, job)
-        ptl, ptl_quantization, optimized = lite_module(module, example, calibration, job)
-        with tempfile.TemporaryDirectory(prefix="edgeres-") as scratch:
-            (Path(scratch) / "m.pte").write_bytes(pte)
-            pte_logits = run_pte(Path(scratch) / "m.pte", inputs)
-            (Path(scratch) / "m.ptl").write_bytes(ptl)
-            ptl_logits = run_ptl(Path(scratch) / "m.ptl", inputs)
-        final, lite = job.out_dir / f"{job.stem}.pte", job.out_dir / f"{job.stem}{LITE_SUFFIX}.ptl"
-        records = []
-        for path, logits, quantization, checks, golden_file in (
-            (final, pte_logits, pte_quantization, pte_checks, None),
-            (lite, ptl_logits, ptl_quantization, [optimized], f"{job.stem}{LITE_SUFFIX}.golden.npz"),
-        ):
-            verification = compare_logits(job.reference_logits, logits, job.reference_source)
-            enforce(verification, job.precision, job.tolerance(self.tolerance), path.name)
-            record = artifact_record(job, target=self.name, format=path.suffix[1:], inputs=_inputs(job),
-                                     outputs=[TensorSpec(OUTPUT_NAME, [1, len(job.labels)], "float32")],
-                                     calibration_method="minmax", quantization=quantization,
-                                     verification=verification, checks=checks)
-            if golden_file and record.golden:
-                record = dataclasses.replace(record, golden={**record.golden, "file": golden_file})
-            records.append(record)
-        with staged_files(job.out_dir) as stage:
-            (stage / final.name).write_bytes(pte)
-            (stage / lite.name).write_bytes(ptl)
-            write_sidecar(stage / lite.name, records[1])
-            write_sidecar(stage / final.name, records[0])
-        files = (final, lite, sidecar_path(lite), sidecar_path(final))
-        return ConvertResult(final, records[0], files, companions=(lite,))
+        module = (plan.module if plan else job.module).eval()
+        example = torch.zeros(job.preprocess.input_shape)
+        calibration = job.preprocess.tensors(job.calibration.crops) if plan else None
+        pte, pte_quantization, pte_checks = executorch_program(module, example, plan, job)
+        ptl, ptl_quantization, optimized = lite_module(module, example, calibration, plan, job)
+        final, lite = scratch / f"{job.stem}.pte", scratch / f"{job.stem}{LITE_SUFFIX}.ptl"
+        final.write_bytes(pte)
+        lite.write_bytes(ptl)
+        inputs = [TensorSpec(INPUT_NAME, list(job.preprocess.input_shape), "float32", "NCHW")]
+        outputs = [TensorSpec(OUTPUT_NAME, [1, len(job.labels)], "float32")]
+        return Built([
+            BuiltArtifact(final, (final,), "pte", job.preprocess, inputs, outputs, pte_quantization, pte_checks),
+            BuiltArtifact(lite, (lite,), "ptl", job.preprocess, inputs, outputs, ptl_quantization, [optimized]),
+        ])
+
+    def embed_record(self, artifact: BuiltArtifact, record: ArtifactRecord) -> None:
+        """Neither format has room for it here: the sidecar carries the record."""
 
 
-def _inputs(job: ConvertJob) -> list[TensorSpec]:
-    return [TensorSpec(INPUT_NAME, list(job.preprocess.input_shape), "float32", "NCHW")]
-
-
-def executorch_program(module, example: torch.Tensor, calibration: np.ndarray | None,
-                       job: ConvertJob) -> tuple[bytes, dict | None, list[dict]]:
-    """The .pte bytes: torch.export, PT2E INT8 if asked, lowered to the XNNPACK delegate."""
+def executorch_program(module, example: torch.Tensor, plan, job: ConvertJob) -> tuple[bytes, dict | None, list[dict]]:
+    """The .pte bytes: torch.export, PT2E INT8 by the plan if asked, lowered to the XNNPACK delegate."""
     try:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.devtools.backend_debug import get_delegation_info
@@ -103,8 +84,8 @@ def executorch_program(module, example: torch.Tensor, calibration: np.ndarray | 
     quantization = None
     with quiet():
         program = torch.export.export(module, (example,))
-        if job.precision == "int8":
-            program, quantization = _pt2e_int8(module, example, calibration)
+        if plan is not None:
+            program, quantization = executorch_backend.pt2e_int8(plan, example)
         edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
         info = get_delegation_info(edge.exported_program().graph_module)
         buffer = edge.to_executorch().buffer
@@ -118,32 +99,14 @@ def executorch_program(module, example: torch.Tensor, calibration: np.ndarray | 
     return buffer, quantization, [check]
 
 
-def _pt2e_int8(module, example: torch.Tensor, calibration: np.ndarray) -> tuple[object, dict]:
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer,
-        get_symmetric_quantization_config,
-    )
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    prepared = prepare_pt2e(torch.export.export(copy.deepcopy(module), (example,)).module(), quantizer)
-    with torch.no_grad():
-        for sample in calibration:  # the exported graph has batch 1
-            prepared(torch.from_numpy(sample[None]))
-    converted = convert_pt2e(prepared)
-    quantization = {"kind": "static", "weights": "int8 per-channel symmetric", "activations": "int8 per-tensor",
-                    "tool": "PT2E (torchao prepare_pt2e/convert_pt2e) with XNNPACKQuantizer"}
-    return torch.export.export(converted, (example,)), quantization
-
-
-def lite_module(module, example: torch.Tensor, calibration: np.ndarray | None,
+def lite_module(module, example: torch.Tensor, calibration: np.ndarray | None, plan,
                 job: ConvertJob) -> tuple[bytes, dict | None, dict]:
     """The .ptl bytes (FX INT8 for QNNPACK if asked), and whether optimize_for_mobile ran."""
     job.log("Saving a TorchScript Lite (.ptl) for the lite interpreter")
     quantization = None
     with quiet():
-        if job.precision == "int8":
-            module, quantization = _fx_int8(module, example, calibration)
+        if plan is not None:
+            module, quantization = _fx_int8(module, example, calibration, plan.higher)
         scripted = torch.jit.trace(module, example)
         try:
             from torch.utils.mobile_optimizer import optimize_for_mobile
@@ -159,27 +122,20 @@ def lite_module(module, example: torch.Tensor, calibration: np.ndarray | None,
             return path.read_bytes(), quantization, optimized
 
 
-def _fx_int8(module, example: torch.Tensor, calibration: np.ndarray) -> tuple[object, dict]:
+def _fx_int8(module, example: torch.Tensor, calibration: np.ndarray, kept: tuple[str, ...]) -> tuple[object, dict]:
+    """The plan's corrected model through FX for QNNPACK, with its own observers; kept layers stay float."""
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
     torch.backends.quantized.engine = "qnnpack"  # the int8 engine of phones' PyTorch builds
-    prepared = prepare_fx(copy.deepcopy(module), get_default_qconfig_mapping("qnnpack"), (example,))
+    mapping = get_default_qconfig_mapping("qnnpack")
+    for name in kept:
+        mapping = mapping.set_module_name(name, None)
+    prepared = prepare_fx(copy.deepcopy(module), mapping, (example,))
     with torch.no_grad():
         for start in range(0, len(calibration), 32):
             prepared(torch.from_numpy(calibration[start : start + 32]))
     quantization = {"kind": "static", "weights": "int8 per-tensor (qnnpack)", "activations": "uint8 per-tensor",
-                    "tool": "torch.ao FX prepare_fx/convert_fx, qnnpack (deprecated upstream)"}
+                    "tool": "torch.ao FX prepare_fx/convert_fx, qnnpack (deprecated upstream); the plan's corrected "
+                            "model and kept layers, FX's own observers"}
     return convert_fx(prepared), quantization
-
-
-def run_pte(path: Path, inputs: np.ndarray) -> np.ndarray:
-    from ..runtime.executorch import ExecuTorchBackend
-
-    return ExecuTorchBackend(path, None).run(inputs)
-
-
-def run_ptl(path: Path, inputs: np.ndarray) -> np.ndarray:
-    from ..runtime.torchscript import LiteInterpreterBackend
-
-    return LiteInterpreterBackend(path, None).run(inputs)

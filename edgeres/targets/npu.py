@@ -13,6 +13,7 @@ from typing import Callable, ClassVar
 import onnx
 
 from ..errors import ConversionError, TargetError
+from ..quantization import onnx_backend
 from .base import ConvertJob, Tolerance
 from .onnx import OnnxTarget
 
@@ -25,20 +26,27 @@ class NpuTarget(OnnxTarget):
     summary: ClassVar[str] = "INT8 QDQ ONNX for NPU compilers (static batch 1, every op quantized)"
     precisions: ClassVar[tuple[str, ...]] = ("int8",)
     tolerance: ClassVar[Tolerance] = Tolerance()
-    keeps_float: ClassVar[bool] = False  # an op left in float falls back to the CPU or is refused
+    # An op left in float falls back to the CPU or is refused: a sensitive layer gets 16-bit activations
+    # with int8 weights (A16W8), which NPU compilers (QNN, ...) and ONNX Runtime run.
+    higher_precision: ClassVar[str] = "16-bit activations, int8 weights (A16W8)"
+    kept_as: ClassVar[str] = onnx_backend.INT16
 
     def check_options(self, precision: str, *, dynamic_batch: bool, opset: int) -> None:
         if dynamic_batch:
             raise TargetError("NPU compilers need a static batch-1 shape: drop --dynamic-batch")
         super().check_options(precision, dynamic_batch=dynamic_batch, opset=opset)
 
-    def check_graph(self, model: onnx.ModelProto, job: ConvertJob) -> list[dict]:
+    def check_graph(self, model: onnx.ModelProto, job: ConvertJob, plan) -> list[dict]:
         return apply_rules(NPU_RULES, model, job, "NPU rules", "NPU rule")
 
 
-def apply_rules(rules, model: onnx.ModelProto, job: ConvertJob, broken_name: str, passed_name: str) -> list[dict]:
-    """Run graph rules; any broken one fails the conversion, naming each broken rule and where."""
-    checks = [rule(model) for rule in rules]
+def apply_rules(rules, model: onnx.ModelProto, job: ConvertJob, broken_name: str, passed_name: str,
+                kept: frozenset[str] = frozenset()) -> list[dict]:
+    """Run graph rules; any broken one fails the conversion, naming each broken rule and where.
+
+    `kept` names the layers the plan keeps out of INT8, which rules on quantized layers skip.
+    """
+    checks = [rule(model, kept) for rule in rules]
     broken = [c for c in checks if not c["passed"]]
     if broken:
         details = "; ".join(f"{c['rule']}: {c['detail']}" for c in broken)
@@ -64,7 +72,7 @@ def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     return consumers
 
 
-def check_static_batch1(model: onnx.ModelProto) -> dict:
+def check_static_batch1(model: onnx.ModelProto, kept: frozenset[str] = frozenset()) -> dict:
     problems = []
     for value in [*model.graph.input, *model.graph.output]:
         dims = value.type.tensor_type.shape.dim
@@ -76,13 +84,13 @@ def check_static_batch1(model: onnx.ModelProto) -> dict:
     return _check("static batch-1 inputs and outputs", problems, "all static, batch 1")
 
 
-def check_opset(model: onnx.ModelProto) -> dict:
+def check_opset(model: onnx.ModelProto, kept: frozenset[str] = frozenset()) -> dict:
     version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     problems = [f"opset {version} < {MIN_OPSET}"] if version < MIN_OPSET else []
     return _check(f"opset {MIN_OPSET} or newer", problems, f"opset {version}")
 
 
-def check_no_dynamic_shapes(model: onnx.ModelProto) -> dict:
+def check_no_dynamic_shapes(model: onnx.ModelProto, kept: frozenset[str] = frozenset()) -> dict:
     inferred = onnx.shape_inference.infer_shapes(model)
     problems = []
     for value in inferred.graph.value_info:
@@ -95,7 +103,7 @@ def check_no_dynamic_shapes(model: onnx.ModelProto) -> dict:
     return _check("no dynamic shapes", problems, f"{count} intermediate tensors, all static")
 
 
-def check_qdq_everywhere(model: onnx.ModelProto) -> dict:
+def check_qdq_everywhere(model: onnx.ModelProto, kept: frozenset[str] = frozenset()) -> dict:
     """Every compute op reads from DequantizeLinear and writes only to QuantizeLinear."""
     initializers = {init.name for init in model.graph.initializer}
     producers, consumers = _producers(model), _consumers(model)

@@ -8,19 +8,19 @@ int8 model's input has scale 1, so an int8 input is the pixel minus 128.
 from __future__ import annotations
 
 import copy
-import tempfile
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import torch
 
-from ..artifact import TensorSpec, sidecar_path, staged_files, write_sidecar
-from ..conversion import tflite_tools
-from ..conversion.verify import compare_logits, enforce
+from ..artifact import ArtifactRecord, TensorSpec
+from ..exporters import tflite_tools
 from ..errors import TargetError
 from ..preprocess import Preprocess
-from .base import PRECISIONS, ConvertJob, ConvertResult, Tolerance, artifact_record
+from ..quantization import tflite_backend
+from ..quantization.simulate import ALL_PLACEMENTS
+from .base import PRECISIONS, Built, BuiltArtifact, ConvertJob, Tolerance
 
 
 class RawPixelResNet(torch.nn.Module):
@@ -58,7 +58,11 @@ class TfliteTarget:
     layout: ClassVar[str] = "NHWC"
     tolerance: ClassVar[Tolerance] = Tolerance()
     presets: ClassVar[tuple[str, ...]] = ()
-    keeps_float: ClassVar[bool] = False  # full-integer for XNNPACK's int8 kernels; a float island is not supported here
+    placement: ClassVar[frozenset[str]] = ALL_PLACEMENTS
+    higher_precision: ClassVar[str] = "float ops (still inside XNNPACK)"
+
+    def __init__(self) -> None:
+        self._exports: dict[int, Path] = {}
 
     def check_options(self, precision: str, *, dynamic_batch: bool, opset: int) -> None:
         if dynamic_batch:
@@ -68,47 +72,46 @@ class TfliteTarget:
         """Raw pixels: the normalisation is inside the graph."""
         return model_spec.replace(mean=(0.0, 0.0, 0.0), std=(1 / 255,) * 3, color="BGR", layout="NHWC")
 
-    def convert(self, job: ConvertJob) -> ConvertResult:
-        final = job.out_dir / f"{job.stem}.tflite"
-        with tempfile.TemporaryDirectory(prefix="edgeres-") as scratch:
-            built, quantization = self._build(job, Path(scratch))
-            model_bytes = built.read_bytes()
+    def build(self, job: ConvertJob, plan, scratch: Path) -> Built:
+        scratch.mkdir(parents=True, exist_ok=True)
+        fp32 = self._export(plan.module if plan else job.module, job, scratch)
+        path, quantization = scratch / f"{job.stem}.tflite", None
+        if job.precision == "fp32":
+            path.write_bytes(fp32.read_bytes())
+        elif job.precision == "fp16":
+            tflite_tools.fp16_weights(fp32, path)
+            quantization = {"kind": "fp16 weights, float32 compute", "tool": "ai-edge-quantizer"}
+        else:
+            job.log(f"Quantizing to full-integer INT8 with ai-edge-quantizer ({len(plan.higher)} layers kept out)")
+            mean = np.asarray(job.model_preprocess.mean) * 255
+            quantization = tflite_backend.full_integer(fp32, path, plan, (float(mean.min()), float(mean.max())))
+        model_bytes = path.read_bytes()
         details = tflite_tools.io_details(model_bytes)
         spec = job.preprocess
         if details.input_dtype != "float32":
             spec = spec.replace(dtype=details.input_dtype, input_scale=details.input_scale,
                                 input_zero_point=details.input_zero_point)
-        logits = tflite_tools.run(model_bytes, spec.tensors(job.reference_crops))
-        verification = compare_logits(job.reference_logits, logits, job.reference_source)
-        enforce(verification, job.precision, job.tolerance(self.tolerance), final.name)
         coverage = tflite_tools.xnnpack_coverage(model_bytes)
         if coverage["outside"]:
             job.log(f"Not delegated to XNNPACK (slow on a Pi): {', '.join(coverage['outside'])}")
         check = {"rule": "every op inside the XNNPACK delegate", "passed": not coverage["outside"],
                  "detail": f"{coverage['delegated']} of {coverage['ops']} ops delegated"
                            + (f"; outside: {', '.join(coverage['outside'])}" if coverage["outside"] else "")}
-        record = artifact_record(
-            job, target=self.name, format="tflite", preprocess=spec,
-            inputs=[TensorSpec(details.input_name, list(details.input_shape), details.input_dtype, self.layout)],
-            outputs=[TensorSpec(details.output_name, list(details.output_shape), details.output_dtype)],
-            calibration_method="min-max (ai-edge-quantizer)", quantization=quantization, checks=[check],
-            verification=verification)
-        with staged_files(job.out_dir) as stage:
-            (stage / final.name).write_bytes(tflite_tools.with_metadata(model_bytes, record.to_json()))
-            write_sidecar(stage / final.name, record)
-        return ConvertResult(final, record, (final, sidecar_path(final)))
+        artifact = BuiltArtifact(
+            path, (path,), "tflite", spec,
+            [TensorSpec(details.input_name, list(details.input_shape), details.input_dtype, self.layout)],
+            [TensorSpec(details.output_name, list(details.output_shape), details.output_dtype)],
+            quantization, [check])
+        return Built([artifact])
 
-    def _build(self, job: ConvertJob, scratch: Path) -> tuple[Path, dict | None]:
-        fp32 = scratch / "fp32.tflite"
-        job.log("Converting with litert-torch (the official PyTorch to TFLite converter)")
-        sample = torch.from_numpy(job.preprocess.tensors(job.reference_crops[:1]))
-        tflite_tools.convert(RawPixelResNet(job.module, job.model_preprocess), sample, fp32)
-        if job.precision == "fp32":
-            return fp32, None
-        if job.precision == "fp16":
-            tflite_tools.fp16_weights(fp32, scratch / "fp16.tflite")
-            return scratch / "fp16.tflite", {"kind": "fp16 weights, float32 compute", "tool": "ai-edge-quantizer"}
-        job.log(f"Quantizing to full-integer INT8 with {len(job.calibration)} calibration images")
-        inputs = (job.preprocess.to_tensor(crop)[None] for crop in job.calibration.crops)
-        quantization = tflite_tools.full_integer(fp32, scratch / "int8.tflite", inputs)
-        return scratch / "int8.tflite", quantization
+    def embed_record(self, artifact: BuiltArtifact, record: ArtifactRecord) -> None:
+        artifact.path.write_bytes(tflite_tools.with_metadata(artifact.path.read_bytes(), record.to_json()))
+
+    def _export(self, module, job: ConvertJob, scratch: Path) -> Path:
+        if id(module) not in self._exports:
+            path = scratch.parent / f".export-{len(self._exports)}.tflite"
+            job.log("Converting with litert-torch (the official PyTorch to TFLite converter)")
+            sample = torch.zeros(job.preprocess.input_shape)
+            tflite_tools.convert(RawPixelResNet(module, job.model_preprocess), sample, path)
+            self._exports[id(module)] = path
+        return self._exports[id(module)]
