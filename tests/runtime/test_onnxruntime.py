@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from edgeres.errors import DeviceError
-from edgeres.runtime.onnxruntime import providers_for
+from edgeres.runtime.onnxruntime import int8_kernels_saturate, providers_for
 
 JETSON = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 
@@ -31,3 +32,28 @@ def test_classifier_on_this_machine_uses_the_cpu(converted) -> None:
     assert classifier._backend.providers == ["CPUExecutionProvider"]
     with pytest.raises(DeviceError, match="this ONNX Runtime lacks"):
         Classifier(converted("jetson", "int8").path, device="TensorRT")
+
+
+def test_int8_kernels_saturate_only_without_vnni() -> None:
+    assert int8_kernels_saturate({"avx2", "fma"})
+    assert not int8_kernels_saturate({"avx2", "avx_vnni"}) and not int8_kernels_saturate({"avx512f", "avx512_vnni"})
+
+
+@pytest.mark.slow
+def test_int8_runs_exactly_as_quantized(converted, held_out) -> None:
+    """The backend's INT8 answers are the Q/DQ graph's own, computed op by op without fused kernels."""
+    import onnxruntime as ort
+
+    from edgeres.runtime.classifier import Classifier
+
+    path = converted("onnx", "int8").path
+    classifier = Classifier(path)
+    batch = np.stack([classifier.preprocess(frame) for frame in held_out[0][:64]])
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    reference = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    exact = np.concatenate([reference.run(None, {"input": image[None]})[0] for image in batch])
+    ours = np.concatenate([classifier._backend.run(image[None]) for image in batch])
+    # the same quantized graph; float accumulation order may flip a rounding, never more
+    assert (ours.argmax(1) == exact.argmax(1)).mean() >= 0.98
+    assert np.abs(ours - exact).mean() < 0.01
