@@ -6,6 +6,7 @@ backend runs the same program here (and in `edgeres verify`/`eval`) with the sam
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import ClassVar
 
@@ -19,6 +20,7 @@ class ExecuTorchBackend:
     name: ClassVar[str] = "executorch"
 
     def __init__(self, path: Path, threads: int | None, device: str | None = None) -> None:
+        self._lock = threading.Lock()  # a loaded method holds its own input and output buffers: one call at a time
         try:
             import torch
             from executorch.runtime import Runtime
@@ -40,6 +42,9 @@ class ExecuTorchBackend:
         return 1
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        rows = [self._method.execute([self._torch.from_numpy(np.ascontiguousarray(item[None]))])[0]
-                for item in batch]
-        return np.concatenate([row.numpy() for row in rows]).astype(np.float32, copy=False)
+        rows = []
+        for item in batch:
+            with self._lock:
+                output = self._method.execute([self._torch.from_numpy(np.ascontiguousarray(item[None]))])[0]
+                rows.append(output.numpy().copy())  # the method reuses its output buffer
+        return np.concatenate(rows).astype(np.float32, copy=False)

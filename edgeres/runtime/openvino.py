@@ -78,8 +78,12 @@ class OpenVinoBackend:
         record = self.embedded_record() or read_sidecar(path)
         self._precision = record.precision if record else None
         self._compiled = self._compile("LATENCY")
-        self._request = self._compiled.create_infer_request()
+        # One infer request runs one inference at a time ("Infer Request is busy"), so each
+        # caller takes a request from a pool and gives it back: threads never share one.
+        self._requests: queue_module.SimpleQueue = queue_module.SimpleQueue()
+        self._requests.put(self._compiled.create_infer_request())
         self._throughput = None  # compiled on the first stream()
+        self._throughput_lock = threading.Lock()
 
     def _compile(self, hint: str):
         try:
@@ -100,7 +104,15 @@ class OpenVinoBackend:
         return batch.get_length() if batch.is_static else None
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        return self._request.infer({0: batch})[0].astype(np.float32, copy=False)
+        try:
+            request = self._requests.get_nowait()
+        except queue_module.Empty:  # every request is busy in another thread: one more
+            request = self._compiled.create_infer_request()
+        try:
+            # a copy: the request's output tensor is overwritten by its next inference
+            return np.array(request.infer({0: batch})[0], dtype=np.float32, copy=True)
+        finally:
+            self._requests.put(request)
 
     def stream(self, inputs: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """Several infer requests in flight (THROUGHPUT hint); results come back in input order.
@@ -109,8 +121,9 @@ class OpenVinoBackend:
         as it is ready: waiting on the input iterator (a camera's next frame) would hold back
         results that are already done and deliver them in bunches, a frame late.
         """
-        if self._throughput is None:
-            self._throughput = self._compile("THROUGHPUT")
+        with self._throughput_lock:
+            if self._throughput is None:
+                self._throughput = self._compile("THROUGHPUT")
         queue = ov.AsyncInferQueue(self._throughput)
         results: queue_module.Queue = queue_module.Queue()
         queue.set_callback(lambda request, index: results.put((index, request.get_output_tensor(0).data[0].copy())))

@@ -8,6 +8,7 @@ through NVIDIA's cuda-python bindings, which come with TensorRT's Python wheels 
 from __future__ import annotations
 
 import ctypes
+import threading
 from pathlib import Path
 from typing import ClassVar
 
@@ -43,6 +44,7 @@ class TensorRtBackend:
     name: ClassVar[str] = "tensorrt"
 
     def __init__(self, path: Path, threads: int | None, device: str | None = None) -> None:
+        self._lock = threading.Lock()  # one execution context and one set of pinned buffers: one call at a time
         from ..engine import import_tensorrt
 
         trt = import_tensorrt()
@@ -85,6 +87,10 @@ class TensorRtBackend:
     def run(self, batch: np.ndarray) -> np.ndarray:
         cudart, stream = self._cudart, self._stream
         to_device, to_host = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        with self._lock:
+            return np.stack(self._run_locked(batch, cudart, stream, to_device, to_host))
+
+    def _run_locked(self, batch: np.ndarray, cudart, stream, to_device, to_host) -> list[np.ndarray]:
         rows = []
         for item in batch:
             self._input["host"][0] = item
@@ -96,7 +102,7 @@ class TensorRtBackend:
                                           to_host, stream))
             _check(cudart.cudaStreamSynchronize(stream))
             rows.append(self._output["host"][0].astype(np.float32))
-        return np.stack(rows)
+        return rows
 
     def __del__(self) -> None:
         cudart = getattr(self, "_cudart", None)

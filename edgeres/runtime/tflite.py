@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -131,6 +132,10 @@ class TfliteBackend:
         self._output = self._interpreter.get_output_details()[0]
         self._max_batch = details.input_shape[0]
         self.name = f"tflite ({RUNTIME})"
+        # An interpreter holds one set of input and output tensors: set, invoke and read
+        # must not interleave across threads, so they run under one lock (XNNPACK already
+        # uses every thread it was given inside each invoke).
+        self._lock = threading.Lock()
 
     def embedded_record(self) -> ArtifactRecord | None:
         text = read_metadata(self._path.read_bytes())
@@ -144,9 +149,11 @@ class TfliteBackend:
         batch = self._quantize(batch)
         rows = []
         for item in batch:  # the graph has batch 1
-            self._interpreter.set_tensor(self._input["index"], item[None])
-            self._interpreter.invoke()
-            rows.append(self._dequantize(self._interpreter.get_tensor(self._output["index"])))
+            with self._lock:
+                self._interpreter.set_tensor(self._input["index"], item[None])
+                self._interpreter.invoke()
+                output = self._interpreter.get_tensor(self._output["index"])  # a copy
+            rows.append(self._dequantize(output))
         return np.concatenate(rows)
 
     def _quantize(self, batch: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ LibTorch-Lite); this is the same interpreter in desktop torch.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import ClassVar
 
@@ -19,6 +20,7 @@ class LiteInterpreterBackend:
     name: ClassVar[str] = "torchscript-lite"
 
     def __init__(self, path: Path, threads: int | None, device: str | None = None) -> None:
+        self._lock = threading.Lock()  # the lite interpreter is not documented as reentrant: one call at a time
         try:
             import torch
             from torch.jit.mobile import _load_for_lite_interpreter
@@ -44,6 +46,6 @@ class LiteInterpreterBackend:
         return 1
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        with self._torch.no_grad():
+        with self._lock, self._torch.no_grad():
             rows = [self._module(self._torch.from_numpy(np.ascontiguousarray(item[None]))) for item in batch]
         return np.concatenate([row.numpy() for row in rows]).astype(np.float32, copy=False)
