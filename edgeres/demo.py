@@ -90,7 +90,7 @@ def train_digits_resnet(data: DigitsData, checkpoint: Path, *, arch: str = "resn
     train_x, train_y = load_split(data.train_dir, preprocess)
     test_x, test_y = load_split(data.test_dir, preprocess)
     model = getattr(torchvision.models, arch)(weights=None, num_classes=len(DIGIT_LABELS))
-    _fit(model, torch.from_numpy(train_x), torch.from_numpy(train_y), epochs, seed)
+    fit(model, torch.from_numpy(train_x), torch.from_numpy(train_y), epochs, seed)
     model.eval()
     with torch.inference_mode():
         accuracy = float((model(torch.from_numpy(test_x)).argmax(1).numpy() == test_y).mean())
@@ -101,11 +101,16 @@ def train_digits_resnet(data: DigitsData, checkpoint: Path, *, arch: str = "resn
     return info
 
 
-def _fit(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, epochs: int, seed: int) -> None:
+def fit(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, epochs: int, seed: int, *,
+        lr: float = 2e-3, weight_decay: float = 1e-4, constant_lr: bool = False) -> None:
+    """AdamW in batches of 64, one-cycle schedule (or a short warm-up then constant)."""
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps = epochs * ((len(inputs) + 63) // 64)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps)
+    if constant_lr:
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 30))
+    else:
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
     model.train()
     for _ in range(epochs):
         order = torch.randperm(len(inputs), generator=generator)
@@ -181,6 +186,7 @@ def _pretrained_inputs(out: Path, weights: str, log) -> DemoInputs:
 def _score_artifacts(inputs: DemoInputs, out: Path, quick: bool, progress, log) -> list[dict]:
     import time
 
+    from .benchmark import artifact_size
     from .conversion.pipeline import ConvertOptions, convert
     from .runtime.classifier import Classifier
 
@@ -190,7 +196,8 @@ def _score_artifacts(inputs: DemoInputs, out: Path, quick: bool, progress, log) 
     rows, reference = [], None
     for target, precision in QUICK_ARTIFACTS if quick else DEMO_ARTIFACTS:
         options = ConvertOptions(target=target, precision=precision, out_dir=out / "artifacts",
-                                 calib=inputs.calib_dir, calib_size=64 if quick else 300, imgsz=inputs.imgsz)
+                                 calib=inputs.calib_dir, calib_size=64 if quick else 300, imgsz=inputs.imgsz,
+                                 report=False)
         kwargs = {"progress": progress} if progress else {}
         result = convert(inputs.model, options, log=log, **kwargs)
         classifier = Classifier(result.path)
@@ -200,7 +207,7 @@ def _score_artifacts(inputs: DemoInputs, out: Path, quick: bool, progress, log) 
         reference = predicted if reference is None else reference
         rows.append({
             "artifact": result.path.name, "precision": precision, "runtime": classifier.backend_name,
-            "size_mb": sum(f.stat().st_size for f in result.files if not f.name.endswith(".json")) / 1e6,
+            "size_mb": artifact_size(result.path) / 1e6,
             "accuracy": float((predicted == truth).mean()) if labelled else None,
             "agreement": float((predicted == reference).mean()),
             "ms_per_frame": 1e3 * elapsed / len(frames),
@@ -216,7 +223,8 @@ def _demo_video(out: Path, images: list[tuple[Path, int | None]], log) -> dict:
     from .video import classify_video
 
     target, precision = VIDEO_ARTIFACT
-    artifact = out / "artifacts" / f"resnet18_{target}_{precision}.xml"
+    name = f"resnet18_{target}_{precision}"
+    artifact = out / "artifacts" / name / f"{name}.xml"
     clip = out / "video" / "clip.mp4"
     clip.parent.mkdir(parents=True, exist_ok=True)
     write_clip(images, clip, frames_per_image=10)

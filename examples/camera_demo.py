@@ -1,7 +1,7 @@
 """Classify a camera, a video file or a stream live with any edgeres artifact.
 
-    python examples/camera_demo.py out/resnet18_x86_int8.xml 0                 # camera 0, in a window
-    python examples/camera_demo.py out/resnet18_x86_int8.xml clip.mp4 --out results   # headless
+    python examples/camera_demo.py out/resnet18_x86_int8 0                 # camera 0, in a window
+    python examples/camera_demo.py out/resnet18_x86_int8 clip.mp4 --out results   # headless
 
 The same as `edgeres video ARTIFACT --source SOURCE [--headless --out DIR]`.
 """

@@ -1,6 +1,6 @@
 """Classify one image with any edgeres artifact.
 
-    python examples/classify_image.py out/resnet18_npu_int8.onnx photo.jpg
+    python examples/classify_image.py out/resnet18_npu_int8 photo.jpg
 """
 
 import sys

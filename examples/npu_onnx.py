@@ -1,7 +1,7 @@
 """An NPU's INT8 QDQ ONNX: hand it to the vendor's compiler, or check it here with ONNX Runtime.
 
     edgeres convert model.pth --arch resnet18 --target npu --int8 --calib calib/ --out out
-    python examples/npu_onnx.py out/resnet18_npu_int8.onnx photo.jpg
+    python examples/npu_onnx.py out/resnet18_npu_int8 photo.jpg
 """
 
 import sys

@@ -2,8 +2,8 @@
 
     edgeres convert model.pth --arch resnet18 --target rpi5 --int8 --calib calib/ --out out   # on the PC
     pip install 'edgeres[rpi]'                                                                # on the Pi
-    edgeres verify out/resnet18_rpi5_int8.tflite                     # on the Pi: the runtime computes what it should
-    python examples/rpi_tflite.py out/resnet18_rpi5_int8.tflite photo.jpg
+    edgeres verify out/resnet18_rpi5_int8                     # on the Pi: the runtime computes what it should
+    python examples/rpi_tflite.py out/resnet18_rpi5_int8 photo.jpg
 """
 
 import sys

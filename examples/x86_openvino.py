@@ -1,7 +1,7 @@
 """x86 with OpenVINO: convert once, then classify with the uniform runtime.
 
     edgeres convert model.pth --arch resnet18 --target x86 --int8 --calib calib/ --out out
-    python examples/x86_openvino.py out/resnet18_x86_int8.xml photo.jpg
+    python examples/x86_openvino.py out/resnet18_x86_int8 photo.jpg
 """
 
 import sys

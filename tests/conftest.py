@@ -1,7 +1,9 @@
-"""Shared fixtures: a ResNet18 trained in seconds on real digit images, and its artifacts.
+"""Shared fixtures: a ResNet18 trained in seconds on real digit images, and its artifacts;
+hard models (a ResNet50 and a ResNet18 trained briefly on package photos) that plain
+post-training quantization breaks.
 
-The data set and the trained checkpoint are cached under pytest's cache folder, so
-only the first run pays for training (about 15 s on 2 cores).
+Data sets and trained checkpoints are cached under pytest's cache folder, so only the
+first run pays for training (digits about 15 s, the hard models about 2.5 min on 2 cores).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import pytest
 import edgeres.runtime.openvino  # noqa: F401  (imports OpenVINO first, with its telemetry off)
 from edgeres.demo import DEMO_IMGSZ, DigitsData, digits_dataset, train_digits_resnet
 
-FIXTURE_VERSION = "v1"  # bump to rebuild the cached data and model
+FIXTURE_VERSION = "v2"  # bump to rebuild the cached data and models
 
 
 @pytest.fixture(scope="session")
@@ -91,9 +93,10 @@ def converted(model, calib_dir: Path, artifacts_dir: Path):
         key = (target, precision, tuple(sorted(options.items())))
         if key not in _CONVERTED:
             name = "_".join([target, precision, *(f"{k}{v}" for k, v in sorted(options.items()))])
+            name = "".join(c if c.isalnum() or c in "._-" else "-" for c in name)
             calib = calib_dir if precision == "int8" else None
             opts = ConvertOptions(target=target, precision=precision, out_dir=artifacts_dir, calib=calib,
-                                  calib_size=200, imgsz=DEMO_IMGSZ, name=name, **options)
+                                  calib_size=200, imgsz=DEMO_IMGSZ, name=name, report=False, **options)
             _CONVERTED[key] = convert(model, opts, log=lambda message: None)
         return _CONVERTED[key]
 
@@ -122,3 +125,23 @@ def copy_artifact(tmp_path: Path):
         return target
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def hard_model(fixture_cache: Path):
+    """hard_model(name) -> (LoadedModel, PhotoSet): a model of edgeres.photoset.FIXTURES, trained once (cached)."""
+    from edgeres.models import load_model
+    from edgeres.photoset import FIXTURES, photo_set, train_photo_resnet
+
+    loaded = {}
+
+    def get(name: str):
+        if name not in loaded:
+            spec = FIXTURES[name]
+            data = photo_set(fixture_cache / spec.data_folder, **spec.data)
+            checkpoint = fixture_cache / f"{name}.pt"
+            train_photo_resnet(data, checkpoint, spec.recipe)
+            loaded[name] = (load_model(checkpoint, spec.recipe.arch, labels=data.labels_file), data)
+        return loaded[name]
+
+    return get

@@ -11,7 +11,6 @@ from edgeres.artifact import (
     atomic_path,
     read_sidecar,
     sidecar_path,
-    staged_files,
     write_sidecar,
 )
 from edgeres.errors import ArtifactError
@@ -62,23 +61,6 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         with atomic_path(final) as tmp:
             tmp.write_bytes(b"half")
-            raise RuntimeError("converter crashed")
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_staged_files_appear_together(tmp_path: Path) -> None:
-    with staged_files(tmp_path) as stage:
-        (stage / "model.xml").write_text("xml")
-        (stage / "model.bin").write_bytes(b"bin")
-        write_sidecar(stage / "model.xml", _record())
-        assert list(tmp_path.glob("model*")) == []
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.bin", "model.edgeres.json", "model.xml"]
-
-
-def test_staged_files_leave_nothing_on_failure(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError):
-        with staged_files(tmp_path) as stage:
-            (stage / "model.bin").write_bytes(b"half")
             raise RuntimeError("converter crashed")
     assert list(tmp_path.iterdir()) == []
 

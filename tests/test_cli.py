@@ -40,11 +40,12 @@ def test_convert_npu_then_classifier_matches_pytorch(monkeypatch, capsys, checkp
                              "--int8", "--calib", calib_dir, "--calib-size", "100", "--imgsz", "32",
                              "--labels", digits.labels_file, "--out", tmp_path)
     assert code == 0, err
-    artifact = tmp_path / "resnet18_npu_int8.onnx"
+    artifact = tmp_path / "resnet18_npu_int8" / "resnet18_npu_int8.onnx"
     assert "Wrote" in out and "QDQ around every op" in out
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "report.json", "report.md", "report.png",
-        "resnet18_npu_int8.edgeres.json", "resnet18_npu_int8.golden.npz", "resnet18_npu_int8.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
+        "report.json", "report.md", "report.png", "resnet18_npu_int8"]
+    assert sorted(p.name for p in artifact.parent.iterdir()) == [
+        "report.json", "resnet18_npu_int8.edgeres.json", "resnet18_npu_int8.golden.npz", "resnet18_npu_int8.onnx"]
     classifier = Classifier(artifact)
     images = [path for path, _ in digits.test_images()][::3]
     ours = np.array([classifier.predict(cv2.imread(str(path)), topk=1)[0].index for path in images])
@@ -143,15 +144,18 @@ def test_out_is_a_file(monkeypatch, capsys, checkpoint: Path) -> None:
 
 @pytest.mark.slow
 def test_unwritable_output_is_one_red_line(monkeypatch, capsys, checkpoint: Path, tmp_path: Path) -> None:
-    import os
+    real_mkdir = Path.mkdir
 
-    def refuse(*args, **kwargs):
-        raise PermissionError(13, "Permission denied", str(tmp_path / "out"))
+    def refuse(self, *args, **kwargs):  # as root, chmod cannot make a folder unwritable
+        if tmp_path / "out" in (self, *self.parents):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kwargs)
 
-    monkeypatch.setattr(os, "replace", refuse)
+    monkeypatch.setattr(Path, "mkdir", refuse)
     code, _, err = run_cli(monkeypatch, capsys, "convert", checkpoint, "--imgsz", "32", "--out", tmp_path / "out")
     assert_one_red_line(code, err, "Permission denied")
-    assert not any(p.is_file() for p in (tmp_path / "out").rglob("*"))
+    assert str(tmp_path / "out") in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_convert_calibrates_from_a_video(monkeypatch, capsys, checkpoint: Path, clip, tmp_path: Path) -> None:
@@ -160,6 +164,6 @@ def test_convert_calibrates_from_a_video(monkeypatch, capsys, checkpoint: Path, 
                              "--calib", path, "--calib-size", "20", "--calib-every", "3", "--imgsz", "32",
                              "--out", tmp_path)
     assert code == 0, err
-    record = json.loads((tmp_path / "resnet18_onnx_int8.edgeres.json").read_text())
+    record = json.loads((tmp_path / "resnet18_onnx_int8" / "resnet18_onnx_int8.edgeres.json").read_text())
     assert record["calibration"]["source"] == "video" and record["calibration"]["used"] == 20
     assert record["calibration"]["every"] == 3

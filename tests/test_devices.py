@@ -35,6 +35,6 @@ def test_convert_for_a_profile(monkeypatch, capsys, checkpoint: Path, tmp_path: 
     code, out, err = run_cli(monkeypatch, capsys, "convert", checkpoint, "--target", "rpi4", "--imgsz", "32",
                              "--out", tmp_path)
     assert code == 0, err
-    record = read_sidecar(tmp_path / "resnet18_rpi4_fp32.tflite")
+    record = read_sidecar(tmp_path / "resnet18_rpi4_fp32" / "resnet18_rpi4_fp32.tflite")
     assert record.target == "rpi" and record.device_profile["name"] == "rpi4"
     assert "rpi4: int8 is recommended" in out

@@ -19,10 +19,10 @@ pytestmark = pytest.mark.slow
 
 
 def copy_with_golden(artifact: Path, folder: Path) -> Path:
-    stem = artifact.name.split(".")[0]
-    for path in artifact.parent.glob(stem + ".*"):
-        shutil.copy(path, folder / path.name)
-    return folder / artifact.name
+    """The artifact's whole set folder, copied (as a user copies it to a device)."""
+    target = folder / artifact.parent.name
+    shutil.copytree(artifact.parent, target)
+    return target / artifact.name
 
 
 @pytest.mark.parametrize("target, precision", [("onnx", "fp32"), ("onnx", "fp16"), ("npu", "int8"),
@@ -85,7 +85,7 @@ def test_a_failed_golden_write_leaves_nothing(monkeypatch, model, tmp_path: Path
     def refuse(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(pipeline, "write_golden", refuse)
+    monkeypatch.setattr(pipeline, "golden_bytes", refuse)
     with pytest.raises(OSError, match="disk full"):
         pipeline.convert(model, pipeline.ConvertOptions(target="onnx", out_dir=tmp_path, imgsz=32), log=lambda m: None)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".edgeres-lock-")] == []

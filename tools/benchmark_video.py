@@ -17,7 +17,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from benchmark_cpu import allow_any_int8_agreement
+from benchmark_cpu import int8_bar
 
 from edgeres.demo import photo_crops
 
@@ -49,12 +49,12 @@ def bench_arch(arch: str, weights: str | None, threads: int, clip: Path, scratch
         torch.manual_seed(0)
         module = getattr(torchvision.models, arch)(weights=None).eval()
         model = LoadedModel(module, arch, [f"class_{i}" for i in range(1000)], {"checkpoint": "random init, seed 0"})
-        allow_any_int8_agreement()
     calib = photo_crops(scratch / "calib", 64)
     results = {}
     for target, precision in ARTIFACTS:
         options = ConvertOptions(target=target, precision=precision, out_dir=scratch, calib=calib, calib_size=64,
-                                 name=f"{arch}_{target}_{precision}")
+                                 name=f"{arch}_{target}_{precision}", report=False,
+                                 **(int8_bar(weights) if precision == "int8" else {}))
         path = convert(model, options, log=lambda message: None).path
         summary = classify_video(Classifier(path, threads=threads), str(clip))
         results[f"{target} {precision}"] = {

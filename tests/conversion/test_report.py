@@ -25,7 +25,7 @@ def convert(monkeypatch, capsys, checkpoint, digits, out: Path, *args) -> str:
 def test_report_accumulates_per_artifact(monkeypatch, capsys, checkpoint, digits, calib_dir, tmp_path: Path) -> None:
     printed = convert(monkeypatch, capsys, checkpoint, digits, tmp_path, "--target", "onnx",
                       "--val", digits.test_dir)
-    assert "On 450 validation images: top-1" in printed and "report.png" in printed
+    assert "on 450 validation images: top-1" in printed and "report.png" in printed
     convert(monkeypatch, capsys, checkpoint, digits, tmp_path, "--target", "x86", "--int8", "--calib", calib_dir,
             "--calib-size", "100")
     convert(monkeypatch, capsys, checkpoint, digits, tmp_path, "--target", "onnx", "--val", digits.test_dir)
@@ -36,24 +36,28 @@ def test_report_accumulates_per_artifact(monkeypatch, capsys, checkpoint, digits
     assert fp32["agreement"] == 1.0 and fp32["size_mb"] > 40 and fp32["latency_p50_ms"] > 0
     assert int8["eval_source"] == "calibration" and int8["accuracy"] is None and int8["agreement"] >= 0.95
     assert 10 < int8["size_mb"] < 13  # the .bin counts
+    assert int8["search"]["attempts"][0]["range_method"] and int8["search"]["met"]
+    assert json.loads((tmp_path / "resnet18_x86_int8" / "report.json").read_text())["artifacts"] == [int8]
     text = (tmp_path / "report.md").read_text()
     assert "| resnet18_x86_int8.xml | int8 |" in text and "| resnet18_onnx_fp32.onnx | fp32 |" in text
+    assert "resnet18_x86_int8.xml: INT8 attempts (bar met" in text
     chart = cv2.imread(str(tmp_path / "report.png"))
     assert chart is not None and chart.shape[1] > 500
 
 
 def test_report_accuracy_is_the_eval_number(monkeypatch, capsys, checkpoint, digits, converted, tmp_path) -> None:
     """The report's top-1 equals what edgeres eval computes for the same artifact and data."""
-    convert(monkeypatch, capsys, checkpoint, digits, tmp_path, "--target", "rpi", "--int8", "--calib",
-            digits.train_dir, "--calib-size", "200", "--val", digits.test_dir, "--name", "rpi")
+    convert(monkeypatch, capsys, checkpoint, digits, tmp_path, "--target", "onnx", "--int8", "--calib",
+            digits.train_dir, "--calib-size", "64", "--val", digits.test_dir, "--name", "int8")
     row = json.loads((tmp_path / "report.json").read_text())["artifacts"][0]
-    code, out, err = run_cli(monkeypatch, capsys, "eval", tmp_path / "rpi.tflite", "--data", digits.test_dir, "--json")
+    code, out, err = run_cli(monkeypatch, capsys, "eval", tmp_path / "int8" / "int8.onnx", "--data", digits.test_dir,
+                             "--json")
     assert code == 0, err
-    assert json.loads(out)["artifacts"]["rpi.tflite"]["top1"] == pytest.approx(row["accuracy"])
+    assert json.loads(out)["artifacts"]["int8.onnx"]["top1"] == pytest.approx(row["accuracy"])
 
 
 def test_markdown_without_labels() -> None:
     row = {"artifact": "a.onnx", "precision": "int8", "size_mb": 1.0, "eval_images": 8, "eval_source": "random",
            "accuracy": None, "fp32_accuracy": None, "agreement": 0.875, "mean_kl": 1e-3, "latency_p50_ms": 2.0,
-           "fps": 500.0, "kept_float": []}
+           "fps": 500.0, "kept_higher": []}
     assert "| a.onnx | int8 | 1.0 | 8 random | n/a | n/a | 87.50% |" in markdown([row])

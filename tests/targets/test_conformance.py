@@ -54,6 +54,10 @@ def test_target_artifact_verifies_and_evaluates(target: str, precision: str, con
     assert mapping == "by label" and results[result.path.name].top1 > 0.9
 
 
-def test_every_target_says_whether_it_keeps_layers_in_float() -> None:
+def test_every_target_says_how_it_quantizes_and_keeps_layers_out() -> None:
+    from edgeres.quantization.simulate import ALL_PLACEMENTS
+
     for name in REGISTRY:
-        assert isinstance(get_target(name).keeps_float, bool)
+        target = get_target(name)
+        assert target.placement <= ALL_PLACEMENTS and target.higher_precision
+        assert callable(target.build) and callable(target.embed_record)

@@ -71,7 +71,7 @@ def test_float_island_breaks_qdq_rule(npu_model) -> None:
     check = check_qdq_everywhere(npu_model)
     assert not check["passed"] and f"Conv '{conv.name}' runs in float" in check["detail"]
     with pytest.raises(ConversionError, match="breaks NPU rules .*QDQ around every op"):
-        NpuTarget().check_graph(npu_model, QUIET_JOB)
+        NpuTarget().check_graph(npu_model, QUIET_JOB, None)
 
 
 def test_float_model_fails_qdq_rule(converted) -> None:

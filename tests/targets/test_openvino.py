@@ -29,7 +29,8 @@ def test_int8_accuracy_bars(converted, held_out) -> None:
 def test_int8_record(converted) -> None:
     record = converted("x86", "int8").record
     assert record.format == "openvino" and record.target == "x86"
-    assert record.quantization["preset"] == "performance" and record.quantization["fast_bias_correction"]
+    assert record.quantization["preset"] == "performance" and "edgeres plan" in record.quantization["tool"]
+    assert record.quantization["design"]["algorithm"].startswith("edgeres")
     assert record.calibration["used"] == 200
     assert record.inputs[0].shape == [1, 3, 32, 32] and record.inputs[0].name == "input"
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgeres.conversion import tflite_tools
+from edgeres.exporters import tflite_tools
 from edgeres.conversion.pipeline import ConvertOptions, convert, torch_logits
 from edgeres.errors import TargetError
 from edgeres.preprocess import Preprocess

@@ -1,0 +1,96 @@
+"""No dead ends: INT8 that misses the bar is searched until it meets it, on every target, or kept and reported."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgeres.conversion.pipeline import AccuracyBarError, ConvertOptions, convert
+from edgeres.demo import DEMO_IMGSZ
+from tests.test_cli import assert_one_red_line, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def sensitive_model(model):
+    """The digits model with every class's fc weight for feature 7 raised by 1000.
+
+    All logits shift by the same amount, so FP32 top-1 (and softmax) are unchanged, but
+    per-channel int8 weights for fc now have a step of about 8, and every other fc weight
+    rounds to zero: INT8 collapses unless fc is kept out of INT8.
+    """
+    sensitive = copy.deepcopy(model)
+    with torch.no_grad():
+        sensitive.module.fc.weight[:, 7] += 1000.0
+    return sensitive
+
+
+@pytest.mark.parametrize("target", ["x86", "rpi", "jetson", "mobile"])  # onnx keeps float as jetson does
+def test_the_search_keeps_the_sensitive_layer_out(sensitive_model, calib_dir, digits, tmp_path: Path,
+                                                  target: str) -> None:
+    options = ConvertOptions(target=target, precision="int8", out_dir=tmp_path, calib=calib_dir, calib_size=64,
+                             imgsz=DEMO_IMGSZ, val=digits.test_dir, report=False)
+    result = convert(sensitive_model, options, log=lambda message: None)
+    search = result.search
+    assert result.met and search["met"]
+    assert search["attempts"][0]["agreement"] < 0.5  # plain INT8 of this model is ruined
+    chosen = search["attempts"][search["chosen"]]
+    assert chosen["kept_higher"] == ["fc"] and chosen["agreement"] >= 0.96 and chosen["drop_points"] <= 0.3
+    assert search["sensitivity_top"][0][0] == "fc"
+    design = result.record.quantization["design"]
+    assert design["kept_higher"] == ["fc"] and design["range_method"] in ("minmax", "mean-minmax", "percentile", "mse")
+    assert result.record.quantization["higher_precision"]  # what "kept out" means on this target
+    assert all(check["passed"] for check in result.record.checks)  # NPU/TensorRT rules, XNNPACK coverage
+
+
+def test_the_npu_cannot_rescue_int8_weights_and_says_so(sensitive_model, calib_dir, digits, tmp_path: Path) -> None:
+    """An NPU keeps a layer out of INT8 with 16-bit activations, but its weights stay int8 (A16W8).
+
+    This model's damage is in fc's weights, so no NPU attempt can meet the bar: the search
+    must try keeping fc, keep the best artifact and report that the bar was not met.
+    """
+    options = ConvertOptions(target="npu", precision="int8", out_dir=tmp_path, calib=calib_dir, calib_size=64,
+                             imgsz=DEMO_IMGSZ, val=digits.test_dir, report=False, max_kept=1)
+    with pytest.raises(AccuracyBarError) as raised:
+        convert(sensitive_model, options, log=lambda message: None)
+    result = raised.value.result
+    assert result.path.is_file() and not result.met
+    assert any(attempt["kept_higher"] == ["fc"] for attempt in result.search["attempts"])
+    assert "A16W8" in result.record.quantization["higher_precision"]
+    assert "--fp16" in str(raised.value)
+
+
+def test_a_bar_that_cannot_be_met_keeps_the_best_and_exits_1(monkeypatch, capsys, sensitive_model, calib_dir,
+                                                             digits, tmp_path: Path) -> None:
+    torch.save(sensitive_model.module.state_dict(), tmp_path / "sensitive.pt")
+    code, out, err = run_cli(monkeypatch, capsys, "convert", tmp_path / "sensitive.pt", "--target", "npu", "--int8",
+                             "--calib", calib_dir, "--calib-size", "64", "--imgsz", DEMO_IMGSZ,
+                             "--labels", digits.labels_file, "--val", digits.test_dir, "--max-kept", "0",
+                             "--out", tmp_path / "out")
+    assert_one_red_line(code, err, "no INT8 artifact met the bar")
+    assert "--max-kept above 0" in err and "INT8 attempts" in out  # advice not yet tried; the table of attempts
+    assert (tmp_path / "out" / "resnet18_npu_int8" / "resnet18_npu_int8.onnx").is_file()
+    row = json.loads((tmp_path / "out" / "report.json").read_text())["artifacts"][0]
+    assert row["search"]["met"] is False and row["search"]["attempts"][0]["agreement"] < 0.5
+    assert "bar NOT met" in (tmp_path / "out" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-drop", "1", "--int8"], "--max-drop needs labelled images"),
+    (["--max-drop", "1", "--val", "VAL"], "--keep-float and --max-drop are for INT8"),
+    (["--max-drop", "-1", "--int8", "--val", "VAL"], "cannot be negative"),
+    (["--keep-float", "fc"], "--keep-float and --max-drop are for INT8"),
+    (["--keep", "layer9", "--int8"], "no layer named layer9"),
+    (["--min-agreement", "1.5", "--int8"], "--min-agreement is a fraction between 0 and 1"),
+    (["--calib-method", "median", "--int8"], "--calib-method must be one of auto, minmax"),
+])
+def test_bad_search_options(monkeypatch, capsys, checkpoint, calib_dir, digits, tmp_path: Path, args, message) -> None:
+    args = [str(digits.test_dir) if a == "VAL" else a for a in args]
+    code, _, err = run_cli(monkeypatch, capsys, "convert", checkpoint, "--target", "onnx", "--calib", calib_dir,
+                           "--calib-size", "20", "--imgsz", DEMO_IMGSZ, "--out", tmp_path, *args)
+    assert_one_red_line(code, err, message)

@@ -1,0 +1,226 @@
+"""INT8 accuracy, in one run: every INT8 target and its peers, on the hard photo models and the digits model.
+
+    .venv/bin/python tools/benchmark_accuracy.py --json out/bench_accuracy.json
+    .venv/bin/python tools/benchmark_accuracy.py --fixtures resnet50-photos-32 --targets npu x86
+
+For each model (trained here and cached, see edgeres.photoset): FP32 top-1 on its held-out
+images, then each method's top-1 drop (points) and top-1 agreement with FP32 on the same
+images:
+- peers, plain post-training quantization with each tool's defaults: torch.ao FX with
+  torchvision's x86 recipe (fbgemm/x86 qconfig, per-channel weights, histogram observers),
+  ONNX Runtime quantize_static (defaults: QDQ, per-tensor int8, min/max) and NNCF
+  (nncf.quantize on the OpenVINO model, defaults);
+- edgeres convert --int8 --calib CALIB --val VAL for each target (its default bar: at most
+  0.3 points lost and 96% agreement), with the layers it kept out of INT8, how many
+  attempts it made, and its wall time (the whole conversion: export, search, verification).
+Calibration uses each model's calib/ split (10 images per class), never its val/ split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgeres.calibration.folder import find_images, read_image
+from edgeres.demo import DEMO_IMGSZ, DIGIT_LABELS, digits_dataset, train_digits_resnet
+from edgeres.photoset import FIXTURES, photo_set, train_photo_resnet
+from edgeres.preprocess import Preprocess
+
+TARGETS = ("npu", "x86", "rpi", "jetson", "mobile")
+PEERS = ("torch.ao FX PTQ", "ORT quantize_static", "NNCF defaults")
+
+
+@dataclass
+class Fixture:
+    name: str
+    arch: str
+    checkpoint: Path
+    imgsz: int
+    calib_dir: Path
+    val_dir: Path
+    labels: list[str]
+
+
+def fixtures(names: list[str], cache: Path) -> list[Fixture]:
+    found = []
+    for name in names:
+        if name == "resnet18-digits":
+            data = digits_dataset(cache / "digits")
+            train_digits_resnet(data, cache / "resnet18_digits.pt", imgsz=DEMO_IMGSZ)
+            calib = cache / "digits-calib"
+            _subset(data.train_dir, calib, 16)
+            found.append(Fixture(name, "resnet18", cache / "resnet18_digits.pt", DEMO_IMGSZ, calib, data.test_dir,
+                                 DIGIT_LABELS))
+            continue
+        spec = FIXTURES[name]
+        data = photo_set(cache / spec.data_folder, **spec.data)
+        checkpoint = cache / f"{name}.pt"
+        print(f"{name}: training (cached after the first run)", flush=True)
+        train_photo_resnet(data, checkpoint, spec.recipe)
+        found.append(Fixture(name, spec.recipe.arch, checkpoint, spec.recipe.imgsz, data.calib_dir, data.val_dir,
+                             list(data.labels)))
+    return found
+
+
+def _subset(source: Path, target: Path, per_class: int) -> None:
+    """The first `per_class` images of each class, as a calibration folder (as the photo sets have)."""
+    if target.is_dir():
+        return
+    for folder in sorted(p for p in source.iterdir() if p.is_dir()):
+        (target / folder.name).mkdir(parents=True)
+        for path in find_images(folder)[:per_class]:
+            (target / folder.name / path.name).write_bytes(path.read_bytes())
+
+
+def _load(folder: Path, labels: list[str], spec: Preprocess) -> tuple[np.ndarray, np.ndarray]:
+    paths = find_images(folder)
+    return np.stack([spec(read_image(p)) for p in paths]), np.array([labels.index(p.parent.name) for p in paths])
+
+
+def peers(fixture: Fixture, module: torch.nn.Module) -> dict[str, np.ndarray]:
+    """Each peer's logits on the val images, quantized with its own defaults from the calib images."""
+    spec = Preprocess.imagenet(fixture.imgsz)
+    calib, _ = _load(fixture.calib_dir, fixture.labels, spec)
+    val, _ = _load(fixture.val_dir, fixture.labels, spec)
+    return {"torch.ao FX PTQ": _fx(module, calib, val), "ORT quantize_static": _ort(module, calib, val, spec),
+            "NNCF defaults": _nncf(module, calib, val, spec)}
+
+
+def _fx(module, calib: np.ndarray, val: np.ndarray) -> np.ndarray:
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    torch.backends.quantized.engine = "x86"
+    prepared = prepare_fx(copy.deepcopy(module).eval(), get_default_qconfig_mapping("x86"),
+                          (torch.from_numpy(calib[:1]),))
+    with torch.inference_mode():
+        prepared(torch.from_numpy(calib))
+        return convert_fx(prepared)(torch.from_numpy(val)).numpy()
+
+
+def _ort(module, calib: np.ndarray, val: np.ndarray, spec: Preprocess) -> np.ndarray:
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from edgeres.exporters.onnx_tools import export_fp32
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(calib)
+
+        def get_next(self):
+            item = next(self.items, None)
+            return None if item is None else {"input": item[None]}
+
+    with tempfile.TemporaryDirectory() as scratch:
+        fp32, prepared, int8 = (Path(scratch) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
+        export_fp32(module, spec.input_shape, fp32, opset=18, dynamic_batch=False)
+        quant_pre_process(str(fp32), str(prepared))
+        quantize_static(str(prepared), str(int8), Reader())
+        options = ort.SessionOptions()
+        # the Q/DQ graph as quantized, without x86's saturating fused kernels (see edgeres.runtime.onnxruntime)
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
+        session = ort.InferenceSession(str(int8), options, providers=["CPUExecutionProvider"])
+        return np.concatenate([session.run(None, {"input": item[None]})[0] for item in val])
+
+
+def _nncf(module, calib: np.ndarray, val: np.ndarray, spec: Preprocess) -> np.ndarray:
+    import nncf
+    import openvino as ov
+
+    model = ov.convert_model(copy.deepcopy(module).eval(), example_input=torch.zeros(spec.input_shape))
+    quantized = nncf.quantize(model, nncf.Dataset([item[None] for item in calib]), subset_size=len(calib))
+    compiled = ov.Core().compile_model(quantized, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    return np.concatenate([request.infer({0: item[None]})[0] for item in val])
+
+
+def edgeres_target(fixture: Fixture, model, target: str, out: Path) -> dict:
+    from edgeres.conversion.pipeline import AccuracyBarError, ConvertOptions, convert
+
+    options = ConvertOptions(target=target, precision="int8", out_dir=out, calib=fixture.calib_dir,
+                             imgsz=fixture.imgsz, val=fixture.val_dir, report=False)
+    start = time.perf_counter()
+    try:
+        result = convert(model, options, log=lambda message: None)
+    except AccuracyBarError as error:
+        result = error.result
+    seconds = time.perf_counter() - start
+    search = result.search
+    best = search["attempts"][search["chosen"]]
+    return {"drop_points": best["drop_points"], "agreement": best["agreement"], "met": result.met,
+            "kept": best["kept_higher"], "attempts": len(search["attempts"]), "seconds": seconds,
+            "ranges": f"{best['range_method']}{' + bias corr.' if best['bias_correction'] else ''}"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fixtures", nargs="+", default=[*FIXTURES, "resnet18-digits"],
+                        choices=[*FIXTURES, "resnet18-digits"])
+    parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
+    parser.add_argument("--no-peers", action="store_true", help="Skip the peer tools.")
+    parser.add_argument("--cache", type=Path, default=Path(".cache/benchmark_accuracy"))
+    parser.add_argument("--json", type=Path, help="Also write the results here.")
+    args = parser.parse_args(argv)
+    from edgeres.models import load_model
+
+    results = []
+    for fixture in fixtures(args.fixtures, args.cache):
+        model = load_model(fixture.checkpoint, fixture.arch, labels=fixture.labels)
+        spec = Preprocess.imagenet(fixture.imgsz)
+        val, truth = _load(fixture.val_dir, fixture.labels, spec)
+        with torch.inference_mode():
+            reference = model.module(torch.from_numpy(val)).numpy()
+        fp32 = float((reference.argmax(1) == truth).mean())
+        row = {"fixture": fixture.name, "fp32_top1": fp32, "val_images": len(val), "methods": {}}
+        print(f"{fixture.name}: FP32 top-1 {fp32:.2%} on {len(val)} held-out images", flush=True)
+        if not args.no_peers:
+            for name, logits in peers(fixture, model.module).items():
+                row["methods"][name] = {"drop_points": 100 * (fp32 - float((logits.argmax(1) == truth).mean())),
+                                        "agreement": float((logits.argmax(1) == reference.argmax(1)).mean())}
+                _print(name, row["methods"][name])
+        with tempfile.TemporaryDirectory() as out:
+            for target in args.targets:
+                row["methods"][f"edgeres {target}"] = edgeres_target(fixture, model, target, Path(out))
+                _print(f"edgeres {target}", row["methods"][f"edgeres {target}"])
+        results.append(row)
+    print()
+    print(table(results))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def _print(name: str, m: dict) -> None:
+    extra = ""
+    if "attempts" in m:
+        extra = (f"  ({'bar met' if m['met'] else 'bar NOT met'}, {m['attempts']} attempts, "
+                 f"{len(m['kept'])} kept out, {m['seconds']:.0f} s)")
+    print(f"  {name:24s} drop {m['drop_points']:+.2f} pt  agreement {m['agreement']:.2%}{extra}", flush=True)
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| model (FP32 top-1) | method | top-1 drop (pt) | agreement | kept out of INT8 | time |",
+             "|---|---|---:|---:|---|---:|"]
+    for row in results:
+        for name, m in row["methods"].items():
+            kept = ", ".join(m["kept"]) if m.get("kept") else ("-" if "kept" in m else "")
+            seconds = f"{m['seconds']:.0f} s" if "seconds" in m else ""
+            lines.append(f"| {row['fixture']} ({row['fp32_top1']:.1%}) | {name} | {m['drop_points']:+.2f} | "
+                         f"{m['agreement']:.2%} | {kept} | {seconds} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
