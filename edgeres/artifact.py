@@ -71,12 +71,14 @@ class ArtifactRecord:
             )
         known = {f.name for f in fields(cls)}
         values = {key: value for key, value in record.items() if key in known}
+        missing = sorted(f.name for f in fields(cls) if f.name not in values and f.name in _REQUIRED)
+        if missing:
+            raise ArtifactError(f"artifact record is incomplete: it lacks {', '.join(missing)}; convert again")
+        _check_field_types(values)
+        _check_labels(values["labels"], values["num_classes"])
         for key in ("inputs", "outputs"):
-            values[key] = [TensorSpec(**spec) for spec in values.get(key, [])]
-        try:
-            return cls(**values)
-        except TypeError as error:
-            raise ArtifactError(f"artifact record is incomplete: {error}") from None
+            values[key] = [_tensor_spec(spec, key) for spec in values[key]]
+        return cls(**values)
 
 
 def sidecar_path(artifact: Path) -> Path:
@@ -90,21 +92,74 @@ def write_sidecar(artifact: Path, record: ArtifactRecord) -> Path:
     return path
 
 
+MAX_LABELS = 100_000  # far above any classifier's classes, far below a record that would exhaust memory
+_REQUIRED = ("arch", "num_classes", "labels", "preprocess", "precision", "target", "format", "inputs", "outputs")
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "arch": (str,), "num_classes": (int,), "labels": (list,), "preprocess": (dict,), "precision": (str,),
+    "target": (str,), "format": (str,), "inputs": (list,), "outputs": (list,), "source": (dict,),
+    "calibration": (dict, type(None)), "quantization": (dict, type(None)), "checks": (list,),
+    "verification": (dict, type(None)), "device_profile": (dict, type(None)), "golden": (dict, type(None)),
+    "edgeres_version": (str,), "schema_version": (int,),
+}
+
+
+def _check_field_types(values: dict[str, Any]) -> None:
+    for key, value in values.items():
+        expected = _FIELD_TYPES[key]
+        if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in expected)
+            raise ArtifactError(f"artifact record field {key!r} is {type(value).__name__}, not {names}; "
+                                "the record was edited or is damaged: convert the model again")
+
+
+def _check_labels(labels: list, num_classes: int) -> None:
+    if not 1 <= num_classes <= MAX_LABELS:
+        raise ArtifactError(f"artifact record says {num_classes} classes; a classifier has 1 to {MAX_LABELS}")
+    if len(labels) != num_classes or not all(isinstance(label, str) and label for label in labels):
+        raise ArtifactError(f"artifact record has {len(labels)} labels for {num_classes} classes, or a label that "
+                            "is not a non-empty string; give one label per class and convert again")
+    duplicates = sorted({label for label in labels if labels.count(label) > 1}) if len(set(labels)) < len(labels) else []
+    if duplicates:
+        raise ArtifactError(f"artifact record repeats labels {duplicates[:5]}; every class needs its own label")
+
+
+def _tensor_spec(spec: Any, key: str) -> TensorSpec:
+    if not isinstance(spec, dict):
+        raise ArtifactError(f"artifact record {key} holds {type(spec).__name__}, not a tensor description")
+    try:
+        tensor = TensorSpec(**spec)
+    except TypeError as error:
+        raise ArtifactError(f"artifact record {key} has a malformed tensor ({error}); convert again") from None
+    if not isinstance(tensor.name, str) or not isinstance(tensor.shape, list) or not isinstance(tensor.dtype, str):
+        raise ArtifactError(f"artifact record {key} tensor {spec} needs a name, a shape list and a dtype")
+    return tensor
+
+
 def read_sidecar(artifact: Path) -> ArtifactRecord | None:
     path = sidecar_path(artifact)
     if not path.exists():
         return None
     try:
-        return ArtifactRecord.from_dict(json.loads(path.read_text()))
-    except json.JSONDecodeError as error:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ArtifactError(f"{path} is not valid JSON ({error}); convert the model again") from None
+    except OSError as error:
+        raise ArtifactError(f"cannot read {path}: {error.strerror}") from None
+    return _from_json_object(record, str(path))
 
 
 def parse_embedded(text: str, where: Path) -> ArtifactRecord:
     try:
-        return ArtifactRecord.from_dict(json.loads(text))
+        record = json.loads(text)
     except json.JSONDecodeError as error:
         raise ArtifactError(f"the edgeres record inside {where} is not valid JSON ({error})") from None
+    return _from_json_object(record, f"the record inside {where}")
+
+
+def _from_json_object(record: Any, where: str) -> ArtifactRecord:
+    if not isinstance(record, dict):
+        raise ArtifactError(f"{where} is JSON {type(record).__name__}, not an edgeres record; convert again")
+    return ArtifactRecord.from_dict(record)
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:

@@ -205,22 +205,35 @@ def _print_report_row(row: dict) -> None:
                       f"{row['latency_p50_ms'] - base['latency_p50_ms']:+.2f} ms per frame against all-INT8")
 
 
+def _expand_folders(paths: list[Path], find_images) -> list[Path]:
+    found = []
+    for path in paths:
+        if path.is_dir():
+            inside = find_images(path)
+            if not inside:
+                raise EdgeresError(f"folder {path} holds no images (.jpg .jpeg .png .bmp .webp)")
+            found += inside
+        else:
+            found.append(path)
+    return found
+
+
 @app.command()
 def predict(
     artifact: Path = typer.Argument(..., help="An artifact made by `edgeres convert`."),
-    images: list[Path] = typer.Argument(..., help="One or more image files."),
+    images: list[Path] = typer.Argument(..., help="Image files, or folders whose images (searched recursively) are classified."),
     topk: int = typer.Option(5, help="How many classes to show per image."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for the runtime (default: the runtime's choice)."),
     device: Optional[str] = typer.Option(None, help="Inference device, e.g. CPU, GPU, AUTO (OpenVINO); default: the best here."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Classify image files with an artifact, the way a device would."""
-    from .calibration.folder import read_image
+    from .calibration.folder import find_images, read_image
     from .runtime.classifier import Classifier
 
     classifier = Classifier(artifact, threads=threads, device=device)
     results = {}
-    for image_path in images:
+    for image_path in _expand_folders(images, find_images):
         if not image_path.is_file():
             raise EdgeresError(f"image {image_path} does not exist")
         frame = read_image(image_path)
@@ -521,11 +534,21 @@ def main() -> None:
     try:
         app()
     except EdgeresError as error:
-        err_console.print(f"[bold red]error:[/bold red] {error}", soft_wrap=True, highlight=False)
-        sys.exit(1)
+        _fail(f"{error}")
     except OSError as error:  # disk full, permission denied, ...: the message names the path
-        err_console.print(f"[bold red]error:[/bold red] {error}", soft_wrap=True, highlight=False)
-        sys.exit(1)
+        _fail(f"{error}")
+    except MemoryError:
+        _fail("out of memory; use a smaller --imgsz, --calib-size or batch, or a machine with more memory")
     except KeyboardInterrupt:
         err_console.print("[red]interrupted[/red]")
         sys.exit(130)
+    except Exception as error:  # a bug or an unforeseen input: still one line, the traceback on request
+        _fail(f"unexpected {type(error).__name__}: {error}. Run again with --verbose for the traceback, "
+              "and report it if the input looks right")
+
+
+def _fail(message: str) -> None:
+    if "--verbose" in sys.argv:
+        raise  # noqa: PLE0704  (inside the handler that called us: the original traceback)
+    err_console.print(f"[bold red]error:[/bold red] {message}", soft_wrap=True, highlight=False)
+    sys.exit(1)

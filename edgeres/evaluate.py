@@ -39,8 +39,8 @@ class Metrics:
 def read_labelled_folder(folder: str | Path, labels: Sequence[str]) -> LabelledImages:
     """An ImageFolder (DIR/<class>/*.jpg) whose class folders match the model's labels.
 
-    Folders are matched by label name, else by class index (folders named 0, 1, ...), else,
-    when there are as many folders as classes, in sorted order as torchvision's ImageFolder does.
+    Folders are matched by label name, else by class index (folders named 0, 1, ...); folders
+    that are neither are refused rather than paired with classes by guesswork.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -64,13 +64,16 @@ def _match_classes(names: list[str], labels: list[str], folder: Path) -> tuple[d
         return {name: labels.index(name) for name in names}, "by label"
     if all(name.isdigit() and int(name) < len(labels) for name in names):
         return {name: int(name) for name in names}, "by class index"
-    if len(names) == len(labels):
-        return {name: i for i, name in enumerate(names)}, "in sorted order (folder names are not the model's labels)"
-    unknown = [name for name in names if name not in labels][:3]
+    unknown = [name for name in names if name not in labels]
     raise EvaluationError(
-        f"--data {folder} has {len(names)} class folders but the model has {len(labels)} classes, and folders "
-        f"such as {', '.join(unknown)} are not among its labels; name the folders after the labels or class indexes"
+        f"--data {folder}: class folders {_few(unknown)} are neither among the model's labels "
+        f"({_few(labels)}) nor class indexes (0 to {len(labels) - 1}); name each folder after its label or index"
     )
+
+
+def _few(names: Sequence[str], count: int = 5) -> str:
+    shown = ", ".join(repr(name) for name in names[:count])
+    return shown + (f" and {len(names) - count} more" if len(names) > count else "")
 
 
 def metrics(logits: np.ndarray, truth: np.ndarray, class_names: Sequence[str],

@@ -29,16 +29,28 @@ def golden_path(artifact: Path) -> Path:
     return artifact.with_name(artifact.stem + GOLDEN_SUFFIX)
 
 
-def content_hash(frames: np.ndarray, reference: np.ndarray) -> str:
+def content_hash(frames: np.ndarray, reference: np.ndarray, expected: np.ndarray) -> str:
+    """sha256 over every array a check reads: frames, PyTorch's logits and the artifact's own."""
     digest = hashlib.sha256(np.ascontiguousarray(frames).tobytes())
-    digest.update(np.ascontiguousarray(reference, dtype=np.float32).tobytes())
+    for logits in (reference, expected):
+        digest.update(np.ascontiguousarray(logits, dtype=np.float32).tobytes())
     return digest.hexdigest()
 
 
-def golden_record(frames: np.ndarray, reference: np.ndarray, artifact_stem: str, tolerance: dict) -> dict:
+def golden_record(frames: np.ndarray, reference: np.ndarray, expected: np.ndarray, artifact_stem: str,
+                  tolerance: dict) -> dict:
     """What the artifact's record says of its golden samples (the record is written before the file)."""
     return {"file": artifact_stem + GOLDEN_SUFFIX, "samples": int(len(frames)), "reference": "pytorch fp32",
-            "sha256": content_hash(frames, reference), "tolerance": tolerance}
+            "sha256": content_hash(frames, reference, expected), "tolerance": tolerance}
+
+
+def _golden_file(artifact: Path, info: dict) -> Path:
+    """The golden file named in the record, only ever a file in the artifact's own folder."""
+    name = info.get("file")
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        raise ArtifactError(f"{artifact.name}'s record names golden file {name!r}; it must be a plain file name "
+                            "beside the artifact (the record was edited): convert again")
+    return artifact.parent / name
 
 
 def golden_bytes(frames: np.ndarray, reference: np.ndarray, expected: np.ndarray) -> bytes:
@@ -69,7 +81,7 @@ def check_golden(classifier) -> GoldenCheck:
     info = classifier.record.golden
     if not info:
         raise ArtifactError(f"{classifier.path.name} carries no golden samples; convert it again with this edgeres")
-    frames, reference, expected = _load(classifier.path.parent / info["file"], info)
+    frames, reference, expected = _load(_golden_file(classifier.path, info), info)
     logits = classifier.logits_batch(list(frames)).astype(np.float64)
     scale = float(np.abs(reference).max()) or 1.0
     result = GoldenCheck(
@@ -117,6 +129,6 @@ def _load(path: Path, info: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             frames, reference, expected = data["frames"], data["reference"], data["expected"]
     except (OSError, ValueError, KeyError) as error:
         raise ArtifactError(f"{path.name} is not a readable golden file: {error}") from None
-    if content_hash(frames, reference) != info["sha256"]:
+    if content_hash(frames, reference, expected) != info.get("sha256"):
         raise ArtifactError(f"{path.name} does not belong to this artifact (its samples differ from the record's)")
     return frames, reference.astype(np.float64), expected.astype(np.float64)

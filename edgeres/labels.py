@@ -16,7 +16,13 @@ def read_labels(path: Path | str, num_classes: int | None = None) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise LabelsError(f"labels file {path} does not exist; give a text file with one label per line")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a BOM from Windows editors is not a label
+    except UnicodeDecodeError as error:
+        raise LabelsError(f"labels file {path} is not UTF-8 (byte {error.start} cannot be decoded); "
+                          "save it as UTF-8, one label per line") from None
+    except OSError as error:
+        raise LabelsError(f"cannot read labels file {path}: {error.strerror}") from None
     while lines and not lines[-1].strip():
         lines.pop()
     labels = [line.strip() for line in lines]
@@ -24,6 +30,10 @@ def read_labels(path: Path | str, num_classes: int | None = None) -> list[str]:
         raise LabelsError(f"labels file {path} is empty; it needs one label per line")
     if any(not label for label in labels):
         raise LabelsError(f"labels file {path} has a blank line inside; every class needs a label")
+    repeated = sorted({label for label in labels if labels.count(label) > 1}) if len(set(labels)) < len(labels) else []
+    if repeated:
+        raise LabelsError(f"labels file {path} repeats {', '.join(map(repr, repeated[:5]))}; every class needs "
+                          "its own label (results and per-class accuracy would merge them)")
     if num_classes is not None:
         check_label_count(labels, num_classes, str(path))
     return labels

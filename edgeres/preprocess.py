@@ -127,6 +127,8 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> "Preprocess":
+        if not isinstance(record, dict):
+            raise PreprocessError(f"the preprocessing record is {type(record).__name__}, not a mapping; convert again")
         known = {f.name for f in fields(cls)}
         unknown = set(record) - known
         if unknown:
@@ -134,7 +136,10 @@ class Preprocess:
                 f"unknown preprocessing fields {sorted(unknown)}; this edgeres knows {sorted(known)}. "
                 "Upgrade edgeres to read this artifact."
             )
-        return cls(**record)
+        try:
+            return cls(**record)
+        except (TypeError, ValueError) as error:
+            raise PreprocessError(f"the preprocessing record {record} is malformed ({error}); convert again") from None
 
 
 def _shorter_side_size(height: int, width: int, shorter: int) -> tuple[int, int]:
@@ -205,8 +210,15 @@ def _resample_taps(src: int, dst: int, start: int, count: int) -> tuple[np.ndarr
     return np.clip(indices, 0, src - 1)[:, used], weights[:, used].astype(np.float32)
 
 
+MAX_SIDE = 4096
+
+
 def _check_spec(spec: Preprocess) -> None:
     problems = []
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (spec.resize, spec.crop)):
+        raise PreprocessError(f"resize and crop must be whole numbers, got resize={spec.resize!r} crop={spec.crop!r}")
+    if spec.resize > MAX_SIDE:
+        problems.append(f"resize {spec.resize} is above {MAX_SIDE} pixels, far past any classifier's input")
     if spec.crop <= 0 or spec.resize <= 0:
         problems.append(f"resize and crop must be positive, got resize={spec.resize} crop={spec.crop}")
     elif spec.crop > spec.resize:

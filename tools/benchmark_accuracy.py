@@ -8,7 +8,9 @@ images, then each method's top-1 drop (points) and top-1 agreement with FP32 on 
 images:
 - peers, plain post-training quantization with each tool's defaults: torch.ao FX with
   torchvision's x86 recipe (fbgemm/x86 qconfig, per-channel weights, histogram observers),
-  ONNX Runtime quantize_static (defaults: QDQ, per-tensor int8, min/max) and NNCF
+  ONNX Runtime quantize_static (defaults: QDQ, per-tensor int8, min/max; run unfused, as
+  edgeres runs every QDQ model on a CPU without VNNI, so this machine's saturating fused
+  kernels count against no one) and NNCF
   (nncf.quantize on the OpenVINO model, defaults);
 - edgeres convert --int8 --calib CALIB --val VAL for each target (its default bar: at most
   0.3 points lost and 96% agreement), with the layers it kept out of INT8, how many

@@ -276,12 +276,13 @@ def _finish(context: _Context, built: Built, search: dict | None, output: Output
         logits = artifact_logits(artifact.path, artifact.preprocess, reference_crops)
         verification = compare_logits(reference, logits, _reference_source(context))
         enforce(verification, context.options.precision, context.target.tolerance, artifact.path.name)
-        golden = golden_record(golden_frames, golden_reference, _stem(artifact.path),
+        # the artifact's own answers on the golden frames: the record's hash covers them too
+        expected = artifact_logits(artifact.path, artifact.preprocess, [context.spec.resize_and_crop(f)
+                                                                        for f in golden_frames])
+        golden = golden_record(golden_frames, golden_reference, expected, _stem(artifact.path),
                                asdict(context.target.tolerance))
         record = _record(context, artifact, verification, golden, search)
         context.target.embed_record(artifact, record)
-        expected = artifact_logits(artifact.path, artifact.preprocess, [context.spec.resize_and_crop(f)
-                                                                        for f in golden_frames])
         sidecar = sidecar_path(artifact.path)
         sidecar.write_text(record.to_json() + "\n")
         for path in (*artifact.files, sidecar):

@@ -44,12 +44,51 @@ class Classifier:
             raise EdgeresError(f"threads must be at least 1, got {threads}")
         self._backend = backend_class(self.path)(self.path, threads, device)
         self.record = self._find_record()
-        self.preprocess = Preprocess.from_dict(self.record.preprocess)
+        try:
+            self.preprocess = Preprocess.from_dict(self.record.preprocess)
+        except EdgeresError as error:
+            raise ArtifactError(f"{self.path.name}: {error}") from None
         self.labels = list(self.record.labels)
         self.backend_name = self._backend.name
+        self._check_record_against_model()
+
+    def _check_record_against_model(self) -> None:
+        """One inference on a blank frame: the record's input must fit the model, its labels the outputs.
+
+        A record that was edited or belongs to another model would otherwise fail later
+        as a runtime's own traceback, or silently pair labels with the wrong outputs.
+        """
+        spec = self.preprocess
+        blank = np.zeros((spec.crop, spec.crop, 3), np.uint8)
+        try:
+            outputs = self._backend.run(spec(blank)[None])
+        except EdgeresError:
+            raise
+        except Exception as error:  # each runtime raises its own types for a wrong input
+            detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ArtifactError(
+                f"{self.path.name}: its record's preprocessing gives inputs of shape {spec.input_shape} "
+                f"{spec.dtype} ({spec.layout}), which the model refuses ({detail}); the record does not "
+                "belong to this model: convert it again"
+            ) from None
+        if outputs.ndim != 2 or outputs.shape[1] != len(self.labels):
+            raise ArtifactError(
+                f"{self.path.name}: the model gives {outputs.shape[-1]} outputs but its record has "
+                f"{len(self.labels)} labels; the record does not belong to this model: convert it again"
+            )
 
     def _find_record(self) -> ArtifactRecord:
-        record = self._backend.embedded_record() or read_sidecar(self.path)
+        embedded = self._backend.embedded_record()
+        sidecar = read_sidecar(self.path) if sidecar_path(self.path).exists() else None
+        if embedded and sidecar:
+            for field_name in ("preprocess", "labels"):
+                if getattr(embedded, field_name) != getattr(sidecar, field_name):
+                    raise ArtifactError(
+                        f"{sidecar_path(self.path).name} and the record inside {self.path.name} disagree on "
+                        f"{field_name}; one was edited: delete the sidecar (the artifact's own record is used) "
+                        "or convert again"
+                    )
+        record = embedded or sidecar
         if record is None:
             raise ArtifactError(
                 f"{self.path.name} carries no edgeres record and has no {sidecar_path(self.path).name} "

@@ -109,8 +109,11 @@ def test_no_record_at_all(converted, copy_artifact) -> None:
         Classifier(path)
 
 
-def test_embedded_record_wins_over_an_edited_sidecar(converted, copy_artifact) -> None:
+def test_an_edited_sidecar_is_refused_not_silently_overruled(converted, copy_artifact) -> None:
     path = copy_artifact(converted("onnx", "fp32").path)
     record = json.loads(sidecar_path(path).read_text())
     sidecar_path(path).write_text(json.dumps({**record, "labels": [f"x{i}" for i in range(10)]}))
+    with pytest.raises(ArtifactError, match="disagree on labels; one was edited: delete the sidecar"):
+        Classifier(path)
+    sidecar_path(path).unlink()  # as the error says: the artifact's own record is then used
     assert Classifier(path).labels[0] == "zero"
