@@ -9,6 +9,8 @@ and the layers worth keeping are chosen before any backend is run.
 from __future__ import annotations
 
 import copy
+import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -64,10 +66,14 @@ class QuantizationDesign:
         self.calibration = calibration
         self.evaluation, self.truth = evaluation, truth
         self.placement = placement
-        self.stats = collect(self.folded, calibration)
+        memo = _memo_for(self.folded, calibration)
+        if "stats" not in memo:
+            memo["stats"] = collect(self.folded, calibration)
+        self.stats = memo["stats"]
         self.layer_names = [layer.name for layer in layers(self.folded)]
         self.reference = logits(self.folded, evaluation)
-        self._plans: dict[tuple[str, bool], QuantizationPlan] = {}
+        self._plans: dict[tuple[str, bool], QuantizationPlan] = memo.setdefault("plans", {})
+        self._simulated: dict[tuple, Simulated] = memo.setdefault(("simulated", placement, _digest(evaluation)), {})
 
     def plan(self, method: str, bias_correction: bool, higher: tuple[str, ...] = ()) -> QuantizationPlan:
         key = (method, bias_correction)
@@ -85,6 +91,12 @@ class QuantizationDesign:
 
     def simulate(self, plan: QuantizationPlan, subset: int | None = None) -> Simulated:
         """The plan's INT8 model, simulated, against FP32 on the evaluation inputs (the first `subset`)."""
+        key = (plan.method, plan.bias_correction, plan.higher, subset)
+        if key not in self._simulated:
+            self._simulated[key] = self._simulate(plan, subset)
+        return self._simulated[key]
+
+    def _simulate(self, plan: QuantizationPlan, subset: int | None) -> Simulated:
         inputs, reference = self.evaluation[:subset], self.reference[:subset]
         with simulated(plan.module, plan.ranges, placement=self.placement, higher=set(plan.higher)):
             quantized = logits(plan.module, inputs)
@@ -115,3 +127,30 @@ class QuantizationDesign:
             kept = self.simulate(plan.with_higher((*plan.higher, name)), SENSITIVITY_IMAGES).kl
             gains.append((name, base - kept))
         return sorted(gains, key=lambda item: -item[1])
+
+
+# Statistics, plans and simulations of the last few (model, calibration) pairs, kept for
+# the process: converting one model for several targets (edgeres demo, a script, the
+# tests) computes them once. Keyed by content, not identity, and small: a ResNet50's
+# bias-corrected plans take a few hundred MB.
+_MEMO: OrderedDict[str, dict] = OrderedDict()
+MEMO_ENTRIES = 2
+
+
+def _memo_for(module: torch.nn.Module, calibration: np.ndarray) -> dict:
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().contiguous().numpy().tobytes())
+    key = digest.hexdigest() + _digest(calibration)
+    if key in _MEMO:
+        _MEMO.move_to_end(key)
+    else:
+        _MEMO[key] = {}
+        while len(_MEMO) > MEMO_ENTRIES:
+            _MEMO.popitem(last=False)
+    return _MEMO[key]
+
+
+def _digest(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest() + str(array.shape)

@@ -163,3 +163,17 @@ def test_the_layer_made_sensitive_ranks_first(sensitive_design) -> None:
     assert ranking[0][0] == "fc" and ranking[0][1] > 100 * max(ranking[1][1], 1e-9)
     assert sensitive_design.simulate(plan).agreement < 0.5
     assert sensitive_design.simulate(plan.with_higher(("fc",))).agreement > 0.95
+
+
+def test_one_model_and_calibration_are_designed_once_per_process() -> None:
+    """Converting a model for several targets reuses statistics and plans; other weights or images do not."""
+    module, calibration = random_resnet(seed=5), inputs(8, seed=5)
+    first = QuantizationDesign(module, calibration, calibration)
+    plan = first.plan("minmax", True)
+    again = QuantizationDesign(copy.deepcopy(module), calibration.copy(), calibration)
+    assert again.stats is first.stats and again.plan("minmax", True).module is plan.module
+    changed = copy.deepcopy(module)
+    with torch.no_grad():
+        changed.fc.bias += 1.0
+    assert QuantizationDesign(changed, calibration, calibration).stats is not first.stats
+    assert QuantizationDesign(module, inputs(8, seed=6), calibration).stats is not first.stats
