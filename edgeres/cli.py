@@ -99,7 +99,7 @@ def convert(
     keep_float: Optional[list[str]] = typer.Option(
         None, "--keep-float", "--keep", help="INT8: keep this layer out of INT8 (repeatable), e.g. --keep fc: float "
         "where the target runs float, 16-bit activations on npu."),
-    verbose: bool = typer.Option(False, "--verbose", help="Show the converters' own logs and progress."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show the converters' own logs and progress, and the traceback of a failure."),
 ) -> None:
     """Convert a trained ResNet into a verified artifact for one target, and prove it.
 
