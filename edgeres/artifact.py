@@ -18,6 +18,7 @@ from typing import Any, Iterator
 
 from . import __version__
 from .errors import ArtifactError
+from .labels import repeated_labels
 
 SCHEMA_VERSION = 1
 SIDECAR_SUFFIX = ".edgeres.json"
@@ -118,7 +119,7 @@ def _check_labels(labels: list, num_classes: int) -> None:
     if len(labels) != num_classes or not all(isinstance(label, str) and label for label in labels):
         raise ArtifactError(f"artifact record has {len(labels)} labels for {num_classes} classes, or a label that "
                             "is not a non-empty string; give one label per class and convert again")
-    duplicates = sorted({label for label in labels if labels.count(label) > 1}) if len(set(labels)) < len(labels) else []
+    duplicates = repeated_labels(labels)
     if duplicates:
         raise ArtifactError(f"artifact record repeats labels {duplicates[:5]}; every class needs its own label")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from .errors import LabelsError
@@ -30,13 +31,18 @@ def read_labels(path: Path | str, num_classes: int | None = None) -> list[str]:
         raise LabelsError(f"labels file {path} is empty; it needs one label per line")
     if any(not label for label in labels):
         raise LabelsError(f"labels file {path} has a blank line inside; every class needs a label")
-    repeated = sorted({label for label in labels if labels.count(label) > 1}) if len(set(labels)) < len(labels) else []
+    repeated = repeated_labels(labels)
     if repeated:
         raise LabelsError(f"labels file {path} repeats {', '.join(map(repr, repeated[:5]))}; every class needs "
                           "its own label (results and per-class accuracy would merge them)")
     if num_classes is not None:
         check_label_count(labels, num_classes, str(path))
     return labels
+
+
+def repeated_labels(labels: list[str]) -> list[str]:
+    """The labels that occur more than once, sorted."""
+    return sorted(label for label, count in Counter(labels).items() if count > 1)
 
 
 def check_label_count(labels: list[str], num_classes: int, where: str = "labels") -> None:

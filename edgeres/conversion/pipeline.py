@@ -27,6 +27,7 @@ from ..logs import set_verbose
 from ..models import LoadedModel
 from ..preprocess import Preprocess
 from ..quantization.ranges import METHODS
+from ..quantization.simulate import logits
 from ..targets import REGISTRY, get_target, resolve_target
 from ..targets.base import PRECISIONS, Built, BuiltArtifact, ConvertJob, Target
 from .measure import EvalSet, artifact_logits, judge
@@ -390,8 +391,4 @@ def check_target_options(target: Target, options: ConvertOptions) -> None:
 
 def torch_logits(module: torch.nn.Module, inputs: np.ndarray, batch: int = 32) -> np.ndarray:
     """PyTorch's logits for model inputs (N, 3, H, W), normalised as the model expects."""
-    outputs = []
-    with torch.inference_mode():
-        for start in range(0, len(inputs), batch):
-            outputs.append(module(torch.from_numpy(inputs[start : start + batch])).numpy())
-    return np.concatenate(outputs)
+    return logits(module, inputs, batch)

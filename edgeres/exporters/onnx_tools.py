@@ -21,6 +21,22 @@ _ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "fl
                 onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT8: "int8"}
 
 
+class ExportCache:
+    """One FP32 ONNX export per float model, reused by every attempt of one conversion."""
+
+    def __init__(self) -> None:
+        self._paths: dict[int, Path] = {}  # by id: each exported module stays alive (held by its plan) while the conversion runs
+
+    def get(self, module: torch.nn.Module, input_shape: tuple[int, ...], scratch: Path, *, opset: int,
+            dynamic_batch: bool, log, message: str) -> Path:
+        if id(module) not in self._paths:
+            path = scratch.parent / f".export-{len(self._paths)}.onnx"
+            log(message)
+            export_fp32(module, input_shape, path, opset=opset, dynamic_batch=dynamic_batch)
+            self._paths[id(module)] = path
+        return self._paths[id(module)]
+
+
 def export_fp32(module: torch.nn.Module, input_shape: tuple[int, ...], path: Path, *,
                 opset: int, dynamic_batch: bool) -> None:
     """torch.export-based ONNX export of an eval-mode model; batch 1 static unless asked."""

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .points import layers
 from .ranges import Range
-from .simulate import fake_quantize, quantize_weight
+from .simulate import fake_quantize, logits, quantize_weight
 
 BATCH = 32
 IMAGES = 128  # a mean shift settles within a hundred images (NNCF's fast bias correction uses 100)
@@ -43,9 +43,7 @@ def correct_biases(module: torch.nn.Module, ranges: dict[str, Range], inputs: np
                for layer in chosen]
     inputs = inputs[:IMAGES]
     try:
-        with torch.inference_mode():
-            for start in range(0, len(inputs), BATCH):
-                module(torch.from_numpy(inputs[start : start + BATCH]))
+        logits(module, inputs, BATCH)  # run for the hooks
     finally:
         for handle in handles:
             handle.remove()

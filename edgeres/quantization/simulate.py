@@ -79,6 +79,7 @@ def _output_quantizer(value_range: Range):
 
 
 def logits(module: torch.nn.Module, inputs: np.ndarray, batch: int = 64) -> np.ndarray:
+    """The module's outputs for inputs (N, ...), `batch` at a time, without autograd."""
     outputs = []
     with torch.inference_mode():
         for start in range(0, len(inputs), batch):

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from .points import INPUT, blocks, layers
+from .simulate import logits
 
 SAMPLES_PER_POINT = 1 << 18  # values kept per point for range searches; min and max are exact
 BATCH = 32
@@ -45,9 +46,7 @@ def collect(module: torch.nn.Module, inputs: np.ndarray, seed: int = 0) -> dict[
 
     handles = _hooks(module, record)
     try:
-        with torch.inference_mode():
-            for start in range(0, len(inputs), BATCH):
-                module(torch.from_numpy(inputs[start : start + BATCH]))
+        logits(module, inputs, BATCH)  # run for the hooks
     finally:
         for handle in handles:
             handle.remove()

@@ -32,7 +32,7 @@ class OnnxTarget:
     ort_op_types: ClassVar[list[str] | None] = None  # op types to quantize; None: all it can
 
     def __init__(self) -> None:
-        self._exports: dict[int, Path] = {}  # one FP32 export per float model, reused by every attempt
+        self._exports = onnx_tools.ExportCache()
 
     def check_options(self, precision: str, *, dynamic_batch: bool, opset: int) -> None:
         if opset < 18:
@@ -72,13 +72,9 @@ class OnnxTarget:
         return self._folded_module
 
     def _export(self, module, job: ConvertJob, scratch: Path) -> Path:
-        if id(module) not in self._exports:
-            path = scratch.parent / f".export-{len(self._exports)}.onnx"
-            job.log(f"Exporting {job.arch} to ONNX (opset {job.opset})")
-            onnx_tools.export_fp32(module, job.preprocess.input_shape, path, opset=job.opset,
-                                   dynamic_batch=job.dynamic_batch)
-            self._exports[id(module)] = path
-        return self._exports[id(module)]
+        return self._exports.get(module, job.preprocess.input_shape, scratch, opset=job.opset,
+                                 dynamic_batch=job.dynamic_batch, log=job.log,
+                                 message=f"Exporting {job.arch} to ONNX (opset {job.opset})")
 
     def embed_record(self, artifact: BuiltArtifact, record: ArtifactRecord) -> None:
         model = onnx.load(str(artifact.path))

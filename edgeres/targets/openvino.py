@@ -36,7 +36,7 @@ class OpenVinoTarget:
     higher_precision: ClassVar[str] = "float"
 
     def __init__(self) -> None:
-        self._exports: dict[int, Path] = {}
+        self._exports = onnx_tools.ExportCache()
 
     def check_options(self, precision: str, *, dynamic_batch: bool, opset: int) -> None:
         """OpenVINO accepts every option the pipeline has."""
@@ -69,13 +69,9 @@ class OpenVinoTarget:
         self._save(model, artifact.path, record.precision)
 
     def _export(self, module, job: ConvertJob, scratch: Path) -> Path:
-        if id(module) not in self._exports:
-            path = scratch.parent / f".export-{len(self._exports)}.onnx"
-            job.log(f"Exporting {job.arch} to ONNX for OpenVINO {ov.get_version().split('-')[0]}")
-            onnx_tools.export_fp32(module, job.preprocess.input_shape, path, opset=job.opset,
-                                   dynamic_batch=job.dynamic_batch)
-            self._exports[id(module)] = path
-        return self._exports[id(module)]
+        return self._exports.get(module, job.preprocess.input_shape, scratch, opset=job.opset,
+                                 dynamic_batch=job.dynamic_batch, log=job.log,
+                                 message=f"Exporting {job.arch} to ONNX for OpenVINO {ov.get_version().split('-')[0]}")
 
     def _read(self, onnx_path: Path, job: ConvertJob) -> "ov.Model":
         with quiet(), no_telemetry():
