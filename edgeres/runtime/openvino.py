@@ -82,8 +82,9 @@ class OpenVinoBackend:
         # caller takes a request from a pool and gives it back: threads never share one.
         self._requests: queue_module.SimpleQueue = queue_module.SimpleQueue()
         self._requests.put(self._compiled.create_infer_request())
-        self._throughput = None  # compiled on the first stream()
+        self._throughput = None  # an AsyncInferQueue, made on the first stream()
         self._throughput_lock = threading.Lock()
+        self._submit_lock = threading.Lock()  # AsyncInferQueue picks its idle request unguarded
 
     def _compile(self, hint: str):
         try:
@@ -121,38 +122,60 @@ class OpenVinoBackend:
         as it is ready: waiting on the input iterator (a camera's next frame) would hold back
         results that are already done and deliver them in bunches, a frame late.
         """
-        with self._throughput_lock:
-            if self._throughput is None:
-                self._throughput = self._compile("THROUGHPUT")
-        queue = ov.AsyncInferQueue(self._throughput)
         results: queue_module.Queue = queue_module.Queue()
-        queue.set_callback(lambda request, index: results.put((index, request.get_output_tensor(0).data[0].copy())))
-        feeder = _Feeder(queue, inputs, results)
+        feeder = _Feeder(self._async_queue(), self._submit_lock, inputs, results)
         feeder.start()
         try:
             finished: dict[int, np.ndarray] = {}
+            total = None  # known once the feeder is DONE, maybe before the last results are back
             for next_index in itertools.count():
                 while next_index not in finished:
+                    if total is not None and next_index >= total:
+                        return
                     index, row = results.get()
                     if index is _Feeder.FAILED:
                         raise row
-                    if index is _Feeder.DONE and next_index >= row:
-                        return
-                    if isinstance(index, int):
+                    if index is _Feeder.DONE:
+                        total = row
+                    else:
                         finished[index] = row
                 yield finished.pop(next_index)
         finally:
             feeder.stop()
 
+    def _async_queue(self):
+        """One queue of THROUGHPUT requests for the backend's lifetime, shared by every stream.
+
+        Each job carries its stream's result queue and index, so streams in several threads
+        share it safely; keeping it alive means no AsyncInferQueue is ever destroyed (by
+        the garbage collector, in whichever thread) while a job of it is still running.
+        """
+        with self._throughput_lock:
+            if self._throughput is None:
+                queue = ov.AsyncInferQueue(self._compile("THROUGHPUT"))
+                queue.set_callback(_hand_back)
+                self._throughput = queue
+            return self._throughput
+
+
+def _hand_back(request, job: tuple[queue_module.Queue, int]) -> None:
+    results, index = job
+    results.put((index, request.get_output_tensor(0).data[0].copy()))
+
 
 class _Feeder(threading.Thread):
-    """Pulls inputs and starts an inference for each; says DONE (with the count) or FAILED at the end."""
+    """Pulls inputs and starts an inference for each; says DONE (with the count) or FAILED at the end.
+
+    Jobs still running when a stream fails or is closed finish into that stream's own
+    result queue, which nobody reads any more.
+    """
 
     DONE, FAILED = object(), object()  # sentinels in place of a result index
 
-    def __init__(self, queue, inputs: Iterable[np.ndarray], results: queue_module.Queue) -> None:
+    def __init__(self, queue, submit_lock: threading.Lock, inputs: Iterable[np.ndarray],
+                 results: queue_module.Queue) -> None:
         super().__init__(name="edgeres-openvino-feeder", daemon=True)
-        self.queue, self.inputs, self.results = queue, inputs, results
+        self.queue, self.submit_lock, self.inputs, self.results = queue, submit_lock, inputs, results
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -161,9 +184,9 @@ class _Feeder(threading.Thread):
             for item in self.inputs:
                 if self.stopping.is_set():
                     break
-                self.queue.start_async({0: item[None]}, count)  # waits while every request is busy
+                with self.submit_lock:  # start_async waits while every request is busy
+                    self.queue.start_async({0: item[None]}, (self.results, count))
                 count += 1
-            self.queue.wait_all()
             self.results.put((self.DONE, count))
         except BaseException as error:  # handed to the consumer, which raises it in its own thread
             self.results.put((self.FAILED, error))
