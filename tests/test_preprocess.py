@@ -99,3 +99,66 @@ def test_grayscale_and_bgra_frames_are_converted() -> None:
 def test_bad_frames_raise_frame_error(frame, message: str) -> None:
     with pytest.raises(FrameError, match=message):
         Preprocess.imagenet(32)(frame)
+
+
+def _pil_resize_and_crop(bgr: np.ndarray, resize: int, crop: int) -> np.ndarray:
+    """The reference torchvision uses: PIL's bilinear (antialiased) resize, then a centre crop."""
+    from PIL import Image
+
+    height, width = bgr.shape[:2]
+    new_h, new_w = (resize, int(resize * width / height)) if height <= width else (int(resize * height / width), resize)
+    top, left = int(round((new_h - crop) / 2)), int(round((new_w - crop) / 2))
+    resized = np.asarray(Image.fromarray(bgr).resize((new_w, new_h), Image.BILINEAR))
+    return resized[top:top + crop, left:left + crop]
+
+
+@pytest.mark.parametrize("photo", PHOTOS)
+@pytest.mark.parametrize("size", [(480, 640), (1080, 1920), (301, 223), (100, 90)])
+def test_resize_and_crop_is_within_one_grey_level_of_pil(photo: str, size: tuple[int, int]) -> None:
+    import cv2
+    from skimage import data
+
+    rgb = getattr(data, photo)()
+    frame = np.ascontiguousarray(cv2.resize(rgb, size[::-1], interpolation=cv2.INTER_AREA)[..., ::-1])
+    spec = Preprocess.imagenet()
+    difference = np.abs(spec.resize_and_crop(frame).astype(int) - _pil_resize_and_crop(frame, 256, 224))
+    assert difference.max() <= 1 and difference.mean() <= 0.2, (difference.max(), difference.mean())
+
+
+def test_resampling_is_sparse() -> None:
+    """Only the taps each output needs: a 640x480 frame to 224 costs well under 3 M multiply-adds."""
+    spec = Preprocess.imagenet()
+    assert spec.multiply_adds(480, 640) <= 3_000_000
+    # taps (about 2 x scale) times the window's width (about crop x scale): as PIL's own, ~4.2x here
+    assert spec.multiply_adds(1080, 1920) <= 8_000_000
+
+
+def test_resize_and_crop_returns_a_new_array_each_call(photo_bgr: np.ndarray) -> None:
+    spec = Preprocess.imagenet(64)
+    first = spec.resize_and_crop(photo_bgr)
+    kept = first.copy()
+    spec.resize_and_crop(np.ascontiguousarray(photo_bgr[::-1]))
+    np.testing.assert_array_equal(first, kept)
+
+
+@pytest.mark.parametrize("overrides", [
+    {}, {"color": "BGR", "layout": "NHWC"}, {"dtype": "float16"},
+    {"dtype": "int8", "input_scale": 0.0187, "input_zero_point": -14},
+    {"dtype": "uint8", "input_scale": 1.0, "input_zero_point": 0, "mean": (0, 0, 0), "std": (1 / 255,) * 3},
+])
+def test_table_lookup_equals_the_formula(photo_bgr: np.ndarray, overrides: dict) -> None:
+    spec = Preprocess.imagenet(64, **overrides)
+    crop = spec.resize_and_crop(photo_bgr)
+    rgb = crop[..., ::-1] if spec.color == "RGB" else crop
+    mean, std = np.float32(255) * np.asarray(spec.mean, np.float32), np.float32(255) * np.asarray(spec.std, np.float32)
+    if spec.color == "BGR":
+        mean, std = mean[::-1], std[::-1]
+    expected = (rgb.astype(np.float32) - mean) / std
+    if spec.dtype in ("int8", "uint8"):
+        info = np.iinfo(spec.dtype)
+        expected = np.clip(np.round(expected / spec.input_scale) + spec.input_zero_point, info.min, info.max)
+    if spec.layout == "NCHW":
+        expected = expected.transpose(2, 0, 1)
+    tensor = spec.to_tensor(crop)
+    assert tensor.dtype == np.dtype(spec.dtype) and tensor.flags.c_contiguous
+    np.testing.assert_array_equal(tensor, expected.astype(spec.dtype))

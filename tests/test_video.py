@@ -90,3 +90,30 @@ def test_cli_video(monkeypatch, capsys, converted, clip, tmp_path: Path) -> None
     assert_one_red_line(code, err, "--headless needs --out DIR")
     code, _, err = run_cli(monkeypatch, capsys, "video", artifact, "--source", clip[0])
     assert_one_red_line(code, err, "no window support")
+
+
+def test_camera_is_asked_for_the_smallest_size_covering_the_resize(monkeypatch) -> None:
+    """The camera scales for free: it is asked for a size near the model's resize, a file is left alone."""
+    from edgeres import video
+
+    asked: dict = {}
+
+    class Camera:  # cv2.VideoCapture, replaced at the boundary: no camera on this machine
+        def __init__(self, source) -> None:
+            asked.clear()
+            asked["source"] = source
+
+        def isOpened(self) -> bool:
+            return True
+
+        def set(self, prop: int, value: float) -> bool:
+            asked[prop] = value
+            return True
+
+    monkeypatch.setattr(video.cv2, "VideoCapture", Camera)
+    assert video.camera_size_for(256) == (640, 480) and video.camera_size_for(224) == (320, 240)
+    assert video.camera_size_for(2000) == (1920, 1080)
+    open_source("0", video.camera_size_for(256))
+    assert asked == {"source": 0, cv2.CAP_PROP_FRAME_WIDTH: 640, cv2.CAP_PROP_FRAME_HEIGHT: 480}
+    open_source("rtsp://camera/stream", (640, 480))
+    assert asked == {"source": "rtsp://camera/stream"}

@@ -79,6 +79,8 @@ def worker_eager(checkpoint: Path, arch: str, threads: int, rounds: int, per_rou
 
 
 def worker_artifact(artifact: Path, threads: int, rounds: int, per_round: int) -> dict:
+    import cv2
+
     from edgeres.runtime.classifier import Classifier
 
     classifier = Classifier(artifact, threads=threads)
@@ -89,7 +91,28 @@ def worker_artifact(artifact: Path, threads: int, rounds: int, per_round: int) -
         "preprocess": lambda: classifier.preprocess(frame),
         "predict": lambda: classifier.predict(frame),
     }
-    return interleaved_medians(cases, rounds, per_round)
+    row = interleaved_medians(cases, rounds, per_round)
+    # Preprocessing alone on one thread, then also without Intel's IPP inside OpenCV: the
+    # closest this x86 machine comes to OpenCV on a Pi (no IPP there).
+    cv2.setNumThreads(1)
+    row["preprocess 1 thread"] = interleaved_medians({"p": cases["preprocess"]}, rounds, per_round)["p"]
+    cv2.ipp.setUseIPP(False)
+    row["preprocess 1 thread, no IPP"] = interleaved_medians({"p": cases["preprocess"]}, rounds, per_round)["p"]
+    row["pil resize+crop 1 thread"] = interleaved_medians({"p": pil_reference(frame, classifier.preprocess)},
+                                                          rounds, per_round)["p"]
+    row["multiply_adds"] = classifier.preprocess.multiply_adds(*frame.shape[:2])
+    return row
+
+
+def pil_reference(frame: np.ndarray, spec) -> Callable[[], object]:
+    """PIL's own resize over the crop box (what torchvision computes), for comparison."""
+    from PIL import Image
+
+    height, width = frame.shape[:2]
+    scale = min(height, width) / spec.resize
+    side = spec.crop * scale
+    box = ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2)
+    return lambda: np.asarray(Image.fromarray(frame).resize((spec.crop, spec.crop), Image.BILINEAR, box=box))
 
 
 def run_worker(args: list[str]) -> dict:
@@ -149,6 +172,13 @@ def print_table(report: dict) -> None:
                 print(f"  {arch:9s} {name:18s} {row['inference']:9.2f} {row['preprocess']:10.2f} {row['predict']:8.2f} "
                       f"{row['predict'] / row['inference']:17.2f} {eager / row['predict']:8.2f}"
                       + (f"  ({row['xnnpack']})" if "xnnpack" in row else ""))
+    print("preprocessing of a 640x480 frame alone, median ms: 1 thread | 1 thread without IPP | "
+          "PIL resize+crop (1 thread, no normalisation) | multiply-adds of the resize")
+    for arch, results in report["results"].items():
+        for name, row in results.items():
+            if "predict" in row:
+                print(f"  {arch:9s} {name:18s} {row['preprocess 1 thread']:6.2f} {row['preprocess 1 thread, no IPP']:6.2f} "
+                      f"{row['pil resize+crop 1 thread']:6.2f} {row['multiply_adds'] / 1e6:6.2f} M")
 
 
 def main() -> None:

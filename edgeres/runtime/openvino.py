@@ -111,7 +111,7 @@ class OpenVinoBackend:
             request = self._compiled.create_infer_request()
         try:
             # a copy: the request's output tensor is overwritten by its next inference
-            return np.array(request.infer({0: batch})[0], dtype=np.float32, copy=True)
+            return np.array(request.infer({0: batch}, share_inputs=True)[0], dtype=np.float32, copy=True)
         finally:
             self._requests.put(request)
 

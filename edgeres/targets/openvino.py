@@ -1,7 +1,10 @@
 """x86 CPUs: OpenVINO IR (.xml + .bin) in FP32, FP16-compressed weights, or INT8 through NNCF.
 
 The IR is converted from the same ONNX export as the ONNX targets, so its tensors keep
-the ONNX names the quantization plan is mapped to.
+the ONNX names the quantization plan is mapped to. It takes raw pixels (uint8, NHWC,
+BGR: a cropped OpenCV frame as it is); OpenVINO's PrePostProcessor puts the colour
+order, normalisation and layout change inside the graph, where the CPU plugin fuses
+them, so the host only resizes and crops.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ class OpenVinoTarget:
     name: ClassVar[str] = "x86"
     summary: ClassVar[str] = "OpenVINO IR for x86 CPUs (fp32, fp16 weights, int8 via NNCF)"
     precisions: ClassVar[tuple[str, ...]] = PRECISIONS
-    layout: ClassVar[str] = "NCHW"
+    layout: ClassVar[str] = "NHWC"
     tolerance: ClassVar[Tolerance] = Tolerance()
     presets: ClassVar[tuple[str, ...]] = PRESETS
     placement: ClassVar[frozenset[str]] = frozenset({BRANCHES})  # NNCF leaves the logits in float
@@ -42,7 +45,9 @@ class OpenVinoTarget:
         """OpenVINO accepts every option the pipeline has."""
 
     def input_spec(self, model_spec: Preprocess) -> Preprocess:
-        return model_spec
+        """Raw pixels: the normalisation is inside the graph (see `_pixel_input`)."""
+        return model_spec.replace(mean=(0.0, 0.0, 0.0), std=(1 / 255,) * 3, color="BGR", layout="NHWC",
+                                  dtype="uint8", input_scale=1.0, input_zero_point=0)
 
     def build(self, job: ConvertJob, plan, scratch: Path) -> Built:
         scratch.mkdir(parents=True, exist_ok=True)
@@ -53,10 +58,11 @@ class OpenVinoTarget:
             preset = job.preset or "performance"
             job.log(f"Quantizing to INT8 with NNCF ({preset} preset, {len(plan.higher)} layers kept out)")
             points = onnx_backend.tensor_points(onnx.load(str(onnx_path)))
-            inputs = [job.preprocess.to_tensor(crop)[None] for crop in job.calibration.crops]
+            inputs = [job.model_preprocess.to_tensor(crop)[None] for crop in job.calibration.crops]
             model, quantization = openvino_backend.quantize(model, plan, points, inputs, preset=preset)
         elif job.precision == "fp16":
             quantization = {"kind": "fp16 weights (compressed), compute in the device's native precision"}
+        model = _pixel_input(model, job.model_preprocess)
         path = scratch / f"{job.stem}.xml"
         self._save(model, path, job.precision)
         artifact = BuiltArtifact(path, (path, path.with_suffix(".bin")), "openvino", job.preprocess,
@@ -69,7 +75,7 @@ class OpenVinoTarget:
         self._save(model, artifact.path, record.precision)
 
     def _export(self, module, job: ConvertJob, scratch: Path) -> Path:
-        return self._exports.get(module, job.preprocess.input_shape, scratch, opset=job.opset,
+        return self._exports.get(module, job.model_preprocess.input_shape, scratch, opset=job.opset,
                                  dynamic_batch=job.dynamic_batch, log=job.log,
                                  message=f"Exporting {job.arch} to ONNX for OpenVINO {ov.get_version().split('-')[0]}")
 
@@ -90,6 +96,23 @@ class OpenVinoTarget:
         ov.save_model(model, str(tmp), compress_to_fp16=precision == "fp16")
         tmp.with_suffix(".bin").replace(path.with_suffix(".bin"))
         tmp.replace(path)
+
+
+def _pixel_input(model: "ov.Model", model_spec: Preprocess) -> "ov.Model":
+    """The model with a uint8 NHWC BGR input and `model_spec`'s preprocessing in the graph."""
+    from openvino.preprocess import ColorFormat, PrePostProcessor
+
+    ppp = PrePostProcessor(model)
+    tensor = ppp.input().tensor()
+    tensor.set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC")).set_color_format(ColorFormat.BGR)
+    ppp.input().model().set_layout(ov.Layout("NCHW"))
+    steps = ppp.input().preprocess().convert_element_type(ov.Type.f32)
+    if model_spec.color == "RGB":
+        steps.convert_color(ColorFormat.RGB)
+    order = slice(None) if model_spec.color == "RGB" else slice(None, None, -1)  # mean/std are stored RGB
+    steps.mean([255 * float(m) for m in model_spec.mean[order]])
+    steps.scale([255 * float(s) for s in model_spec.std[order]])
+    return ppp.build()
 
 
 def _spec(port: "ov.Output", layout: str | None) -> TensorSpec:

@@ -32,7 +32,28 @@ def test_int8_record(converted) -> None:
     assert record.quantization["preset"] == "performance" and "edgeres plan" in record.quantization["tool"]
     assert record.quantization["design"]["algorithm"].startswith("edgeres")
     assert record.calibration["used"] == 200
-    assert record.inputs[0].shape == [1, 3, 32, 32] and record.inputs[0].name == "input"
+    assert record.inputs[0].shape == [1, 32, 32, 3] and record.inputs[0].name == "input"
+    assert (record.inputs[0].dtype, record.inputs[0].layout) == ("uint8", "NHWC")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_takes_raw_pixels_and_normalises_in_the_graph(converted, model, held_out, precision: str) -> None:
+    """A cropped OpenCV frame goes in as it is; plain OpenVINO gives PyTorch's logits (fp32 within 1e-3)."""
+    from edgeres.preprocess import Preprocess
+    from edgeres.quantization.simulate import logits as torch_logits
+
+    result = converted("x86", precision)
+    spec = Preprocess.from_dict(result.record.preprocess)
+    assert (spec.dtype, spec.layout, spec.color) == ("uint8", "NHWC", "BGR")
+    crops = [spec.resize_and_crop(frame) for frame in held_out[0][:32]]
+    np.testing.assert_array_equal(spec.tensors(crops), np.stack(crops))  # the host does nothing more
+    compiled = ov.Core().compile_model(str(result.path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    plain = np.concatenate([compiled(crop[None])[0] for crop in crops])
+    reference = torch_logits(model.module, Preprocess.imagenet(32).tensors(crops))
+    if precision == "fp32":
+        assert np.abs(plain - reference).max() <= 1e-3
+    else:
+        assert (plain.argmax(1) == reference.argmax(1)).mean() >= 0.9
 
 
 def test_mixed_preset(converted, held_out) -> None:
