@@ -7,6 +7,7 @@ so `edgeres predict` and `edgeres info` run on a device with only the runtime.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -448,8 +449,9 @@ def video(
     threads: Optional[int] = typer.Option(None, help="CPU threads for the runtime."),
     device: Optional[str] = typer.Option(None, help="Inference device (OpenVINO: CPU, GPU, AUTO, ...)."),
     camera_size: Optional[str] = typer.Option(
-        None, metavar="WxH", help="Capture size to ask a camera for. Default: the smallest of 320x240, 640x480, "
-        "1280x720, 1920x1080 that covers the model's resize (the camera scales for free; the CPU less)."),
+        None, metavar="WxH", help="Capture size to ask a camera for. Default: the smallest common size of the "
+        "camera's own aspect ratio that covers the model's resize, e.g. 640x480 or 640x360 for resize 256 (the "
+        "camera scales for free, the CPU then resizes less; the field of view stays)."),
 ) -> None:
     """Classify a camera, a video file or a stream live; q, Esc or Ctrl-C ends it with a summary.
 
@@ -466,10 +468,11 @@ def video(
 
     if headless and out is None:
         raise EdgeresError("--headless needs --out DIR for the annotated video and per-frame results")
+    size = _size(camera_size)  # before the model loads: a typo should cost nothing
     classifier = Classifier(artifact, threads=threads, device=device)
     show = None if headless else window_show()
     summary = classify_video(classifier, source, out_dir=out, max_frames=max_frames, show=show,
-                             show_every=show_every, realtime=not all_frames, camera_size=_size(camera_size))
+                             show_every=show_every, realtime=not all_frames, camera_size=size)
     table = Table(title=f"{artifact.name} on {source}", show_header=False)
     rows = {
         "frames read / classified / dropped": f"{summary.frames_read} / {summary.frames_classified} / "
@@ -486,10 +489,10 @@ def video(
 def _size(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
-    width, _, height = text.lower().partition("x")
-    if not (width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
+    found = re.fullmatch(r"([0-9]{1,5})[xX]([0-9]{1,5})", text.strip())
+    if not found or 0 in (int(found[1]), int(found[2])):
         raise EdgeresError(f"--camera-size must be WIDTHxHEIGHT such as 640x480, got {text!r}")
-    return int(width), int(height)
+    return int(found[1]), int(found[2])
 
 
 @app.command()

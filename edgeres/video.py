@@ -53,27 +53,36 @@ class VideoSummary:
         return self.frames_classified / self.frames_read if self.frames_read else 0.0
 
 
-# Capture sizes that nearly every camera offers, smallest first.
-CAMERA_SIZES = ((320, 240), (640, 480), (1280, 720), (1920, 1080))
+# Capture sizes that nearly every camera offers, per aspect ratio, smallest first.
+CAMERA_SIZES = ((320, 240), (640, 480), (1280, 960), (640, 360), (1280, 720), (1920, 1080))
 
 
-def camera_size_for(resize: int) -> tuple[int, int]:
-    """The smallest common capture size whose shorter side still reaches the model's resize.
+def camera_size_for(resize: int, native: tuple[int, int]) -> tuple[int, int]:
+    """The smallest common capture size of the camera's own aspect ratio that still covers the resize.
 
-    A camera scales in its own hardware for free; asking it for 640x480 instead of its
-    default (often 1280x720 or more) leaves the CPU a few taps per output pixel to resize.
+    A camera scales in its own hardware for free; asking a 1280x720 camera for 640x360
+    leaves the CPU a few taps per output pixel to resize, with the same field of view.
+    A camera whose aspect matches none of the common sizes is left at `native`.
     """
-    for width, height in CAMERA_SIZES:
-        if min(width, height) >= resize:
-            return width, height
-    return CAMERA_SIZES[-1]
+    width, height = native
+    for size in CAMERA_SIZES:
+        same_aspect = abs(size[0] * height - size[1] * width) <= 0.02 * size[1] * width
+        if same_aspect and min(size) >= resize and size[0] <= width:
+            return size
+    return native
 
 
-def open_source(source: str | int, camera_size: tuple[int, int] | None = None) -> cv2.VideoCapture:
-    """A camera index ("0"), a file path, or a stream URL (rtsp://, http://).
+def is_camera(source: str | int) -> bool:
+    return isinstance(source, int) or (isinstance(source, str) and (source.isdigit() or source.startswith("/dev/video")))
 
-    A camera is asked for `camera_size` (width, height) when given; it may pick another
-    size it supports, and the frames are used as they come.
+
+def open_source(source: str | int, resize: int | None = None, camera_size: tuple[int, int] | None = None
+                ) -> cv2.VideoCapture:
+    """A camera index ("0") or device (/dev/video0), a file path, or a stream URL (rtsp://, http://).
+
+    A camera is asked for `camera_size` (width, height) when given, else, when `resize`
+    is given, for `camera_size_for(resize, its default size)`. It may pick another size it
+    supports; the frames are used as they come.
     """
     if isinstance(source, str) and source.isdigit():
         source = int(source)
@@ -82,9 +91,12 @@ def open_source(source: str | int, camera_size: tuple[int, int] | None = None) -
     capture = cv2.VideoCapture(source)
     if not capture.isOpened():
         raise VideoError(f"cannot open video source {source!r}: no such camera, or not a video OpenCV can decode")
-    if isinstance(source, int) and camera_size is not None:
-        capture.set(cv2.CAP_PROP_FRAME_WIDTH, camera_size[0])
-        capture.set(cv2.CAP_PROP_FRAME_HEIGHT, camera_size[1])
+    if is_camera(source) and (camera_size or resize):
+        native = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        wanted = camera_size or camera_size_for(resize, native)
+        if wanted != native:
+            capture.set(cv2.CAP_PROP_FRAME_WIDTH, wanted[0])
+            capture.set(cv2.CAP_PROP_FRAME_HEIGHT, wanted[1])
     return capture
 
 
@@ -212,15 +224,15 @@ def classify_video(
 ) -> VideoSummary:
     """Classify a source live; write outputs to `out_dir` if given; `show(frame)` False stops.
 
-    A camera is asked for `camera_size`, by default the smallest common size that covers
-    the model's resize (`camera_size_for`). Ctrl-C stops it cleanly; the summary and the
+    A camera is asked for `camera_size`, by default the smallest common size of its own
+    aspect ratio that covers the model's resize (`camera_size_for`). Ctrl-C stops it cleanly; the summary and the
     outputs so far are kept.
     """
     if max_frames is not None and max_frames < 1:
         raise VideoError(f"--max-frames must be at least 1, got {max_frames}")
     if show_every < 1:
         raise VideoError(f"--show-every must be at least 1, got {show_every}")
-    capture = open_source(source, camera_size or camera_size_for(classifier.preprocess.resize))
+    capture = open_source(source, classifier.preprocess.resize, camera_size)
     fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
     outputs = _Outputs(Path(out_dir), fps) if out_dir is not None else None
     run = _VideoRun(classifier, LatestFrame(capture, realtime=realtime), outputs, show, show_every, max_frames)

@@ -93,12 +93,14 @@ def test_cli_video(monkeypatch, capsys, converted, clip, tmp_path: Path) -> None
 
 
 def test_camera_is_asked_for_the_smallest_size_covering_the_resize(monkeypatch) -> None:
-    """The camera scales for free: it is asked for a size near the model's resize, a file is left alone."""
+    """The camera scales for free: it is asked for a size of its own aspect near the model's resize."""
     from edgeres import video
 
     asked: dict = {}
 
     class Camera:  # cv2.VideoCapture, replaced at the boundary: no camera on this machine
+        native = (1280, 720)
+
         def __init__(self, source) -> None:
             asked.clear()
             asked["source"] = source
@@ -106,14 +108,31 @@ def test_camera_is_asked_for_the_smallest_size_covering_the_resize(monkeypatch) 
         def isOpened(self) -> bool:
             return True
 
+        def get(self, prop: int) -> float:
+            return {cv2.CAP_PROP_FRAME_WIDTH: self.native[0], cv2.CAP_PROP_FRAME_HEIGHT: self.native[1]}[prop]
+
         def set(self, prop: int, value: float) -> bool:
             asked[prop] = value
             return True
 
     monkeypatch.setattr(video.cv2, "VideoCapture", Camera)
-    assert video.camera_size_for(256) == (640, 480) and video.camera_size_for(224) == (320, 240)
-    assert video.camera_size_for(2000) == (1920, 1080)
-    open_source("0", video.camera_size_for(256))
-    assert asked == {"source": 0, cv2.CAP_PROP_FRAME_WIDTH: 640, cv2.CAP_PROP_FRAME_HEIGHT: 480}
-    open_source("rtsp://camera/stream", (640, 480))
+    assert video.camera_size_for(256, (1280, 720)) == (640, 360)
+    assert video.camera_size_for(256, (1920, 1080)) == (640, 360) and video.camera_size_for(224, (640, 480)) == (320, 240)
+    assert video.camera_size_for(512, (640, 480)) == (640, 480)  # never more than the camera gives
+    assert video.camera_size_for(256, (1000, 1000)) == (1000, 1000)  # an odd aspect is left alone
+    open_source("0", resize=256)
+    assert asked == {"source": 0, cv2.CAP_PROP_FRAME_WIDTH: 640, cv2.CAP_PROP_FRAME_HEIGHT: 360}
+    open_source("0", resize=256, camera_size=(800, 600))
+    assert asked == {"source": 0, cv2.CAP_PROP_FRAME_WIDTH: 800, cv2.CAP_PROP_FRAME_HEIGHT: 600}
+    open_source("rtsp://camera/stream", resize=256)
     assert asked == {"source": "rtsp://camera/stream"}
+
+
+@pytest.mark.parametrize("text", ["640", "640x", "x480", "0x480", "\u00b2x1", "640x480x3", "-640x480"])
+def test_camera_size_must_be_width_x_height(text: str) -> None:
+    from edgeres.cli import _size
+    from edgeres.errors import EdgeresError
+
+    with pytest.raises(EdgeresError, match="WIDTHxHEIGHT"):
+        _size(text)
+    assert _size("640x480") == (640, 480) and _size("1280X720") == (1280, 720)

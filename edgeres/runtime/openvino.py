@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import queue as queue_module
 import threading
@@ -82,9 +81,8 @@ class OpenVinoBackend:
         # caller takes a request from a pool and gives it back: threads never share one.
         self._requests: queue_module.SimpleQueue = queue_module.SimpleQueue()
         self._requests.put(self._compiled.create_infer_request())
-        self._throughput = None  # an AsyncInferQueue, made on the first stream()
+        self._throughput = None  # compiled on the first stream()
         self._throughput_lock = threading.Lock()
-        self._submit_lock = threading.Lock()  # AsyncInferQueue picks its idle request unguarded
 
     def _compile(self, hint: str):
         try:
@@ -118,82 +116,86 @@ class OpenVinoBackend:
     def stream(self, inputs: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """Several infer requests in flight (THROUGHPUT hint); results come back in input order.
 
-        A feeder thread pulls inputs and submits them, so each result is handed out as soon
-        as it is ready: waiting on the input iterator (a camera's next frame) would hold back
-        results that are already done and deliver them in bunches, a frame late.
-        """
-        results: queue_module.Queue = queue_module.Queue()
-        feeder = _Feeder(self._async_queue(), self._submit_lock, inputs, results)
-        feeder.start()
-        try:
-            finished: dict[int, np.ndarray] = {}
-            total = None  # known once the feeder is DONE, maybe before the last results are back
-            for next_index in itertools.count():
-                while next_index not in finished:
-                    if total is not None and next_index >= total:
-                        return
-                    index, row = results.get()
-                    if index is _Feeder.FAILED:
-                        raise row
-                    if index is _Feeder.DONE:
-                        total = row
-                    else:
-                        finished[index] = row
-                yield finished.pop(next_index)
-        finally:
-            feeder.stop()
-
-    def _async_queue(self):
-        """One queue of THROUGHPUT requests for the backend's lifetime, shared by every stream.
-
-        Each job carries its stream's result queue and index, so streams in several threads
-        share it safely; keeping it alive means no AsyncInferQueue is ever destroyed (by
-        the garbage collector, in whichever thread) while a job of it is still running.
+        A feeder thread pulls inputs and starts each on an idle request of this stream's
+        own set, so each result is handed out as soon as it is ready: waiting on the input
+        iterator (a camera's next frame) would hold back results that are already done.
+        The consumer waits on the requests in the order they started, so a failed
+        inference raises here, in this stream, after every earlier result.
         """
         with self._throughput_lock:
             if self._throughput is None:
-                queue = ov.AsyncInferQueue(self._compile("THROUGHPUT"))
-                queue.set_callback(_hand_back)
-                self._throughput = queue
-            return self._throughput
-
-
-def _hand_back(request, job: tuple[queue_module.Queue, int]) -> None:
-    results, index = job
-    results.put((index, request.get_output_tensor(0).data[0].copy()))
+                self._throughput = self._compile("THROUGHPUT")
+        feeder = _Feeder(self._throughput, inputs)
+        feeder.start()
+        try:
+            while True:
+                started = feeder.started.get()
+                if started is _Feeder.DONE:
+                    return
+                if isinstance(started, BaseException):
+                    raise started
+                started.wait()
+                row = started.get_output_tensor(0).data[0].copy()
+                feeder.idle.put(started)
+                yield row
+        finally:
+            feeder.stop()
 
 
 class _Feeder(threading.Thread):
-    """Pulls inputs and starts an inference for each; says DONE (with the count) or FAILED at the end.
+    """Starts an inference for each input on an idle request of its own set.
 
-    Jobs still running when a stream fails or is closed finish into that stream's own
-    result queue, which nobody reads any more.
+    It hands the consumer each started request, in order, then DONE, or the exception
+    that stopped it (the input's or OpenVINO's). On its way out it waits for every
+    request of its set, so no request is dropped while an inference still runs in it.
     """
 
-    DONE, FAILED = object(), object()  # sentinels in place of a result index
+    DONE = object()
 
-    def __init__(self, queue, submit_lock: threading.Lock, inputs: Iterable[np.ndarray],
-                 results: queue_module.Queue) -> None:
+    def __init__(self, compiled, inputs: Iterable[np.ndarray]) -> None:
         super().__init__(name="edgeres-openvino-feeder", daemon=True)
-        self.queue, self.submit_lock, self.inputs, self.results = queue, submit_lock, inputs, results
+        depth = max(2, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        self.requests = [compiled.create_infer_request() for _ in range(depth)]
+        self.idle: queue_module.SimpleQueue = queue_module.SimpleQueue()
+        for request in self.requests:
+            self.idle.put(request)
+        self.started: queue_module.SimpleQueue = queue_module.SimpleQueue()
+        self.inputs = inputs
         self.stopping = threading.Event()
 
     def run(self) -> None:
-        count = 0
         try:
             for item in self.inputs:
-                if self.stopping.is_set():
-                    break
-                with self.submit_lock:  # start_async waits while every request is busy
-                    self.queue.start_async({0: item[None]}, (self.results, count))
-                count += 1
-            self.results.put((self.DONE, count))
-        except BaseException as error:  # handed to the consumer, which raises it in its own thread
-            self.results.put((self.FAILED, error))
+                request = self._next_idle()
+                if request is None:
+                    return
+                request.start_async({0: item[None]})
+                self.started.put(request)
+            self.started.put(self.DONE)
+        except BaseException as error:  # raised by the consumer, in its own thread, after the earlier results
+            self.started.put(error)
+        finally:
+            for request in self.requests:
+                _settle(request)
+
+    def _next_idle(self):
+        while not self.stopping.is_set():
+            try:
+                return self.idle.get(timeout=0.05)
+            except queue_module.Empty:
+                continue
+        return None
 
     def stop(self) -> None:
         self.stopping.set()
-        self.join(timeout=5)
+        self.join(timeout=0.5)  # a feeder still waiting on its input settles its requests when it ends
+
+
+def _settle(request) -> None:
+    try:
+        request.wait()
+    except Exception:  # a failed inference the consumer did not take: nobody to tell
+        pass
 
 
 def _read_classifier(core, path: Path):

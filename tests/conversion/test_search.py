@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from edgeres.conversion.pipeline import AccuracyBarError, ConvertOptions, convert
+from edgeres.targets.npu import NpuTarget
 from edgeres.demo import DEMO_IMGSZ
 from tests.test_cli import assert_one_red_line, run_cli
 
@@ -61,7 +62,10 @@ def test_the_npu_cannot_rescue_int8_weights_and_says_so(sensitive_model, calib_d
     result = raised.value.result
     assert result.path.is_file() and not result.met
     assert any(attempt["kept_higher"] == ["fc"] for attempt in result.search["attempts"])
-    assert "A16W8" in result.record.quantization["higher_precision"]
+    best = result.search["attempts"][result.search["chosen"]]
+    # the record says what "kept out" meant for the artifact kept: A16W8 if it kept a layer out at all
+    assert result.record.quantization["higher_precision"] == (NpuTarget.higher_precision if best["kept_higher"] else None)
+    assert "A16W8" in NpuTarget.higher_precision
     assert "--fp16" in str(raised.value)
 
 

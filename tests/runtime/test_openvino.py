@@ -50,10 +50,25 @@ def test_stream_raises_the_input_error_and_stops_early(converted, held_out) -> N
         yield from frames[:3]
         raise OSError("camera unplugged")
 
+    delivered = []
     with pytest.raises(OSError, match="camera unplugged"):
-        list(classifier.stream(failing(), topk=1))
+        for prediction in classifier.stream(failing(), topk=1):
+            delivered.append(prediction)
+    assert len(delivered) == 3  # every frame before the error, then the error
     endless = classifier.stream(itertools.repeat(frames[0]), topk=1)
     assert [next(endless) for _ in range(3)] and endless.close() is None
+
+
+def test_a_failed_inference_raises_in_its_stream_and_the_next_stream_works(converted, held_out) -> None:
+    """A request whose inference failed is never reused: later streams on the backend are unaffected."""
+    classifier = Classifier(converted("x86", "int8").path, threads=2)
+    frames, _ = held_out
+    good = classifier.preprocess(frames[0])
+    for _ in range(3):  # more failures than one stream has requests
+        with pytest.raises(RuntimeError):
+            list(classifier._backend.stream([good, good, np.zeros((5, 5, 3), np.uint8)]))
+    assert [p[0].index for p in classifier.stream(frames[:5], topk=1)] == \
+        [classifier.predict(f, topk=1)[0].index for f in frames[:5]]
 
 
 def test_onnx_stream_falls_back_to_one_by_one(converted, held_out) -> None:
