@@ -271,15 +271,17 @@ def _finish(context: _Context, built: Built, search: dict | None, output: Output
                        context.options.seed))[:MAX_REFERENCE_SAMPLES]
     reference = torch_logits(context.model.module, context.spec.tensors(reference_crops))
     golden_frames = np.stack(reference_crops[:GOLDEN_COUNT])
-    golden_reference = torch_logits(context.model.module, context.spec.batch(golden_frames))
+    # a device preprocesses the golden frames in full (resize and crop again), so they are new crops
+    golden_crops = [context.spec.resize_and_crop(frame) for frame in golden_frames]
+    golden_reference = torch_logits(context.model.module, context.spec.tensors(golden_crops))
     records, rows = [], []
     for artifact in built.artifacts:
-        logits = artifact_logits(artifact.path, artifact.preprocess, reference_crops)
+        # one runtime session for both: the reference crops, then the artifact's own answers on the
+        # golden frames (the record's hash covers them too)
+        both = artifact_logits(artifact.path, artifact.preprocess, [*reference_crops, *golden_crops])
+        logits, expected = both[:len(reference_crops)], both[len(reference_crops):]
         verification = compare_logits(reference, logits, _reference_source(context))
         enforce(verification, context.options.precision, context.target.tolerance, artifact.path.name)
-        # the artifact's own answers on the golden frames: the record's hash covers them too
-        expected = artifact_logits(artifact.path, artifact.preprocess, [context.spec.resize_and_crop(f)
-                                                                        for f in golden_frames])
         golden = golden_record(golden_frames, golden_reference, expected, _stem(artifact.path),
                                asdict(context.target.tolerance))
         record = _record(context, artifact, verification, golden, search)
