@@ -181,27 +181,30 @@ class _Resampler:
         self.multiply_adds = int(crop * (x1 - x0) * 3 * len(self.row_taps) + crop * crop * 3 * len(self.col_taps))
 
     def __call__(self, frame_bgr: np.ndarray) -> np.ndarray:
-        window = frame_bgr[:, self.columns]
-        self._pass(self.row_taps, lambda rows, out: np.take(window, rows, axis=0, out=out, mode="clip"),
-                   self.gathered, self.vertical, self.vertical_term)
+        _row_pass(frame_bgr[:, self.columns], self.row_taps, self.gathered, self.vertical, self.vertical_term)
         cv2.transpose(self.vertical, dst=self.transposed)  # (columns, rows, 3): columns become rows
         source = self.transposed.reshape(self.transposed.shape[0], -1)
-        self._pass(self.col_taps, lambda rows, out: np.take(source, rows, axis=0, out=out, mode="clip"),
-                   None, self.horizontal, self.horizontal_term)
+        _row_pass(source, self.col_taps, self.horizontal_term, self.horizontal, self.horizontal_term)
         crop = self.horizontal.shape[0]
         # Rounded to nearest and saturated, as cv2.convertScaleAbs does (the weights are >= 0).
         transposed_crop = cv2.convertScaleAbs(self.horizontal).reshape(crop, crop, 3)
         return cv2.transpose(transposed_crop)
 
-    @staticmethod
-    def _pass(taps, gather, gathered, total, term) -> None:
-        for number, (rows, weights) in enumerate(taps):
-            target = gathered if gathered is not None else (total if number == 0 else term)
-            gather(rows, target)
-            weights = weights.reshape(-1, *([1] * (target.ndim - 1)))
-            np.multiply(target, weights, out=total if number == 0 else term)
-            if number:
-                np.add(total, term, out=total)
+
+def _row_pass(source: np.ndarray, taps, gathered: np.ndarray, total: np.ndarray, term: np.ndarray) -> None:
+    """total = sum over taps of (source rows of the tap) x (the tap's weight per output row).
+
+    `gathered` holds each tap's rows as they come from `source` (uint8 in the vertical pass;
+    in the horizontal pass it may be `term` itself, the product then computed in place).
+    """
+    for number, (rows, weights) in enumerate(taps):
+        np.take(source, rows, axis=0, out=gathered, mode="clip")
+        weights = weights.reshape(-1, *([1] * (gathered.ndim - 1)))
+        if number == 0:
+            np.multiply(gathered, weights, out=total)
+        else:
+            np.multiply(gathered, weights, out=term)
+            np.add(total, term, out=total)
 
 
 _resamplers = threading.local()  # per thread: a capture thread may preprocess too

@@ -72,7 +72,7 @@ class OnnxTarget:
         return self._folded_module
 
     def _export(self, module, job: ConvertJob, scratch: Path) -> Path:
-        return self._exports.get(module, job.preprocess.input_shape, scratch, opset=job.opset,
+        return self._exports.get(module, job.model_preprocess.input_shape, scratch, opset=job.opset,
                                  dynamic_batch=job.dynamic_batch, log=job.log,
                                  message=f"Exporting {job.arch} to ONNX (opset {job.opset})")
 
