@@ -230,7 +230,8 @@ def _search_int8(context: _Context, scratch: Path) -> tuple[Built, dict]:
     options, target, job, data = context.options, context.target, context.job, context.data
     context.log(f"Collecting activation statistics on {len(context.calibration)} calibration images")
     design = QuantizationDesign(context.model.module, context.spec.tensors(context.calibration.crops),
-                                context.spec.tensors(data.crops), data.truth, target.placement)
+                                context.spec.tensors(data.crops), data.truth, target.placement,
+                                target.activation_grid(job))
     _check_layers(options.keep, design.layer_names)
     count = iter(range(1000))
 

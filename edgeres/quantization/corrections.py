@@ -14,14 +14,14 @@ import torch.nn.functional as F
 
 from .points import layers
 from .ranges import Range
-from .simulate import fake_quantize, logits, quantize_weight
+from .simulate import Grid, asymmetric, fake_quantize, logits, quantize_weight
 
 BATCH = 32
 IMAGES = 128  # a mean shift settles within a hundred images (NNCF's fast bias correction uses 100)
 
 
 def correct_biases(module: torch.nn.Module, ranges: dict[str, Range], inputs: np.ndarray,
-                   skip: frozenset[str] | set[str] = frozenset()) -> dict[str, float]:
+                   skip: frozenset[str] | set[str] = frozenset(), grid: Grid = asymmetric) -> dict[str, float]:
     """Correct the biases of `module` (BatchNorm-folded) in place; returns each layer's largest shift."""
     named = dict(module.named_modules())
     chosen = [layer for layer in layers(module) if layer.name not in skip]
@@ -32,7 +32,7 @@ def correct_biases(module: torch.nn.Module, ranges: dict[str, Range], inputs: np
 
     def measure(name: str, value_range: Range):
         def hook(target, args, exact):
-            quantized = _apply(target, fake_quantize(args[0], value_range), weights[name])
+            quantized = _apply(target, fake_quantize(args[0], value_range, grid), weights[name])
             axes = [0] + list(range(2, exact.dim()))
             delta = (quantized - exact).sum(dim=axes)
             shifts[name] = delta if shifts[name] is None else shifts[name] + delta

@@ -19,7 +19,7 @@ import torch
 from .corrections import correct_biases
 from .points import fold_batchnorm, layers
 from .ranges import AUTO_METHODS, Range, choose, minmax
-from .simulate import ALL_PLACEMENTS, agreement, kl_from, logits, simulated
+from .simulate import ALL_PLACEMENTS, GRIDS, agreement, kl_from, logits, simulated
 from .statistics import collect
 
 SENSITIVITY_IMAGES = 64
@@ -61,19 +61,22 @@ class QuantizationDesign:
     """Calibration statistics of one model, collected once, and the plans made from them."""
 
     def __init__(self, module: torch.nn.Module, calibration: np.ndarray, evaluation: np.ndarray,
-                 truth: np.ndarray | None = None, placement: frozenset[str] = ALL_PLACEMENTS) -> None:
+                 truth: np.ndarray | None = None, placement: frozenset[str] = ALL_PLACEMENTS,
+                 grid: str = "asymmetric") -> None:
         self.folded = fold_batchnorm(module)
         self.calibration = calibration
         self.evaluation, self.truth = evaluation, truth
-        self.placement = placement
+        self.placement, self.grid = placement, grid
         memo = _memo_for(self.folded, calibration)
         if "stats" not in memo:
             memo["stats"] = collect(self.folded, calibration)
         self.stats = memo["stats"]
         self.layer_names = [layer.name for layer in layers(self.folded)]
         self.reference = logits(self.folded, evaluation)
-        self._plans: dict[tuple[str, bool], QuantizationPlan] = memo.setdefault("plans", {})
-        self._simulated: dict[tuple, Simulated] = memo.setdefault(("simulated", placement, _digest(evaluation)), {})
+        # bias correction measures the shift on the target's grid, so plans are per grid
+        self._plans: dict[tuple[str, bool], QuantizationPlan] = memo.setdefault(("plans", grid), {})
+        self._simulated: dict[tuple, Simulated] = memo.setdefault(("simulated", placement, grid, _digest(evaluation)),
+                                                                  {})
 
     def plan(self, method: str, bias_correction: bool, higher: tuple[str, ...] = ()) -> QuantizationPlan:
         key = (method, bias_correction)
@@ -85,7 +88,7 @@ class QuantizationDesign:
             module = self.folded
             if bias_correction:
                 module = copy.deepcopy(self.folded)
-                correct_biases(module, ranges, self.calibration)
+                correct_biases(module, ranges, self.calibration, grid=GRIDS[self.grid])
             self._plans[key] = QuantizationPlan(module, ranges, method, bias_correction)
         return self._plans[key].with_higher(higher)
 
@@ -98,7 +101,8 @@ class QuantizationDesign:
 
     def _simulate(self, plan: QuantizationPlan, subset: int | None) -> Simulated:
         inputs, reference = self.evaluation[:subset], self.reference[:subset]
-        with simulated(plan.module, plan.ranges, placement=self.placement, higher=set(plan.higher)):
+        with simulated(plan.module, plan.ranges, placement=self.placement, higher=set(plan.higher),
+                       grid=GRIDS[self.grid]):
             quantized = logits(plan.module, inputs)
         accuracy = None
         if self.truth is not None:

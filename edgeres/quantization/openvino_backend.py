@@ -17,7 +17,9 @@ from ..errors import ConversionError
 from ..logs import quiet
 from ..runtime.openvino import no_telemetry, ov
 from .design import QuantizationPlan
+from .simulate import GRIDS
 
+PRESET_GRIDS = {"performance": "nncf-symmetric", "mixed": "asymmetric"}  # how each preset lays out activations
 STATISTICS_SUBSET = 8  # NNCF needs a dataset to place quantizers; the plan's ranges replace its statistics
 
 
@@ -36,7 +38,7 @@ def quantize(model: "ov.Model", plan: QuantizationPlan, points: dict[str, str], 
             subset_size=min(STATISTICS_SUBSET, len(inputs)), ignored_scope=ignored,
             advanced_parameters=AdvancedQuantizationParameters(disable_bias_correction=True),
         )
-    applied = set_ranges(quantized, plan, points, symmetric=preset == "performance")
+    applied = set_ranges(quantized, plan, points, grid=PRESET_GRIDS[preset])
     return quantized, {
         "kind": "static", "weights": "int8 per-channel symmetric",
         "activations": "int8 per-tensor " + ("symmetric" if preset == "performance" else "asymmetric"),
@@ -45,8 +47,9 @@ def quantize(model: "ov.Model", plan: QuantizationPlan, points: dict[str, str], 
     }
 
 
-def set_ranges(model: "ov.Model", plan: QuantizationPlan, points: dict[str, str], *, symmetric: bool) -> int:
-    """Every activation FakeQuantize takes the range of its tensor's plan point; returns how many."""
+def set_ranges(model: "ov.Model", plan: QuantizationPlan, points: dict[str, str], *, grid: str) -> int:
+    """Every activation FakeQuantize takes the range of its tensor's plan point, on the preset's grid
+    (the one the design simulated); returns how many."""
     import openvino.opset13 as ops
 
     count = 0
@@ -58,7 +61,10 @@ def set_ranges(model: "ov.Model", plan: QuantizationPlan, points: dict[str, str]
         if point is None:
             raise ConversionError(f"NNCF quantized a tensor ({', '.join(sorted(names)) or 'unnamed'}) that has no "
                                   "point in the quantization plan")
-        low, high = _grid(plan.ranges[point], symmetric, fq)
+        low, high, levels = GRIDS[grid](plan.ranges[point])
+        if fq.get_attributes()["levels"] != levels:
+            raise ConversionError(f"NNCF quantized {point} to {fq.get_attributes()['levels']} levels; the plan "
+                                  f"simulated {levels}")
         for port, value in zip((1, 2, 3, 4), (low, high, low, high)):
             constant = ops.constant(np.full(fq.input_value(port).get_shape(), value, np.float32))
             fq.input(port).replace_source_output(constant.output(0))
@@ -66,14 +72,3 @@ def set_ranges(model: "ov.Model", plan: QuantizationPlan, points: dict[str, str]
     model.validate_nodes_and_infer_types()
     return count
 
-
-def _grid(value_range: tuple[float, float], symmetric: bool, fq) -> tuple[float, float]:
-    """NNCF's symmetric grids: [0, A] after a ReLU, else [-A * 128/127, A]; the mixed preset keeps the range."""
-    low, high = value_range
-    if not symmetric:
-        return low, high
-    if low >= 0:
-        return 0.0, high
-    amax = max(-low, high)
-    levels = fq.get_attributes()["levels"]
-    return -amax * (levels / 2) / (levels / 2 - 1), amax

@@ -1,14 +1,16 @@
 """INT8 as a backend computes it, simulated in PyTorch: for choosing ranges, corrections and layers.
 
 Weights are per-output-channel symmetric int8 (scale max|w| / 127, values -127..127) as
-every edgeres backend quantizes them; activations are uint8-grid fake-quantized with the
-plan's ranges wherever the target places a quantizer.
+every edgeres backend quantizes them; activations are fake-quantized with the plan's
+ranges wherever the target places a quantizer, on the target's own grid of levels: a
+zero point (ONNX Runtime, TFLite, XNNPACK), NNCF's symmetric grids, or TensorRT's
+symmetric int8, which gives a ReLU's output only 128 levels.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -21,6 +23,35 @@ BRANCHES = "branches"  # the conv outputs that go into a residual add (pre-add)
 LOGITS = "logits"  # the model's output
 ALL_PLACEMENTS = frozenset({BRANCHES, LOGITS})
 
+Grid = Callable[[Range], tuple[float, float, int]]  # a range -> the low and high end and levels it quantizes to
+
+
+def asymmetric(value_range: Range) -> tuple[float, float, int]:
+    """256 levels over the range, with a zero point: ONNX Runtime's default, TFLite, XNNPACK, NNCF mixed."""
+    return (*value_range, LEVELS)
+
+
+def symmetric(value_range: Range) -> tuple[float, float, int]:
+    """int8 with zero point 0 and scale max|x| / 127, as TensorRT requires: after a ReLU only 0..127 are used."""
+    return _signed_symmetric(*value_range)
+
+
+def nncf_symmetric(value_range: Range) -> tuple[float, float, int]:
+    """NNCF's performance preset: u8 over [0, A] after a ReLU, else i8 over [-A * 128/127, A]."""
+    low, high = value_range
+    if low >= 0:
+        return 0.0, high, LEVELS
+    return _signed_symmetric(low, high)
+
+
+def _signed_symmetric(low: float, high: float) -> tuple[float, float, int]:
+    """Scale max|x| / 127, zero point 0, saturating at -128 and 127 as int8 does."""
+    amax = max(-low, high)
+    return -amax * (LEVELS // 2) / (LEVELS // 2 - 1), amax, LEVELS
+
+
+GRIDS: dict[str, Grid] = {"asymmetric": asymmetric, "symmetric": symmetric, "nncf-symmetric": nncf_symmetric}
+
 
 def quantize_weight(weight: torch.Tensor) -> torch.Tensor:
     axes = tuple(range(1, weight.dim()))
@@ -28,8 +59,8 @@ def quantize_weight(weight: torch.Tensor) -> torch.Tensor:
     return torch.round(weight / scale).clamp(-127, 127) * scale
 
 
-def fake_quantize(values: torch.Tensor, value_range: Range, levels: int = LEVELS) -> torch.Tensor:
-    low, high = value_range
+def fake_quantize(values: torch.Tensor, value_range: Range, grid: Grid = asymmetric) -> torch.Tensor:
+    low, high, levels = grid(value_range)
     scale = max(high - low, 1e-12) / (levels - 1)
     zero = round(-low / scale)
     return (torch.clamp(torch.round(values / scale) + zero, 0, levels - 1) - zero) * scale
@@ -37,7 +68,8 @@ def fake_quantize(values: torch.Tensor, value_range: Range, levels: int = LEVELS
 
 @contextlib.contextmanager
 def simulated(module: torch.nn.Module, ranges: dict[str, Range], *, placement: frozenset[str] = ALL_PLACEMENTS,
-              higher: frozenset[str] | set[str] = frozenset(), weights: bool = True) -> Iterator[torch.nn.Module]:
+              higher: frozenset[str] | set[str] = frozenset(), weights: bool = True,
+              grid: Grid = asymmetric) -> Iterator[torch.nn.Module]:
     """Within the block, `module` computes as its INT8 artifact would; layers in `higher` stay float.
 
     Every backend requantizes the residual stream after each block (the add's output, which
@@ -47,14 +79,14 @@ def simulated(module: torch.nn.Module, ranges: dict[str, Range], *, placement: f
     handles, saved = [], {}
     try:
         for name, block in blocks(module):
-            handles.append(block.register_forward_hook(_output_quantizer(ranges[name])))
+            handles.append(block.register_forward_hook(_output_quantizer(ranges[name], grid)))
         for layer in layers(module):
             if layer.name in higher:
                 continue
             target = named[layer.name]
-            handles.append(target.register_forward_pre_hook(_input_quantizer(ranges[layer.input_point])))
+            handles.append(target.register_forward_pre_hook(_input_quantizer(ranges[layer.input_point], grid)))
             if _output_quantized(layer, placement):
-                handles.append(target.register_forward_hook(_output_quantizer(ranges[layer.name])))
+                handles.append(target.register_forward_hook(_output_quantizer(ranges[layer.name], grid)))
             if weights:
                 saved[layer.name] = target.weight.data
                 target.weight.data = quantize_weight(target.weight.data)
@@ -70,12 +102,12 @@ def _output_quantized(layer: Layer, placement: frozenset[str]) -> bool:
     return (layer.feeds_add and BRANCHES in placement) or (layer.name == "fc" and LOGITS in placement)
 
 
-def _input_quantizer(value_range: Range):
-    return lambda _, args: (fake_quantize(args[0], value_range),)
+def _input_quantizer(value_range: Range, grid: Grid):
+    return lambda _, args: (fake_quantize(args[0], value_range, grid),)
 
 
-def _output_quantizer(value_range: Range):
-    return lambda _, __, output: fake_quantize(output, value_range)
+def _output_quantizer(value_range: Range, grid: Grid):
+    return lambda _, __, output: fake_quantize(output, value_range, grid)
 
 
 def logits(module: torch.nn.Module, inputs: np.ndarray, batch: int = 64) -> np.ndarray:

@@ -84,6 +84,9 @@ class Target(Protocol):
     def input_spec(self, model_spec: Preprocess) -> Preprocess:
         """The artifact's input, derived from the PyTorch model's (same resize and crop)."""
 
+    def activation_grid(self, job: ConvertJob) -> str:
+        """How its INT8 activations lay 256 levels over a range: a name in quantization.simulate.GRIDS."""
+
     def build(self, job: ConvertJob, plan, scratch: Path) -> Built:
         """Export job.module (for INT8: plan.module, quantized by `plan`) into `scratch`."""
 

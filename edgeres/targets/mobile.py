@@ -49,6 +49,9 @@ class MobileTarget:
     def input_spec(self, model_spec: Preprocess) -> Preprocess:
         return model_spec
 
+    def activation_grid(self, job: ConvertJob) -> str:
+        return "asymmetric"  # XNNPACK's int8 activations have a zero point
+
     def build(self, job: ConvertJob, plan, scratch: Path) -> Built:
         scratch.mkdir(parents=True, exist_ok=True)
         job.log(LITE_DEPRECATION)

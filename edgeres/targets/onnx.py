@@ -42,6 +42,9 @@ class OnnxTarget:
     def input_spec(self, model_spec: Preprocess) -> Preprocess:
         return model_spec
 
+    def activation_grid(self, job: ConvertJob) -> str:
+        return "symmetric" if self.symmetric_activations else "asymmetric"
+
     def build(self, job: ConvertJob, plan, scratch: Path) -> Built:
         scratch.mkdir(parents=True, exist_ok=True)
         # FP32 and FP16 export the folded model too (exact in float), so every precision's ONNX has the

@@ -25,7 +25,7 @@ from ..quantization.simulate import BRANCHES
 from ..runtime.openvino import no_telemetry, ov
 from .base import PRECISIONS, Built, BuiltArtifact, ConvertJob, Tolerance
 
-PRESETS = ("performance", "mixed")
+PRESETS = tuple(openvino_backend.PRESET_GRIDS)  # performance (the default), mixed
 
 
 class OpenVinoTarget:
@@ -48,6 +48,9 @@ class OpenVinoTarget:
         """Raw pixels: the normalisation is inside the graph (see `_pixel_input`)."""
         return model_spec.replace(mean=(0.0, 0.0, 0.0), std=(1 / 255,) * 3, color="BGR", layout="NHWC",
                                   dtype="uint8", input_scale=1.0, input_zero_point=0)
+
+    def activation_grid(self, job: ConvertJob) -> str:
+        return openvino_backend.PRESET_GRIDS[job.preset or "performance"]
 
     def build(self, job: ConvertJob, plan, scratch: Path) -> Built:
         scratch.mkdir(parents=True, exist_ok=True)

@@ -72,6 +72,9 @@ class TfliteTarget:
         """Raw pixels: the normalisation is inside the graph."""
         return model_spec.replace(mean=(0.0, 0.0, 0.0), std=(1 / 255,) * 3, color="BGR", layout="NHWC")
 
+    def activation_grid(self, job: ConvertJob) -> str:
+        return "asymmetric"  # ai-edge-quantizer: int8 activations with a zero point (LiteRT's kernels)
+
     def build(self, job: ConvertJob, plan, scratch: Path) -> Built:
         scratch.mkdir(parents=True, exist_ok=True)
         fp32 = self._export(plan.module if plan else job.module, job, scratch)

@@ -17,7 +17,7 @@ from edgeres.quantization.design import QuantizationDesign
 from edgeres.quantization.points import fold_batchnorm, layers, points
 from edgeres.quantization.ranges import METHODS, choose, fake_quantize
 from edgeres.quantization.simulate import fake_quantize as fake_quantize_tensor
-from edgeres.quantization.simulate import logits, quantize_weight, simulated
+from edgeres.quantization.simulate import GRIDS, logits, quantize_weight, simulated
 from edgeres.quantization.statistics import PointStats, collect
 
 
@@ -111,6 +111,61 @@ def test_simulation_with_wide_grids_is_float_and_int8_is_not(monkeypatch) -> Non
     with simulated(folded, ranges, higher=every):
         only_stream = logits(folded, x)
     assert np.abs(only_stream - exact).max() < np.abs(int8 - exact).max()
+
+
+def _quantize_dequantize(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """ONNX Runtime's own QuantizeLinear -> DequantizeLinear on int8."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["q"]),
+         helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["y"])], "qdq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(values.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(values.shape))],
+        [helper.make_tensor("scale", TensorProto.FLOAT, [], [scale]),
+         helper.make_tensor("zero", TensorProto.INT8, [], [zero_point])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": values})[0]
+
+
+@pytest.mark.parametrize("value_range", [(0.0, 6.0), (-2.0, 6.0), (-5.0, 1.5)])
+@pytest.mark.parametrize("grid, symmetric", [("asymmetric", False), ("symmetric", True)])
+def test_simulated_grids_are_onnx_runtimes_int8(value_range, grid: str, symmetric: bool) -> None:
+    """The grid the design simulates is the one ONNX Runtime computes for the same range (jetson: symmetric,
+    so after a ReLU only 128 levels)."""
+    from onnx import TensorProto
+    from onnxruntime.quantization.quant_utils import compute_scale_zp, get_qmin_qmax_for_qType
+
+    low, high = value_range
+    qmin, qmax = get_qmin_qmax_for_qType(TensorProto.INT8, symmetric=symmetric)
+    zero, scale = compute_scale_zp(np.float32(low), np.float32(high), qmin, qmax, symmetric=symmetric)
+    values = np.linspace(1.5 * min(low, -1.0), 1.5 * high, 20001, dtype=np.float32)
+    expected = _quantize_dequantize(values, float(scale), int(zero))
+    simulated_values = fake_quantize_tensor(torch.from_numpy(values), value_range, GRIDS[grid]).numpy()
+    assert np.abs(simulated_values - expected).max() < 1e-4 * high
+    levels = len(np.unique(expected[(values >= 0) & (values <= high)]))
+    assert levels == 1 + round(high / float(scale))
+    if symmetric and low == 0:
+        assert levels == 128  # what TensorRT gives a ReLU's output
+
+
+def test_nncf_grid_is_openvinos_fake_quantize() -> None:
+    """x86's default preset: the FakeQuantize the backend writes computes what the design simulated."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    values = np.linspace(-9.0, 9.0, 20001, dtype=np.float32)
+    for value_range in [(0.0, 6.0), (-2.0, 6.0), (-5.0, 1.5)]:
+        low, high, levels = GRIDS["nncf-symmetric"](value_range)
+        x = ops.parameter(values.shape, np.float32)
+        bounds = [ops.constant(np.float32(v)) for v in (low, high, low, high)]
+        model = ov.Model([ops.fake_quantize(x, *bounds, levels)], [x])
+        compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        expected = compiled(values)[0]
+        simulated_values = fake_quantize_tensor(torch.from_numpy(values), value_range, GRIDS["nncf-symmetric"])
+        assert np.abs(simulated_values.numpy() - expected).max() < 1e-4 * high, value_range
 
 
 @pytest.mark.parametrize("layer_name", ["conv1", "layer3.0.conv2", "fc"])

@@ -55,9 +55,13 @@ def test_target_artifact_verifies_and_evaluates(target: str, precision: str, con
 
 
 def test_every_target_says_how_it_quantizes_and_keeps_layers_out() -> None:
-    from edgeres.quantization.simulate import ALL_PLACEMENTS
+    from types import SimpleNamespace
+
+    from edgeres.quantization.simulate import ALL_PLACEMENTS, GRIDS
 
     for name in REGISTRY:
         target = get_target(name)
         assert target.placement <= ALL_PLACEMENTS and target.higher_precision
+        for preset in (None, *target.presets):
+            assert target.activation_grid(SimpleNamespace(preset=preset)) in GRIDS
         assert callable(target.build) and callable(target.embed_record)
