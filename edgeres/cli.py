@@ -14,6 +14,7 @@ from typing import Any, Iterable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import track
 from rich.table import Table
 
@@ -26,6 +27,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 console = Console()
 err_console = Console(stderr=True)
@@ -42,7 +44,7 @@ def _progress(items: Iterable[Any], description: str, total: int) -> Iterable[An
 
 
 def _log(message: str) -> None:
-    err_console.print(f"[dim]{message}[/dim]")
+    err_console.print(f"[dim]{escape(message)}[/dim]")
 
 
 def _target_help() -> str:
@@ -550,6 +552,12 @@ def main() -> None:
         app()
     except EdgeresError as error:
         _fail(f"{error}")
+    except ImportError as error:  # a device install has one runtime; converting needs the heavy extras
+        extra = EXTRA_OF_MODULE.get((error.name or "").split(".")[0])
+        if extra is None:
+            _fail(f"unexpected ImportError: {error}. Run again with --verbose for the traceback")
+        _fail(f"{error.name} is not installed, and this command needs it: pip install 'edgeres[{extra}]' "
+              "(a device that only runs artifacts needs just its runtime's extra)")
     except OSError as error:  # disk full, permission denied, ...: the message names the path
         _fail(f"{error}")
     except MemoryError:
@@ -562,8 +570,17 @@ def main() -> None:
               "and report it if the input looks right")
 
 
+# The packages only conversion (or the demo's data) needs, and the extra that installs each.
+EXTRA_OF_MODULE = {
+    **dict.fromkeys(("torch", "torchvision", "onnx", "onnxscript", "nncf", "litert_torch", "ai_edge_quantizer",
+                     "matplotlib", "executorch"), "convert"),
+    "sklearn": "demo", "skimage": "demo",
+}
+
+
 def _fail(message: str) -> None:
     if "--verbose" in sys.argv:
         raise  # noqa: PLE0704  (inside the handler that called us: the original traceback)
-    err_console.print(f"[bold red]error:[/bold red] {message}", soft_wrap=True, highlight=False)
+    # escaped: an install hint's [x86] or a path's brackets are text, not rich markup
+    err_console.print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True, highlight=False)
     sys.exit(1)

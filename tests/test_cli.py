@@ -79,6 +79,49 @@ def test_help_teaches(monkeypatch, capsys) -> None:
         assert words in out
 
 
+def test_short_help_is_help(monkeypatch, capsys) -> None:
+    code, out, _ = run_cli(monkeypatch, capsys, "convert", "-h")
+    assert code == 0 and "--calib" in out and "Usage" in out
+
+
+def test_an_install_hint_keeps_its_brackets(monkeypatch, capsys, tmp_path: Path) -> None:
+    """rich would read [x86] as markup and print pip install 'edgeres'."""
+    from edgeres.errors import BackendUnavailableError
+    from edgeres.runtime import classifier
+
+    def unavailable(*_, **__):
+        raise BackendUnavailableError("OpenVINO IR artifacts need OpenVINO: pip install 'edgeres[x86]' [/bold]")
+
+    monkeypatch.setattr(classifier.Classifier, "__init__", unavailable)
+    artifact = tmp_path / "model[1].xml"
+    artifact.write_text("<net/>")
+    code, _, err = run_cli(monkeypatch, capsys, "predict", artifact, tmp_path / "frame.png")
+    assert_one_red_line(code, err, "pip install 'edgeres[x86]' [/bold]")
+
+
+def test_converting_on_a_device_install_names_the_extra(tmp_path: Path) -> None:
+    """Where only a runtime is installed, convert says which extra to add: one line, no traceback."""
+    import subprocess
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import importlib.abc, sys
+        class Absent(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name.split(".")[0] in {{"torch", "torchvision"}}:
+                    raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        sys.meta_path.insert(0, Absent())
+        sys.argv = ["edgeres", "convert", {str(tmp_path / "model.pth")!r}, "--arch", "resnet18"]
+        open(sys.argv[2], "wb").write(b"not a checkpoint")
+        from edgeres.cli import main
+        main()
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**__import__("os").environ, "COLUMNS": "200"})
+    assert_one_red_line(result.returncode, result.stderr, "torch is not installed")
+    assert "pip install 'edgeres[convert]'" in result.stderr
+
+
 def test_missing_checkpoint(monkeypatch, capsys, tmp_path: Path) -> None:
     code, _, err = run_cli(monkeypatch, capsys, "convert", tmp_path / "model.pth")
     assert_one_red_line(code, err, "does not exist")
