@@ -256,15 +256,32 @@ def predict(
         console.print(table)
 
 
+def _record_of(artifact: Path):
+    from .artifact import read_sidecar
+    from .errors import BackendUnavailableError
+    from .runtime.classifier import Classifier
+
+    try:
+        return Classifier(artifact).record
+    except BackendUnavailableError as error:
+        record = read_sidecar(artifact) if artifact.is_file() else None
+        if record is None:
+            raise
+        _log(f"Read from the sidecar record, not checked against the model ({error})")
+        return record
+
+
 @app.command()
 def info(
     artifact: Path = typer.Argument(..., help="An artifact made by `edgeres convert`."),
     as_json: bool = typer.Option(False, "--json", help="Print the whole edgeres record as JSON."),
 ) -> None:
-    """Show what an artifact is: model, precision, preprocessing, labels, checks."""
-    from .runtime.classifier import Classifier
+    """Show what an artifact is: model, precision, preprocessing, labels, checks.
 
-    record = Classifier(artifact).record
+    Runs without the artifact's runtime when its sidecar record is beside it (on a machine
+    that only converts, say); with the runtime the record is also checked against the model.
+    """
+    record = _record_of(artifact)
     if as_json:
         console.print_json(record.to_json())
         return

@@ -1,13 +1,18 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from edgeres.artifact import sidecar_path
 from edgeres.cli import main
 from edgeres.conversion.pipeline import torch_logits
 from edgeres.runtime.classifier import Classifier
@@ -72,6 +77,37 @@ def test_predict_and_info(monkeypatch, capsys, converted, digits) -> None:
     assert json.loads(out)["labels"][0] == "zero"
 
 
+def _without(modules: set[str], argv: list[str]) -> subprocess.CompletedProcess:
+    """The CLI in a fresh interpreter where `modules` are not installed."""
+    code = textwrap.dedent(f"""
+        import importlib.abc, sys
+        class Absent(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name.split(".")[0] in {modules!r}:
+                    raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        sys.meta_path.insert(0, Absent())
+        sys.argv = {["edgeres", *map(str, argv)]!r}
+        from edgeres.cli import main
+        main()
+    """)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COLUMNS": "200"})
+
+
+@pytest.mark.slow
+def test_info_without_the_runtime_reads_the_sidecar(converted, tmp_path: Path) -> None:
+    result = converted("onnx", "fp32")
+    artifact = tmp_path / result.path.name
+    shutil.copy(result.path, artifact)
+    shutil.copy(sidecar_path(result.path), sidecar_path(artifact))
+    shown = _without({"onnxruntime"}, ["info", artifact])
+    assert shown.returncode == 0, shown.stderr
+    assert "resnet18, 10 classes" in shown.stdout and "not checked against the model" in shown.stderr
+    sidecar_path(artifact).unlink()
+    missing = _without({"onnxruntime"}, ["info", artifact])
+    assert_one_red_line(missing.returncode, missing.stderr, "pip install 'edgeres[onnx]'")
+
+
 def test_help_teaches(monkeypatch, capsys) -> None:
     code, out, _ = run_cli(monkeypatch, capsys, "convert", "--help")
     assert code == 0
@@ -101,23 +137,9 @@ def test_an_install_hint_keeps_its_brackets(monkeypatch, capsys, tmp_path: Path)
 
 def test_converting_on_a_device_install_names_the_extra(tmp_path: Path) -> None:
     """Where only a runtime is installed, convert says which extra to add: one line, no traceback."""
-    import subprocess
-    import textwrap
-
-    code = textwrap.dedent(f"""
-        import importlib.abc, sys
-        class Absent(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path, target=None):
-                if name.split(".")[0] in {{"torch", "torchvision"}}:
-                    raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
-        sys.meta_path.insert(0, Absent())
-        sys.argv = ["edgeres", "convert", {str(tmp_path / "model.pth")!r}, "--arch", "resnet18"]
-        open(sys.argv[2], "wb").write(b"not a checkpoint")
-        from edgeres.cli import main
-        main()
-    """)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                            env={**__import__("os").environ, "COLUMNS": "200"})
+    checkpoint = tmp_path / "model.pth"
+    checkpoint.write_bytes(b"not a checkpoint")
+    result = _without({"torch", "torchvision"}, ["convert", checkpoint, "--arch", "resnet18"])
     assert_one_red_line(result.returncode, result.stderr, "torch is not installed")
     assert "pip install 'edgeres[convert]'" in result.stderr
 
