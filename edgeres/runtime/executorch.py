@@ -14,6 +14,7 @@ import numpy as np
 
 from ..artifact import ArtifactRecord
 from ..errors import ArtifactError, BackendUnavailableError, DeviceError
+from ..logs import quiet
 
 
 class ExecuTorchBackend:
@@ -22,15 +23,17 @@ class ExecuTorchBackend:
     def __init__(self, path: Path, threads: int | None, device: str | None = None) -> None:
         self._lock = threading.Lock()  # a loaded method holds its own input and output buffers: one call at a time
         try:
-            import torch
-            from executorch.runtime import Runtime
+            with quiet():  # native cpuinfo probes and torch deprecations at first import
+                import torch
+                from executorch.runtime import Runtime
         except ImportError:
             raise BackendUnavailableError(".pte artifacts need ExecuTorch's runtime: pip install 'edgeres[mobile]'") from None
         if device not in (None, "CPU"):
             raise DeviceError(f"ExecuTorch's Python runtime runs on the CPU; device {device!r} is not available")
         self._torch = torch
         try:
-            self._method = Runtime.get().load_program(str(path)).load_method("forward")
+            with quiet():
+                self._method = Runtime.get().load_program(str(path)).load_method("forward")
         except Exception as error:  # the runtime raises its own untyped errors for a bad file
             raise ArtifactError(f"{path} is not a loadable ExecuTorch program: {error}") from None
 

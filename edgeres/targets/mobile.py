@@ -77,9 +77,10 @@ class MobileTarget:
 def executorch_program(module, example: torch.Tensor, plan, job: ConvertJob) -> tuple[bytes, dict | None, list[dict]]:
     """The .pte bytes: torch.export, PT2E INT8 by the plan if asked, lowered to the XNNPACK delegate."""
     try:
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-        from executorch.devtools.backend_debug import get_delegation_info
-        from executorch.exir import to_edge_transform_and_lower
+        with quiet():  # its first import logs torch deprecations and native cpuinfo probes
+            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+            from executorch.devtools.backend_debug import get_delegation_info
+            from executorch.exir import to_edge_transform_and_lower
     except ImportError:
         raise BackendUnavailableError("the mobile target needs ExecuTorch: pip install 'edgeres[convert]' "
                                       "(executorch 1.5.1 with torch 2.14.1)") from None
