@@ -6,11 +6,12 @@ so `edgeres predict` and `edgeres info` run on a device with only the runtime.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -26,7 +27,7 @@ app = typer.Typer(
     help="Take a trained ResNet18/50 classifier to the edge: convert it per device, run every artifact the same way.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 console = Console()
@@ -45,6 +46,59 @@ def _progress(items: Iterable[Any], description: str, total: int) -> Iterable[An
 
 def _log(message: str) -> None:
     err_console.print(f"[dim]{escape(message)}[/dim]")
+
+
+def _show(table: Table) -> None:
+    """A table on a terminal; piped or redirected, plain tab-separated lines, so no cell is cut."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    columns = table.columns
+    if table.title:
+        print(table.title)
+    if table.show_header:
+        print("\t".join(_plain(column.header) for column in columns))
+    for cells in zip(*(column.cells for column in columns)):
+        print("\t".join(_plain(cell) for cell in cells))
+
+
+def _plain(cell: Any) -> str:
+    from rich.text import Text
+
+    return cell.plain if isinstance(cell, Text) else Text.from_markup(str(cell)).plain
+
+
+class _Steps:
+    """One live display for a long command: the current step with a spinner and its time, and a
+    bar for each counted loop inside it (rich allows one live display at a time)."""
+
+    def __init__(self, progress) -> None:
+        self._progress = progress
+        self._step = progress.add_task("", total=None)
+
+    def log(self, message: str) -> None:
+        _log(message)
+        self._progress.update(self._step, description=escape(message))
+
+    def track(self, items: Iterable[Any], description: str, total: int) -> Iterable[Any]:
+        task = self._progress.add_task(escape(description), total=total)
+        try:
+            for item in items:
+                yield item
+                self._progress.advance(task)
+        finally:
+            self._progress.remove_task(task)
+
+
+@contextlib.contextmanager
+def _steps(first: str) -> Iterator[_Steps]:
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                  console=err_console, transient=True) as progress:
+        steps = _Steps(progress)
+        steps.log(first)
+        yield steps
 
 
 def _target_help() -> str:
@@ -132,10 +186,10 @@ def convert(
         opset=opset, name=name, seed=seed, preset=preset, verbose=verbose, keep=tuple(keep_float or ()), val=val,
         max_drop=max_drop, min_agreement=min_agreement, max_kept=max_kept,
     )
-    with err_console.status("Loading the model"):
-        model = load_model(checkpoint, arch, weights=weights, labels=labels, trust_checkpoint=trust_checkpoint)
     try:
-        result = run_conversion(model, options, progress=_progress, log=_log)
+        with _steps(f"Loading {checkpoint.name}") as steps:
+            model = load_model(checkpoint, arch, weights=weights, labels=labels, trust_checkpoint=trust_checkpoint)
+            result = run_conversion(model, options, progress=steps.track, log=steps.log)
     except AccuracyBarError as error:
         _print_result(error.result, out)
         raise
@@ -167,7 +221,7 @@ def _print_artifact(path: Path, record: Any) -> None:
         f"{verification['top1_agreement']:.1%}", f"{verification['max_abs_logit_diff']:.2e}",
         f"{verification['samples']} {verification['sample_source']}",
     )
-    console.print(table)
+    _show(table)
     _print_checks(record.checks)
     profile = record.device_profile
     if profile and profile["recommended_precision"] != record.precision:
@@ -186,7 +240,7 @@ def _print_attempts(search: dict) -> None:
         chosen = " (kept)" if index == search["chosen"] else ""
         table.add_row(str(index), ranges, kept, f"{attempt['agreement']:.2%}", drop,
                       ("met" if attempt["met"] else "missed") + chosen)
-    console.print(table)
+    _show(table)
 
 
 def _print_checks(checks: list[dict]) -> None:
@@ -253,7 +307,7 @@ def predict(
             table.add_column(column)
         for rank, p in enumerate(predictions, 1):
             table.add_row(str(rank), p.label, str(p.index), f"{p.probability:.4f}")
-        console.print(table)
+        _show(table)
 
 
 def _record_of(artifact: Path):
@@ -316,7 +370,7 @@ def info(
         rows[f"rule: {check['rule']}"] = ("passed: " if check["passed"] else "FAILED: ") + check["detail"]
     for key, value in rows.items():
         table.add_row(key, value)
-    console.print(table)
+    _show(table)
 
 
 @app.command("eval")
@@ -351,14 +405,14 @@ def evaluate(
     for name, m in results.items():
         table.add_row(name, f"{m.top1:.2%}", f"{m.top5:.2%}", "-" if m.agreement is None else f"{m.agreement:.2%}",
                       "-" if m.mean_kl is None else f"{m.mean_kl:.2e}")
-    console.print(table)
+    _show(table)
     per_class = Table(title="Accuracy per class")
     per_class.add_column("class", no_wrap=True, min_width=5)
     for name in results:
         per_class.add_column(name, no_wrap=True)
     for label in next(iter(results.values())).per_class:
         per_class.add_row(label, *(f"{m.per_class[label]:.1%}" for m in results.values()))
-    console.print(per_class)
+    _show(per_class)
     if mapping != "by label":
         err_console.print(f"[yellow]class folders matched {mapping}[/yellow]")
 
@@ -395,7 +449,7 @@ def benchmark_command(
     for r in results:
         table.add_row(r.artifact, r.runtime.split(" ")[0], f"{r.size_mb:.1f}", f"{r.first_inference_ms:.0f}",
                       f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.fps:.0f}", f"{r.peak_rss_mb:.0f}")
-    console.print(table)
+    _show(table)
 
 
 @app.command("build-engine")
@@ -449,7 +503,7 @@ def verify(
                       f"{check.max_abs_vs_reference:.3g} (largest logit {check.scale:.3g})")
         table.add_row("vs this artifact at conversion", f"top-1 {check.top1_vs_expected:.0%}, largest logit "
                       f"difference {check.max_abs_vs_expected:.3g}")
-        console.print(table)
+        _show(table)
     if not check.passed:
         raise EdgeresError(f"{artifact.name} failed on this device: " + "; ".join(check.failures))
     console.print(f"[green]{artifact.name} passed[/green] ({classifier.record.precision}, {classifier.backend_name})")
@@ -483,13 +537,20 @@ def video(
       edgeres video out/resnet18_x86_int8.xml --source clip.mp4 --headless --out results/
     """
     from .runtime.classifier import Classifier
-    from .video import classify_video, window_show
+    from .video import classify_video, no_window_reason, window_show
 
     if headless and out is None:
         raise EdgeresError("--headless needs --out DIR for the annotated video and per-frame results")
     size = _size(camera_size)  # before the model loads: a typo should cost nothing
     classifier = Classifier(artifact, threads=threads, device=device)
-    show = None if headless else window_show()
+    show = None
+    if not headless:
+        reason = no_window_reason()
+        if reason:
+            _log(f"No window: {reason}; classifying headless" + ("" if out else " (add --out DIR for the annotated "
+                                                                        "video and per-frame results)"))
+        else:
+            show = window_show()
     summary = classify_video(classifier, source, out_dir=out, max_frames=max_frames, show=show,
                              show_every=show_every, realtime=not all_frames, camera_size=size)
     table = Table(title=f"{artifact.name} on {source}", show_header=False)
@@ -502,7 +563,7 @@ def video(
     }
     for key, value in rows.items():
         table.add_row(key, value)
-    console.print(table)
+    _show(table)
 
 
 def _size(text: str | None) -> tuple[int, int] | None:
@@ -544,7 +605,7 @@ def demo(
         table.add_row(row["artifact"], row["runtime"].split(" ")[0], f"{row['size_mb']:.1f}",
                       "n/a" if row["accuracy"] is None else f"{row['accuracy']:.1%}", f"{row['agreement']:.1%}",
                       f"{row['ms_per_frame']:.2f}")
-    console.print(table)
+    _show(table)
     console.print("* top-1 agreement with the first (FP32 ONNX) artifact; ms: Classifier.predict per "
                   f"image, preprocessing included. Report: {out / 'report.json'}")
     console.print(f"Video ({video['artifact']}, real time): {video['frames_classified']}/{video['frames_read']} "

@@ -10,6 +10,9 @@ from __future__ import annotations
 import collections
 import csv
 import json
+import os
+import re
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -302,6 +305,16 @@ class _VideoRun:
 def _fps(done_times: list[float], window: int = 30) -> float:
     recent = done_times[-window:]
     return (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
+
+
+def no_window_reason() -> str | None:
+    """Why no window can open here, or None: edgeres installs headless OpenCV, and a server or an ssh
+    session has no display (where GUI OpenCV aborts the process instead of raising)."""
+    if re.search(r"GUI:\s+NONE", cv2.getBuildInformation()):
+        return "this OpenCV has no window support (opencv-python-headless; pip install opencv-python for one)"
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return "no display (DISPLAY is not set)"
+    return None
 
 
 def window_show(title: str = "edgeres") -> Callable[[np.ndarray], bool]:

@@ -115,6 +115,27 @@ def test_help_teaches(monkeypatch, capsys) -> None:
         assert words in out
 
 
+def test_piped_tables_are_plain_and_whole(capsys) -> None:
+    """Piped or redirected, a table is tab-separated lines: nothing cut to the width, no box drawing."""
+    from rich.table import Table
+
+    from edgeres import cli
+
+    table = Table(title="Wrote out/model.onnx")
+    for column in ("artifact", "max |logit diff|"):
+        table.add_column(column)
+    table.add_row("resnet50_imagenet_finetuned_npu_int8_a16w8.onnx", "[bold]1.23e-05[/bold]")
+    cli._show(table)
+    out = capsys.readouterr().out
+    assert out.splitlines() == ["Wrote out/model.onnx", "artifact\tmax |logit diff|",
+                                "resnet50_imagenet_finetuned_npu_int8_a16w8.onnx\t1.23e-05"]
+
+
+def test_shell_completion_is_offered(monkeypatch, capsys) -> None:
+    code, out, _ = run_cli(monkeypatch, capsys, "--help")
+    assert code == 0 and "--install-completion" in out and "--show-completion" in out
+
+
 def test_short_help_is_help(monkeypatch, capsys) -> None:
     code, out, _ = run_cli(monkeypatch, capsys, "convert", "-h")
     assert code == 0 and "--calib" in out and "Usage" in out
