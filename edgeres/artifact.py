@@ -23,6 +23,12 @@ from .labels import repeated_labels
 SCHEMA_VERSION = 1
 SIDECAR_SUFFIX = ".edgeres.json"
 METADATA_KEY = "edgeres"
+# ExecuTorch: a constant method of the program returns the record, so the .pte alone carries it; it is
+# reserved at export as a fixed-size placeholder and filled in place once the record is known.
+PTE_RECORD_METHOD = "edgeres_record"
+PTE_RECORD_BYTES = 1 << 18  # room for 1000 ImageNet labels and the whole quantization record
+PTE_RECORD_PLACEHOLDER = "edgeres-record-placeholder".ljust(PTE_RECORD_BYTES)
+LITE_RECORD_FILE = f"{METADATA_KEY}.json"  # TorchScript Lite: an extra file (extra/edgeres.json in the zip)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..artifact import ArtifactRecord
+from ..artifact import PTE_RECORD_METHOD, PTE_RECORD_PLACEHOLDER, ArtifactRecord, parse_embedded
 from ..errors import ArtifactError, BackendUnavailableError, DeviceError
 from ..logs import quiet
 
@@ -33,12 +33,20 @@ class ExecuTorchBackend:
         self._torch = torch
         try:
             with quiet():
-                self._method = Runtime.get().load_program(str(path)).load_method("forward")
+                self._program = Runtime.get().load_program(str(path))
+                self._method = self._program.load_method("forward")
         except Exception as error:  # the runtime raises its own untyped errors for a bad file
             raise ArtifactError(f"{path} is not a loadable ExecuTorch program: {error}") from None
+        self._path = path
 
     def embedded_record(self) -> ArtifactRecord | None:
-        return None  # the record is in the sidecar
+        """The record its constant method returns (.pte files from before it existed have none)."""
+        if PTE_RECORD_METHOD not in self._program.method_names:
+            return None
+        text = self._program.load_method(PTE_RECORD_METHOD).execute([])[0]
+        if not isinstance(text, str) or text == PTE_RECORD_PLACEHOLDER:
+            return None  # never filled: a conversion that stopped before its record was written
+        return parse_embedded(text, self._path)
 
     @property
     def max_batch(self) -> int | None:

@@ -7,12 +7,13 @@ LibTorch-Lite); this is the same interpreter in desktop torch.
 from __future__ import annotations
 
 import threading
+import zipfile
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
-from ..artifact import ArtifactRecord
+from ..artifact import LITE_RECORD_FILE, ArtifactRecord, parse_embedded
 from ..errors import ArtifactError, BackendUnavailableError, DeviceError
 
 
@@ -37,9 +38,13 @@ class LiteInterpreterBackend:
             self._module = _load_for_lite_interpreter(str(path))
         except Exception as error:  # torch raises its own untyped errors for a bad file
             raise ArtifactError(f"{path} is not a TorchScript Lite model: {str(error).splitlines()[0]}") from None
+        self._path = path
 
     def embedded_record(self) -> ArtifactRecord | None:
-        return None  # the record is in the sidecar
+        """The record in the archive's extra files (where PyTorch Mobile's loaders read extra files)."""
+        with zipfile.ZipFile(self._path) as archive:
+            name = next((n for n in archive.namelist() if n.endswith(f"/extra/{LITE_RECORD_FILE}")), None)
+            return None if name is None else parse_embedded(archive.read(name).decode("utf-8"), self._path)
 
     @property
     def max_batch(self) -> int | None:

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import copy
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import torch
 
-from ..artifact import ArtifactRecord, TensorSpec
+from ..artifact import (LITE_RECORD_FILE, PTE_RECORD_BYTES, PTE_RECORD_METHOD, PTE_RECORD_PLACEHOLDER, ArtifactRecord,
+                        TensorSpec)
 from ..exporters.common import INPUT_NAME, OUTPUT_NAME
 from ..errors import BackendUnavailableError, ConversionError, TargetError
 from ..logs import quiet
@@ -71,7 +73,29 @@ class MobileTarget:
         ])
 
     def embed_record(self, artifact: BuiltArtifact, record: ArtifactRecord) -> None:
-        """Neither format has room for it here: the sidecar carries the record."""
+        """.pte: the record fills the constant method reserved at export (same size, so the program is
+        unchanged otherwise); .ptl: an extra file, as PyTorch Mobile's loaders read them."""
+        if artifact.format == "pte":
+            fill_record(artifact.path, record.to_json())
+        else:
+            with zipfile.ZipFile(artifact.path) as archive:
+                root = archive.namelist()[0].split("/")[0]
+            with zipfile.ZipFile(artifact.path, "a", compression=zipfile.ZIP_STORED) as archive:
+                archive.writestr(f"{root}/extra/{LITE_RECORD_FILE}", record.to_json())
+
+
+def fill_record(pte: Path, text: str) -> None:
+    """Write `text` over the .pte's record placeholder, padded with spaces (still valid JSON)."""
+    data = bytearray(pte.read_bytes())
+    start = data.find(PTE_RECORD_PLACEHOLDER.encode())
+    encoded = text.encode()
+    if start < 0 or data.find(PTE_RECORD_PLACEHOLDER.encode(), start + 1) >= 0:
+        raise ConversionError(f"{pte.name} has no single record placeholder; it was not exported by this edgeres")
+    if len(encoded) > PTE_RECORD_BYTES:
+        raise ConversionError(f"the record ({len(encoded)} bytes) is larger than the {PTE_RECORD_BYTES} bytes "
+                              f"reserved in {pte.name}; use shorter labels")
+    data[start:start + PTE_RECORD_BYTES] = encoded.ljust(PTE_RECORD_BYTES)
+    pte.write_bytes(bytes(data))
 
 
 def executorch_program(module, example: torch.Tensor, plan, job: ConvertJob) -> tuple[bytes, dict | None, list[dict]]:
@@ -90,7 +114,8 @@ def executorch_program(module, example: torch.Tensor, plan, job: ConvertJob) -> 
         program = torch.export.export(module, (example,))
         if plan is not None:
             program, quantization = executorch_backend.pt2e_int8(plan, example)
-        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
+                                           constant_methods={PTE_RECORD_METHOD: PTE_RECORD_PLACEHOLDER})
         info = get_delegation_info(edge.exported_program().graph_module)
         buffer = edge.to_executorch().buffer
     outside = {row["op_type"]: row["occurrences_in_non_delegated_graphs"]

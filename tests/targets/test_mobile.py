@@ -55,6 +55,33 @@ def test_records_say_what_ran(converted) -> None:
     assert ptl.golden["file"].endswith("_lite.golden.npz") and pte.golden["file"].endswith("int8.golden.npz")
 
 
+@pytest.mark.parametrize("kind", ["pte", "ptl"])
+def test_the_file_alone_carries_its_record(converted, held_out, tmp_path, kind: str) -> None:
+    """Copied without its sidecar, the .pte (a constant method) and the .ptl (an extra file) still run."""
+    import shutil
+
+    original = artifacts(converted, "int8")[kind]
+    alone = tmp_path / original.name
+    shutil.copy(original, alone)
+    classifier, with_sidecar = Classifier(alone), Classifier(original)
+    assert classifier.record.to_dict() == with_sidecar.record.to_dict()
+    frames, _ = held_out
+    np.testing.assert_array_equal(classifier.logits_batch(frames[:8]), with_sidecar.logits_batch(frames[:8]))
+
+
+def test_the_pte_record_is_read_with_executorchs_own_runtime(converted) -> None:
+    """What an app's ExecuTorch Module reads: method edgeres_record returns the record's JSON."""
+    import json
+
+    from executorch.runtime import Runtime
+
+    path = artifacts(converted, "fp32")["pte"]
+    program = Runtime.get().load_program(str(path))
+    assert program.method_names == {"forward", "edgeres_record"}
+    record = json.loads(program.load_method("edgeres_record").execute([])[0])
+    assert record["labels"] == Classifier(path).labels and record["format"] == "pte"
+
+
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_both_verify(converted, precision: str) -> None:
     for path in artifacts(converted, precision).values():
