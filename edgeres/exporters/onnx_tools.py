@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 
 import numpy as np
@@ -126,10 +127,25 @@ def tensor_specs(model: onnx.ModelProto, layout: str) -> tuple[list[TensorSpec],
 
 
 def embed_record(model: onnx.ModelProto, record: ArtifactRecord) -> None:
+    """The whole record under `edgeres`, and what other ONNX tools show without knowing edgeres: the
+    producer, a description (ONNX Runtime's modelmeta.description, Netron), and labels and preprocessing
+    as plain metadata keys."""
+    pre = record.preprocess
+    plain = {
+        METADATA_KEY: record.to_json(),
+        "labels": json.dumps(record.labels),
+        "task": "image classification",
+        "preprocess": (f"{pre['color']} image, resize shorter side to {pre['resize']}, centre crop {pre['crop']}, "
+                       f"/255, minus mean {pre['mean']}, divided by std {pre['std']}, {pre['layout']}"),
+    }
     for prop in list(model.metadata_props):
-        if prop.key == METADATA_KEY:
+        if prop.key in plain:
             model.metadata_props.remove(prop)
-    model.metadata_props.add(key=METADATA_KEY, value=record.to_json())
+    for key, value in plain.items():
+        model.metadata_props.add(key=key, value=value)
+    model.producer_name, model.producer_version = "edgeres", record.edgeres_version
+    model.doc_string = (f"{record.arch} image classifier, {record.num_classes} classes, {record.precision}, made by "
+                        f"edgeres for target {record.target}. Preprocessing: {plain['preprocess']}.")
 
 
 def run_onnx(path: Path, inputs: np.ndarray) -> np.ndarray:

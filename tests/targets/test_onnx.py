@@ -91,6 +91,20 @@ def test_record_embedded_in_onnx_metadata(converted) -> None:
     assert record.verification["top1_agreement"] >= 0.9
 
 
+def test_plain_onnx_runtime_shows_labels_and_preprocessing(converted) -> None:
+    """What a tool that knows nothing of edgeres sees: ONNX Runtime's model metadata (Netron shows the same)."""
+    import json
+
+    import onnxruntime as ort
+
+    path = converted("npu", "int8").path
+    meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta()
+    record = Classifier(path).record
+    assert meta.producer_name == "edgeres" and "resnet18 image classifier, 10 classes, int8" in meta.description
+    assert json.loads(meta.custom_metadata_map["labels"]) == record.labels
+    assert "centre crop 32" in meta.custom_metadata_map["preprocess"] and "RGB" in meta.description
+
+
 def test_int8_without_calibration_is_refused(model, tmp_path: Path) -> None:
     with pytest.raises(CalibrationError, match="--int8 needs calibration images"):
         convert(model, ConvertOptions(precision="int8", out_dir=tmp_path, imgsz=32))
