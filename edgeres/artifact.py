@@ -24,10 +24,9 @@ SCHEMA_VERSION = 1
 SIDECAR_SUFFIX = ".edgeres.json"
 METADATA_KEY = "edgeres"
 # ExecuTorch: a constant method of the program returns the record, so the .pte alone carries it; it is
-# reserved at export as a fixed-size placeholder and filled in place once the record is known.
+# reserved at export as a placeholder string and filled in place (same length) once the record is known.
 PTE_RECORD_METHOD = "edgeres_record"
-PTE_RECORD_BYTES = 1 << 18  # room for 1000 ImageNet labels and the whole quantization record
-PTE_RECORD_PLACEHOLDER = "edgeres-record-placeholder".ljust(PTE_RECORD_BYTES)
+PTE_RECORD_MARKER = "edgeres-record-placeholder"
 LITE_RECORD_FILE = f"{METADATA_KEY}.json"  # TorchScript Lite: an extra file (extra/edgeres.json in the zip)
 
 
@@ -86,6 +85,20 @@ class ArtifactRecord:
         for key in ("inputs", "outputs"):
             values[key] = [_tensor_spec(spec, key) for spec in values[key]]
         return cls(**values)
+
+
+def pte_record_bytes(labels: list[str]) -> int:
+    """Room for the compact record: 128 KiB for everything but the labels (attempts, sensitivity, checks),
+    plus twice the labels as JSON (they appear once)."""
+    return (1 << 17) + 2 * len(json.dumps(labels))
+
+
+def pte_record_placeholder(labels: list[str]) -> str:
+    return PTE_RECORD_MARKER.ljust(pte_record_bytes(labels))
+
+
+def compact_json(record: "ArtifactRecord") -> str:
+    return json.dumps(record.to_dict(), separators=(",", ":"))  # ASCII: escapes keep bytes == characters
 
 
 def sidecar_path(artifact: Path) -> Path:

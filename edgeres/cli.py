@@ -49,7 +49,14 @@ def _log(message: str) -> None:
 
 
 def _show(table: Table) -> None:
-    """A table on a terminal; piped or redirected, plain tab-separated lines, so no cell is cut."""
+    """A table on a terminal; piped or redirected, plain tab-separated lines, so no cell is cut.
+
+    Cells are data (labels, paths, rule details), never markup: a label "one [b]" prints as is.
+    """
+    from rich.text import Text
+
+    for column in table.columns:
+        column._cells = [Text(cell) if isinstance(cell, str) else cell for cell in column._cells]
     if console.is_terminal:
         console.print(table)
         return
@@ -65,7 +72,7 @@ def _show(table: Table) -> None:
 def _plain(cell: Any) -> str:
     from rich.text import Text
 
-    return cell.plain if isinstance(cell, Text) else Text.from_markup(str(cell)).plain
+    return cell.plain if isinstance(cell, Text) else str(cell)
 
 
 class _Steps:
@@ -225,8 +232,8 @@ def _print_artifact(path: Path, record: Any) -> None:
     _print_checks(record.checks)
     profile = record.device_profile
     if profile and profile["recommended_precision"] != record.precision:
-        console.print(f"[yellow]{profile['name']}:[/yellow] {profile['recommended_precision']} is recommended "
-                      f"for this device: {profile['why']}")
+        console.print(f"[yellow]{escape(profile['name'])}:[/yellow] "
+                      + escape(f"{profile['recommended_precision']} is recommended for this device: {profile['why']}"))
 
 
 def _print_attempts(search: dict) -> None:
@@ -246,16 +253,16 @@ def _print_attempts(search: dict) -> None:
 def _print_checks(checks: list[dict]) -> None:
     for check in checks:
         colour, word = ("green", "checked") if check["passed"] else ("yellow", "note")
-        console.print(f"[{colour}]{word}[/{colour}] {check['rule']}: {check['detail']}")
+        console.print(f"[{colour}]{word}[/{colour}] " + escape(f"{check['rule']}: {check['detail']}"))
 
 
 def _print_report_row(row: dict) -> None:
     accuracy = "" if row["accuracy"] is None else (f"top-1 {row['accuracy']:.2%} (FP32 {row['fp32_accuracy']:.2%}), ")
-    console.print(f"{row['artifact']} on {row['eval_images']} {row['eval_source']} images: {accuracy}agreement "
-                  f"with FP32 {row['agreement']:.2%}, mean KL {row['mean_kl']:.2e}; {row['latency_p50_ms']:.2f} ms "
-                  f"per 640x480 frame ({row['fps']:.0f} FPS) on {row['runtime']}")
+    console.print(escape(f"{row['artifact']} on {row['eval_images']} {row['eval_source']} images: {accuracy}agreement "
+                         f"with FP32 {row['agreement']:.2%}, mean KL {row['mean_kl']:.2e}; {row['latency_p50_ms']:.2f} "
+                         f"ms per 640x480 frame ({row['fps']:.0f} FPS) on {row['runtime']}"))
     if row["kept_higher"]:
-        console.print(f"Kept out of INT8 ({row['higher_precision']}): {', '.join(row['kept_higher'])}")
+        console.print(escape(f"Kept out of INT8 ({row['higher_precision']}): {', '.join(row['kept_higher'])}"))
     if row.get("all_int8"):
         base = row["all_int8"]
         console.print(f"Their cost: {row['size_mb'] - base['size_mb']:+.2f} MB, "
@@ -414,7 +421,7 @@ def evaluate(
         per_class.add_row(label, *(f"{m.per_class[label]:.1%}" for m in results.values()))
     _show(per_class)
     if mapping != "by label":
-        err_console.print(f"[yellow]class folders matched {mapping}[/yellow]")
+        err_console.print(f"[yellow]{escape(f'class folders matched {mapping}')}[/yellow]")
 
 
 @app.command("benchmark")
@@ -506,7 +513,8 @@ def verify(
         _show(table)
     if not check.passed:
         raise EdgeresError(f"{artifact.name} failed on this device: " + "; ".join(check.failures))
-    console.print(f"[green]{artifact.name} passed[/green] ({classifier.record.precision}, {classifier.backend_name})")
+    console.print(f"[green]{escape(artifact.name)} passed[/green] "
+                  + escape(f"({classifier.record.precision}, {classifier.backend_name})"))
 
 
 @app.command()
@@ -631,10 +639,12 @@ def main() -> None:
     except EdgeresError as error:
         _fail(f"{error}")
     except ImportError as error:  # a device install has one runtime; converting needs the heavy extras
-        extra = EXTRA_OF_MODULE.get((error.name or "").split(".")[0])
-        if extra is None:
-            _fail(f"unexpected ImportError: {error}. Run again with --verbose for the traceback")
-        _fail(f"{error.name} is not installed, and this command needs it: pip install 'edgeres[{extra}]' "
+        package = (error.name or "").split(".")[0]
+        extra = EXTRA_OF_MODULE.get(package)
+        if extra is None or not isinstance(error, ModuleNotFoundError) or _installed(package):
+            _fail(f"unexpected ImportError: {error}. Run again with --verbose for the traceback; installed "
+                  "packages that do not import together often mean a version mismatch (see pyproject.toml)")
+        _fail(f"{package} is not installed, and this command needs it: pip install 'edgeres[{extra}]' "
               "(a device that only runs artifacts needs just its runtime's extra)")
     except OSError as error:  # disk full, permission denied, ...: the message names the path
         _fail(f"{error}")
@@ -654,6 +664,15 @@ EXTRA_OF_MODULE = {
                      "matplotlib", "executorch"), "convert"),
     "sklearn": "demo", "skimage": "demo",
 }
+
+
+def _installed(package: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _fail(message: str) -> None:

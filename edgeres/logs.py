@@ -52,8 +52,13 @@ def native_output_silenced() -> Iterator[None]:
         yield
         return
     for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    saved = [os.dup(1), os.dup(2)]
+        if stream is not None:  # pythonw, or a closed descriptor
+            stream.flush()
+    try:
+        saved = [os.dup(1), os.dup(2)]
+    except OSError:  # a descriptor is closed: nothing to silence there
+        yield
+        return
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 1)

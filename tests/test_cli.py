@@ -124,11 +124,47 @@ def test_piped_tables_are_plain_and_whole(capsys) -> None:
     table = Table(title="Wrote out/model.onnx")
     for column in ("artifact", "max |logit diff|"):
         table.add_column(column)
-    table.add_row("resnet50_imagenet_finetuned_npu_int8_a16w8.onnx", "[bold]1.23e-05[/bold]")
+    table.add_row("resnet50_imagenet_finetuned_npu_int8_a16w8.onnx", "1.23e-05")
     cli._show(table)
     out = capsys.readouterr().out
     assert out.splitlines() == ["Wrote out/model.onnx", "artifact\tmax |logit diff|",
                                 "resnet50_imagenet_finetuned_npu_int8_a16w8.onnx\t1.23e-05"]
+
+
+def test_cells_are_data_not_markup(capsys, monkeypatch) -> None:
+    """A label "one [b]" or "zero [/x]" prints as it is, piped or on a terminal."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgeres import cli
+
+    def table() -> Table:
+        made = Table()
+        made.add_column("label")
+        made.add_row("one [b]")
+        made.add_row("zero [/x]")
+        return made
+
+    cli._show(table())
+    assert capsys.readouterr().out.splitlines() == ["label", "one [b]", "zero [/x]"]
+    terminal = Console(force_terminal=True, width=60, record=True)
+    monkeypatch.setattr(cli, "console", terminal)
+    cli._show(table())
+    shown = terminal.export_text()
+    assert "one [b]" in shown and "zero [/x]" in shown
+
+
+def test_an_installed_package_that_fails_to_import_is_not_called_missing(monkeypatch, capsys) -> None:
+    """Only a package that is not there gets the install hint; a broken one is reported as it is."""
+    from edgeres import cli
+
+    def broken(*_, **__):
+        raise ImportError("cannot import name 'x' from 'torch'", name="torch")
+
+    monkeypatch.setattr(cli, "app", broken)
+    code, _, err = run_cli(monkeypatch, capsys, "convert")
+    assert_one_red_line(code, err, "unexpected ImportError: cannot import name 'x' from 'torch'")
+    assert "pip install" not in err
 
 
 def test_shell_completion_is_offered(monkeypatch, capsys) -> None:

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..logs import quiet
 from ..preprocess import Preprocess
 from ..runtime import backend_class
 
@@ -21,7 +22,8 @@ BATCH = 64
 
 def artifact_logits(path: Path, spec: Preprocess, crops: Sequence[np.ndarray], threads: int | None = None) -> np.ndarray:
     """Logits of the artifact at `path` for crops made by resize_and_crop, through its runtime backend."""
-    backend = backend_class(path)(path, threads, None)
+    with quiet():  # a runtime's first load may log (ExecuTorch's native cpuinfo probes); --verbose shows it
+        backend = backend_class(path)(path, threads, None)
     step = backend.max_batch or BATCH
     rows = []
     for start in range(0, len(crops), step):

@@ -12,9 +12,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..artifact import PTE_RECORD_METHOD, PTE_RECORD_PLACEHOLDER, ArtifactRecord, parse_embedded
+from ..artifact import PTE_RECORD_MARKER, PTE_RECORD_METHOD, ArtifactRecord, parse_embedded
 from ..errors import ArtifactError, BackendUnavailableError, DeviceError
-from ..logs import quiet
 
 
 class ExecuTorchBackend:
@@ -23,18 +22,16 @@ class ExecuTorchBackend:
     def __init__(self, path: Path, threads: int | None, device: str | None = None) -> None:
         self._lock = threading.Lock()  # a loaded method holds its own input and output buffers: one call at a time
         try:
-            with quiet():  # native cpuinfo probes and torch deprecations at first import
-                import torch
-                from executorch.runtime import Runtime
+            import torch
+            from executorch.runtime import Runtime
         except ImportError:
             raise BackendUnavailableError(".pte artifacts need ExecuTorch's runtime: pip install 'edgeres[mobile]'") from None
         if device not in (None, "CPU"):
             raise DeviceError(f"ExecuTorch's Python runtime runs on the CPU; device {device!r} is not available")
         self._torch = torch
         try:
-            with quiet():
-                self._program = Runtime.get().load_program(str(path))
-                self._method = self._program.load_method("forward")
+            self._program = Runtime.get().load_program(str(path))
+            self._method = self._program.load_method("forward")
         except Exception as error:  # the runtime raises its own untyped errors for a bad file
             raise ArtifactError(f"{path} is not a loadable ExecuTorch program: {error}") from None
         self._path = path
@@ -44,7 +41,7 @@ class ExecuTorchBackend:
         if PTE_RECORD_METHOD not in self._program.method_names:
             return None
         text = self._program.load_method(PTE_RECORD_METHOD).execute([])[0]
-        if not isinstance(text, str) or text == PTE_RECORD_PLACEHOLDER:
+        if not isinstance(text, str) or text.startswith(PTE_RECORD_MARKER):
             return None  # never filled: a conversion that stopped before its record was written
         return parse_embedded(text, self._path)
 

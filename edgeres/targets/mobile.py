@@ -19,8 +19,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from ..artifact import (LITE_RECORD_FILE, PTE_RECORD_BYTES, PTE_RECORD_METHOD, PTE_RECORD_PLACEHOLDER, ArtifactRecord,
-                        TensorSpec)
+from ..artifact import (LITE_RECORD_FILE, PTE_RECORD_METHOD, ArtifactRecord, TensorSpec, compact_json,
+                        pte_record_placeholder)
 from ..exporters.common import INPUT_NAME, OUTPUT_NAME
 from ..errors import BackendUnavailableError, ConversionError, TargetError
 from ..logs import quiet
@@ -76,7 +76,7 @@ class MobileTarget:
         """.pte: the record fills the constant method reserved at export (same size, so the program is
         unchanged otherwise); .ptl: an extra file, as PyTorch Mobile's loaders read them."""
         if artifact.format == "pte":
-            fill_record(artifact.path, record.to_json())
+            fill_record(artifact.path, compact_json(record), pte_record_placeholder(record.labels))
         else:
             with zipfile.ZipFile(artifact.path) as archive:
                 root = archive.namelist()[0].split("/")[0]
@@ -84,17 +84,17 @@ class MobileTarget:
                 archive.writestr(f"{root}/extra/{LITE_RECORD_FILE}", record.to_json())
 
 
-def fill_record(pte: Path, text: str) -> None:
+def fill_record(pte: Path, text: str, placeholder: str) -> None:
     """Write `text` over the .pte's record placeholder, padded with spaces (still valid JSON)."""
-    data = bytearray(pte.read_bytes())
-    start = data.find(PTE_RECORD_PLACEHOLDER.encode())
+    data, reserved = bytearray(pte.read_bytes()), placeholder.encode()
+    start = data.find(reserved)
     encoded = text.encode()
-    if start < 0 or data.find(PTE_RECORD_PLACEHOLDER.encode(), start + 1) >= 0:
+    if start < 0 or data.find(reserved, start + 1) >= 0:
         raise ConversionError(f"{pte.name} has no single record placeholder; it was not exported by this edgeres")
-    if len(encoded) > PTE_RECORD_BYTES:
-        raise ConversionError(f"the record ({len(encoded)} bytes) is larger than the {PTE_RECORD_BYTES} bytes "
-                              f"reserved in {pte.name}; use shorter labels")
-    data[start:start + PTE_RECORD_BYTES] = encoded.ljust(PTE_RECORD_BYTES)
+    if len(encoded) > len(reserved):
+        raise ConversionError(f"the record ({len(encoded)} bytes) is larger than the {len(reserved)} bytes "
+                              f"reserved in {pte.name}")
+    data[start:start + len(reserved)] = encoded.ljust(len(reserved))
     pte.write_bytes(bytes(data))
 
 
@@ -115,7 +115,7 @@ def executorch_program(module, example: torch.Tensor, plan, job: ConvertJob) -> 
         if plan is not None:
             program, quantization = executorch_backend.pt2e_int8(plan, example)
         edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
-                                           constant_methods={PTE_RECORD_METHOD: PTE_RECORD_PLACEHOLDER})
+                                           constant_methods={PTE_RECORD_METHOD: pte_record_placeholder(job.labels)})
         info = get_delegation_info(edge.exported_program().graph_module)
         buffer = edge.to_executorch().buffer
     outside = {row["op_type"]: row["occurrences_in_non_delegated_graphs"]
