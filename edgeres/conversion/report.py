@@ -7,6 +7,7 @@ report.md and report.png gather every set in it and are rebuilt at each conversi
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 from ..benchmark import artifact_size, benchmark
@@ -21,7 +22,8 @@ def report_row(artifact: Path, record, judged: Judged, source: str, threads: int
     latency = benchmark([artifact], threads=threads, warmup=5, runs=LATENCY_RUNS)[0]
     quantization = record.quantization or {}
     return {
-        "artifact": artifact.name, "target": record.target, "precision": record.precision,
+        "artifact": artifact.name, "model": f"{record.arch} ({record.source.get('checkpoint', 'no checkpoint')})",
+        "target": record.target, "precision": record.precision,
         "size_mb": round(artifact_size(artifact) / 1e6, 3), "eval_images": judged.images, "eval_source": source,
         "accuracy": judged.accuracy, "fp32_accuracy": judged.fp32_accuracy, "agreement": judged.agreement,
         "mean_kl": judged.mean_kl, "latency_p50_ms": round(latency.p50_ms, 3), "fps": round(latency.fps, 1),
@@ -103,18 +105,40 @@ def chart(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")  # no display on a build machine
     import matplotlib.pyplot as plt
 
-    names = [r["artifact"] for r in rows]
-    quality = [100 * (r["accuracy"] if r["accuracy"] is not None else r["agreement"]) for r in rows]
-    figure, (latency_axis, quality_axis) = plt.subplots(1, 2, figsize=(11, 0.5 * len(rows) + 1.8))
-    latency_axis.barh(names, [r["latency_p50_ms"] for r in rows], color="#4c72b0")
-    latency_axis.set_xlabel("latency, ms (median, 640x480 frame)")
-    latency_axis.invert_yaxis()
-    quality_axis.barh(names, quality, color="#55a868")
-    quality_axis.set_xlabel("top-1 accuracy % (agreement with FP32 where unlabelled)")
-    quality_axis.set_xlim(max(0.0, min(quality) - 5), 100)
-    quality_axis.invert_yaxis()
-    quality_axis.set_yticklabels([])
-    figure.tight_layout()
+    figure = chart_figure(rows)
     with open(path, "wb") as stream:
         figure.savefig(stream, format="png", dpi=100)
     plt.close(figure)
+
+
+def chart_figure(rows: list[dict]):
+    """Each artifact as a point, accuracy (or agreement with FP32 where unlabelled) against latency,
+    its values written beside it; the FP32 model's accuracy as a line; a title naming model and data."""
+    import matplotlib.pyplot as plt
+
+    labelled = all(r["accuracy"] is not None for r in rows)
+    quality = [100 * (r["accuracy"] if labelled else r["agreement"]) for r in rows]
+    latency = [r["latency_p50_ms"] for r in rows]
+    figure, axis = plt.subplots(figsize=(9, 5.5))
+    axis.scatter(latency, quality, s=60, color="#4c72b0", zorder=3)
+    for row, x, y in zip(rows, latency, quality):
+        axis.annotate(f"{row['artifact']}\n{y:.2f}%, {x:.2f} ms, {row['size_mb']:.1f} MB", (x, y),
+                      textcoords="offset points", xytext=(8, 4), fontsize=8)
+    fp32 = next((100 * r["fp32_accuracy"] for r in rows if r.get("fp32_accuracy") is not None), None)
+    if labelled and fp32 is not None:
+        axis.axhline(fp32, color="#55a868", linestyle="--", label=f"FP32 PyTorch model: {fp32:.2f}%")
+        axis.legend(loc="lower right", fontsize=8)
+    axis.set_xlabel("latency per 640x480 frame, ms (median, this machine)")
+    axis.set_ylabel("top-1 accuracy, %" if labelled else "top-1 agreement with the FP32 model, %")
+    axis.set_xlim(0, max(latency) * 1.6)  # room for the labels on the right
+    shown = quality + ([fp32] if labelled and fp32 is not None else [])
+    pad = max(0.5, 0.2 * (max(shown) - min(shown)))
+    axis.set_ylim(min(shown) - pad, max(shown) + pad)  # room for the labels above the highest point
+    models = sorted({r["model"] for r in rows if r.get("model")})  # reports from before 0.1 have none
+    sources = sorted({f"{r['eval_images']} {r['eval_source']} images" for r in rows})
+    title = (f"{', '.join(models)}: " if models else "") + (f"{'accuracy' if labelled else 'agreement'} "
+                                                            f"against latency, on {', '.join(sources)}")
+    axis.set_title(textwrap.fill(title, 100), fontsize=10)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure

@@ -61,3 +61,19 @@ def test_markdown_without_labels() -> None:
            "accuracy": None, "fp32_accuracy": None, "agreement": 0.875, "mean_kl": 1e-3, "latency_p50_ms": 2.0,
            "fps": 500.0, "kept_higher": []}
     assert "| a.onnx | int8 | 1.0 | 8 random | n/a | n/a | 87.50% |" in markdown([row])
+
+
+def test_the_chart_shows_values_and_names_the_model_and_data() -> None:
+    """Accuracy against latency, values on the marks, FP32 as a line, a title that says what was measured."""
+    from edgeres.conversion.report import chart_figure
+
+    rows = [{"artifact": name, "model": "resnet18 (model.pth)", "accuracy": accuracy, "fp32_accuracy": 0.95,
+             "agreement": 0.99, "latency_p50_ms": ms, "size_mb": mb, "eval_images": 450, "eval_source": "validation"}
+            for name, accuracy, ms, mb in (("m_fp32.onnx", 0.95, 9.5, 44.7), ("m_int8.xml", 0.9467, 3.1, 11.3))]
+    figure = chart_figure(rows)
+    axis = figure.axes[0]
+    assert axis.get_title() == "resnet18 (model.pth): accuracy against latency, on 450 validation images"
+    notes = [text.get_text() for text in axis.texts]
+    assert "m_int8.xml\n94.67%, 3.10 ms, 11.3 MB" in notes and len(notes) == 2
+    assert axis.get_legend().get_texts()[0].get_text() == "FP32 PyTorch model: 95.00%"
+    assert axis.get_xlim()[0] == 0
