@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import pytest
 
-from edgeres.artifact import METADATA_KEY, sidecar_path
+from edgeres.artifact import METADATA_KEY, PTE_RECORD_MARKER, PTE_RECORD_METHOD, sidecar_path
 from edgeres.errors import ArtifactError, EdgeresError, LabelsError
 from edgeres.golden import check_golden, golden_path
 from edgeres.labels import read_labels
@@ -31,8 +31,17 @@ def _edit_sidecar(path: Path, change) -> None:
 
 @pytest.fixture
 def pte(converted, copy_artifact) -> Path:
-    """A .pte, whose record lives only in its sidecar, copied to be edited."""
-    return copy_artifact(converted("mobile", "fp32").path)
+    """A .pte whose record lives only in its sidecar (as before records went inside), copied to be edited:
+    its embedded record is put back to the unfilled placeholder, so the sidecar is what gets read."""
+    from executorch.runtime import Runtime
+
+    path = copy_artifact(converted("mobile", "fp32").path)
+    embedded = Runtime.get().load_program(str(path)).load_method(PTE_RECORD_METHOD).execute([])[0].encode()
+    data = path.read_bytes()
+    assert data.count(embedded) == 1
+    path.write_bytes(data.replace(embedded, PTE_RECORD_MARKER.encode().ljust(len(embedded))))
+    assert Classifier(path).record.to_dict() == json.loads(sidecar_path(path).read_text())
+    return path
 
 
 @pytest.mark.slow
