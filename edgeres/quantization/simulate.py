@@ -32,22 +32,17 @@ def asymmetric(value_range: Range) -> tuple[float, float, int]:
 
 
 def symmetric(value_range: Range) -> tuple[float, float, int]:
-    """int8 with zero point 0 and scale max|x| / 127, as TensorRT requires: after a ReLU only 0..127 are used."""
-    return _signed_symmetric(*value_range)
+    """int8 with zero point 0 and scale max|x| / 127, saturating at -128 and 127, as TensorRT requires:
+    after a ReLU only 0..127 are used."""
+    low, high = value_range
+    amax = max(-low, high)
+    return -amax * (LEVELS // 2) / (LEVELS // 2 - 1), amax, LEVELS
 
 
 def nncf_symmetric(value_range: Range) -> tuple[float, float, int]:
     """NNCF's performance preset: u8 over [0, A] after a ReLU, else i8 over [-A * 128/127, A]."""
     low, high = value_range
-    if low >= 0:
-        return 0.0, high, LEVELS
-    return _signed_symmetric(low, high)
-
-
-def _signed_symmetric(low: float, high: float) -> tuple[float, float, int]:
-    """Scale max|x| / 127, zero point 0, saturating at -128 and 127 as int8 does."""
-    amax = max(-low, high)
-    return -amax * (LEVELS // 2) / (LEVELS // 2 - 1), amax, LEVELS
+    return (0.0, high, LEVELS) if low >= 0 else symmetric(value_range)
 
 
 GRIDS: dict[str, Grid] = {"asymmetric": asymmetric, "symmetric": symmetric, "nncf-symmetric": nncf_symmetric}
