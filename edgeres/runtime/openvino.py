@@ -42,6 +42,8 @@ with no_telemetry():
         ov = None
 
 VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO")
+MODEL_INFO_KEY = "model_info"  # where OpenVINO Model API looks for how to run an IR
+CROP_KEY = "edgeres_crop_inside"  # an IR that takes a larger square and crops it in the graph
 
 
 def compile_config(precision: str | None, threads: int | None, hint: str) -> dict:
@@ -76,6 +78,7 @@ class OpenVinoBackend:
         self._threads = threads
         record = self.embedded_record() or read_sidecar(path)
         self._precision = record.precision if record else None
+        _fit_input_to_crop(self._model)
         self._compiled = self._compile("LATENCY")
         # One infer request runs one inference at a time ("Infer Request is busy"), so each
         # caller takes a request from a pool and gives it back: threads never share one.
@@ -217,6 +220,20 @@ def _read_classifier(core, path: Path):
             f"1 output of rank 2 (class scores), found inputs of ranks {ranks[0]} and outputs of ranks {ranks[1]}"
         )
     return model
+
+
+def _fit_input_to_crop(model) -> None:
+    """Reshape an IR that takes the resized frame's centre square to take the crop itself.
+
+    edgeres' x86 IRs crop inside the graph (for OpenVINO Model API, see targets/openvino.py)
+    and say the crop's size in rt_info; this runtime feeds crops, like every other, and
+    the graph's crop then passes them whole.
+    """
+    if not model.has_rt_info([CROP_KEY]):
+        return
+    crop = int(model.get_rt_info([CROP_KEY]).astype(str))
+    shape = model.inputs[0].get_partial_shape()
+    model.reshape({0: ov.PartialShape([shape[0], crop, crop, shape[3]])})
 
 
 def _resolve_device(core, device: str | None) -> str:

@@ -2,9 +2,15 @@
 
 The IR is converted from the same ONNX export as the ONNX targets, so its tensors keep
 the ONNX names the quantization plan is mapped to. It takes raw pixels (uint8, NHWC,
-BGR: a cropped OpenCV frame as it is); OpenVINO's PrePostProcessor puts the colour
-order, normalisation and layout change inside the graph, where the CPU plugin fuses
-them, so the host only resizes and crops.
+BGR: an OpenCV frame as it is); OpenVINO's PrePostProcessor puts the colour order,
+normalisation and layout change inside the graph, where the CPU plugin fuses them, so
+the host only resizes and crops.
+
+Its input is the centre square of the resized frame (resize x resize) and the graph
+takes the centre crop itself: that is what OpenVINO Model API's "crop" resize feeds
+(the frame's centre square, resized to the input), so Model API, reading the
+`model_info` written beside the record, sees the crop edgeres sees. edgeres' own
+runtime reshapes the input to the crop and feeds crops; the graph's crop is then empty.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import onnx
 
 from ..artifact import METADATA_KEY, ArtifactRecord, TensorSpec
@@ -22,7 +29,7 @@ from ..logs import quiet
 from ..preprocess import Preprocess
 from ..quantization import onnx_backend, openvino_backend
 from ..quantization.simulate import BRANCHES
-from ..runtime.openvino import no_telemetry, ov
+from ..runtime.openvino import CROP_KEY, MODEL_INFO_KEY, no_telemetry, ov
 from .base import PRECISIONS, Built, BuiltArtifact, ConvertJob, Tolerance
 
 PRESETS = tuple(openvino_backend.PRESET_GRIDS)  # performance (the default), mixed
@@ -65,7 +72,7 @@ class OpenVinoTarget:
             model, quantization = openvino_backend.quantize(model, plan, points, inputs, preset=preset)
         elif job.precision == "fp16":
             quantization = {"kind": "fp16 weights (compressed), compute in the device's native precision"}
-        model = _pixel_input(model, job.model_preprocess)
+        model = _crop_inside(_pixel_input(model, job.model_preprocess), job.preprocess)
         path = scratch / f"{job.stem}.xml"
         self._save(model, path, job.precision)
         artifact = BuiltArtifact(path, (path, path.with_suffix(".bin")), "openvino", job.preprocess,
@@ -75,6 +82,8 @@ class OpenVinoTarget:
     def embed_record(self, artifact: BuiltArtifact, record: ArtifactRecord) -> None:
         model = ov.Core().read_model(str(artifact.path))
         model.set_rt_info(record.to_json(), [METADATA_KEY])
+        for key, value in model_api_info(record).items():
+            model.set_rt_info(value, [MODEL_INFO_KEY, key])
         self._save(model, artifact.path, record.precision)
 
     def _export(self, module, job: ConvertJob, scratch: Path) -> Path:
@@ -116,6 +125,49 @@ def _pixel_input(model: "ov.Model", model_spec: Preprocess) -> "ov.Model":
     steps.mean([255 * float(m) for m in model_spec.mean[order]])
     steps.scale([255 * float(s) for s in model_spec.std[order]])
     return ppp.build()
+
+
+def _crop_inside(model: "ov.Model", spec: Preprocess) -> "ov.Model":
+    """The model behind a (resize x resize) pixel input whose centre (crop x crop) it takes itself.
+
+    The crop's offset is computed from the input's shape, so an input reshaped to the
+    crop (edgeres' runtime does) is passed through whole. For an odd margin the offset
+    rounds as torchvision's centre crop does (half to even), so both ways give the same pixels.
+    """
+    import openvino.opset13 as ops
+
+    old = model.get_parameters()[0]
+    batch = old.get_partial_shape()[0]
+    pixels = ops.parameter(ov.PartialShape([batch, spec.resize, spec.resize, 3]), ov.Type.u8, name=INPUT_NAME)
+    margin = spec.resize - spec.crop
+    half_up = int(margin % 2 == 1 and (margin // 2) % 2 == 1)  # round(k + 0.5) is k + 1 for odd k
+    size = ops.gather(ops.shape_of(pixels, output_type="i64"), ops.constant(np.array([1, 2])), ops.constant(0))
+    start = ops.divide(ops.add(ops.subtract(size, ops.constant(np.array([spec.crop] * 2))),
+                               ops.constant(np.array([half_up] * 2))), ops.constant(np.array([2, 2])))
+    crop = ops.slice(pixels, start, ops.add(start, ops.constant(np.array([spec.crop] * 2))),
+                     ops.constant(np.array([1, 1])), ops.constant(np.array([1, 2])))
+    for consumer in list(old.output(0).get_target_inputs()):
+        consumer.replace_source_output(crop.output(0))
+    cropped = ov.Model(model.get_results(), [pixels], model.get_friendly_name())
+    cropped.inputs[0].get_tensor().set_names({INPUT_NAME})
+    cropped.set_rt_info(str(spec.crop), [CROP_KEY])
+    return cropped
+
+
+def model_api_info(record: ArtifactRecord) -> dict[str, str]:
+    """What OpenVINO Model API reads from rt_info["model_info"] to run the IR as a classifier.
+
+    The graph already normalises and swaps colours (mean 0, scale 1, no channel reversal),
+    so Model API only resizes the frame's centre square to the input. Its labels are one
+    space-separated string: spaces inside a label become underscores there.
+    """
+    return {
+        "model_type": "Classification",
+        "labels": " ".join("_".join(label.split()) or "_" for label in record.labels),
+        "mean_values": "0 0 0", "scale_values": "1 1 1", "reverse_input_channels": "False",
+        "resize_type": "crop", "embedded_processing": "False",
+        "topk": "5", "output_raw_scores": "True",
+    }
 
 
 def _spec(port: "ov.Output", layout: str | None) -> TensorSpec:
