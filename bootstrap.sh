@@ -15,8 +15,21 @@ if [ ! -f "$stamp" ]; then
     # machines pip takes them from local disk instead of downloading gigabytes.
     # constraints.txt pins every package to the set the tests last passed with.
     "$VENV/bin/python" -m pip install --quiet -e ".[dev]" -c constraints.txt
+    # OpenVINO Model API, to check that it runs edgeres' IRs: it pins opencv-python-headless
+    # 4.x, but runs beside the OpenCV 5 installed here, so it goes in without its dependencies.
+    "$VENV/bin/python" -m pip install --quiet --no-deps openvino-model-api==0.4.7
     touch "$stamp"
 else
     "$VENV/bin/python" -m pip install --quiet --no-deps -e .
+fi
+# MediaPipe Tasks, a client no one here wrote, checks that the .tflite files run from their
+# metadata alone (tests/targets/test_tflite.py). It pulls opencv-contrib-python, which would
+# replace the OpenCV above, so it gets a venv of its own.
+MEDIAPIPE_VENV=.venv-mediapipe
+if [ ! -f "$MEDIAPIPE_VENV/.edgeres-mediapipe-1.2.3" ]; then
+    rm -rf "$MEDIAPIPE_VENV"
+    "$PYTHON" -m venv "$MEDIAPIPE_VENV"
+    "$MEDIAPIPE_VENV/bin/python" -m pip install --quiet mediapipe==1.2.3
+    touch "$MEDIAPIPE_VENV/.edgeres-mediapipe-1.2.3"
 fi
 echo "edgeres is installed in $VENV ($("$VENV/bin/edgeres" --version))"

@@ -1,8 +1,10 @@
 """Raspberry Pi and other ARM CPUs: TFLite (LiteRT) fp32, fp16 weights, or full-integer int8.
 
-The graph takes the camera's pixels as they are: BGR, NHWC, 0..255. Colour order,
-layout and mean/std live inside the model, so the device only resizes and crops; the
-int8 model's input has scale 1, so an int8 input is the pixel minus 128.
+The graph takes the camera's pixels as they are: RGB, NHWC, 0..255 (float32, or uint8 for
+int8 models: what MediaPipe Tasks and Coral feed). Colour order, layout and mean/std live
+inside the model, so the device only resizes and crops. Each file carries TFLite's
+standard metadata (image input, normalisation, labels file), so MediaPipe's
+ImageClassifier and the TFLite Task Library run it as it is, and edgeres' record.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from ..artifact import ArtifactRecord, TensorSpec
-from ..exporters import tflite_tools
+from ..artifact import METADATA_KEY, ArtifactRecord, TensorSpec
+from ..exporters import tflite_metadata, tflite_tools
 from ..errors import TargetError
 from ..preprocess import Preprocess
 from ..quantization import tflite_backend
@@ -24,25 +26,23 @@ from .base import PRECISIONS, Built, BuiltArtifact, ConvertJob, Tolerance
 
 
 class RawPixelResNet(torch.nn.Module):
-    """A torchvision ResNet that takes BGR pixels (N, H, W, 3) in 0..255.
+    """A torchvision ResNet that takes RGB pixels (N, H, W, 3) in 0..255.
 
-    Two exact rewrites keep every op inside XNNPACK: the BGR->RGB swap is folded into
-    conv1's weights (no REVERSE op), and the max-pool's padding becomes zero padding
-    (its input follows a ReLU, so zeros never win the max; no PADV2 op).
+    Two exact rewrites keep every op inside XNNPACK: a model trained on BGR has the
+    channel swap folded into conv1's weights (no REVERSE op), and the max-pool's padding
+    becomes zero padding (its input follows a ReLU, so zeros never win the max; no PADV2 op).
     """
 
     def __init__(self, module: torch.nn.Module, spec: Preprocess) -> None:
         super().__init__()
         module = copy.deepcopy(module).eval()
-        if spec.color == "RGB":
+        if spec.color == "BGR":
             with torch.no_grad():
                 module.conv1.weight.copy_(module.conv1.weight.flip(1))
         pool = module.maxpool
         module.maxpool = torch.nn.Sequential(torch.nn.ZeroPad2d(pool.padding),
                                              torch.nn.MaxPool2d(pool.kernel_size, pool.stride, 0))
-        mean, std = np.asarray(spec.mean) * 255, np.asarray(spec.std) * 255
-        if spec.color == "RGB":
-            mean, std = mean[::-1], std[::-1]
+        mean, std = np.asarray(spec.mean) * 255, np.asarray(spec.std) * 255  # RGB order, as the input
         self.register_buffer("mean", torch.tensor(mean.copy(), dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std.copy(), dtype=torch.float32).view(1, 3, 1, 1))
         self.module = module
@@ -69,8 +69,8 @@ class TfliteTarget:
             raise TargetError("TFLite models here have a static batch of 1: drop --dynamic-batch")
 
     def input_spec(self, model_spec: Preprocess) -> Preprocess:
-        """Raw pixels: the normalisation is inside the graph."""
-        return model_spec.replace(mean=(0.0, 0.0, 0.0), std=(1 / 255,) * 3, color="BGR", layout="NHWC")
+        """Raw RGB pixels: the normalisation is inside the graph."""
+        return model_spec.replace(mean=(0.0, 0.0, 0.0), std=(1 / 255,) * 3, color="RGB", layout="NHWC")
 
     def activation_grid(self, job: ConvertJob) -> str:
         return "asymmetric"  # ai-edge-quantizer: int8 activations with a zero point (LiteRT's kernels)
@@ -88,6 +88,8 @@ class TfliteTarget:
             job.log(f"Quantizing to full-integer INT8 with ai-edge-quantizer ({len(plan.higher)} layers kept out)")
             mean = np.asarray(job.model_preprocess.mean) * 255
             quantization = tflite_backend.full_integer(fp32, path, plan, (float(mean.min()), float(mean.max())))
+            path.write_bytes(tflite_tools.uint8_pixels_float_scores(path.read_bytes()))
+            quantization["input"], quantization["output"] = "uint8 pixels (scale 1)", "float32 (dequantized in the graph)"
         model_bytes = path.read_bytes()
         details = tflite_tools.io_details(model_bytes)
         spec = job.preprocess
@@ -108,7 +110,14 @@ class TfliteTarget:
         return Built([artifact])
 
     def embed_record(self, artifact: BuiltArtifact, record: ArtifactRecord) -> None:
-        artifact.path.write_bytes(tflite_tools.with_metadata(artifact.path.read_bytes(), record.to_json()))
+        size = artifact.inputs[0].shape[1]
+        standard = tflite_metadata.build(
+            name=f"{record.arch} image classifier", version=record.edgeres_version,
+            description=f"{record.arch}, {record.precision}, {len(record.labels)} classes; converted by edgeres",
+            size=size, mean=0.0, std=1.0, labels=record.labels)
+        model = tflite_tools.with_metadata(artifact.path.read_bytes(), {
+            METADATA_KEY: record.to_json().encode(), tflite_metadata.NAME: standard})
+        artifact.path.write_bytes(tflite_metadata.with_labels_file(model, record.labels))
 
     def _export(self, module, job: ConvertJob, scratch: Path) -> Path:
         if id(module) not in self._exports:

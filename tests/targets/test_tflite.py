@@ -38,17 +38,78 @@ def test_int8_accuracy_bars(converted, held_out) -> None:
     assert (fp32 == truth).mean() - (int8 == truth).mean() <= 0.005
 
 
-def test_int8_is_full_integer_with_raw_pixel_input(converted) -> None:
+def test_int8_takes_uint8_rgb_pixels_and_gives_float_scores(converted) -> None:
+    """What a camera gives and MediaPipe / Coral feed: uint8 RGB pixels (scale 1, zero point 0)."""
     result = converted("rpi", "int8")
     details = tflite_tools.io_details(result.path.read_bytes())
-    assert (details.input_dtype, details.input_scale, details.input_zero_point) == ("int8", 1.0, -128)
-    assert details.input_shape == (1, 32, 32, 3) and details.output_dtype == "int8"
+    assert (details.input_dtype, details.input_scale, details.input_zero_point) == ("uint8", 1.0, 0)
+    assert details.input_shape == (1, 32, 32, 3) and details.output_dtype == "float32"
     spec = Classifier(result.path).preprocess
     assert (spec.layout, spec.color, spec.dtype, spec.input_scale, spec.input_zero_point) == \
-        ("NHWC", "BGR", "int8", 1.0, -128)
+        ("NHWC", "RGB", "uint8", 1.0, 0)
     crop = np.arange(32 * 32 * 3, dtype=np.uint8).reshape(32, 32, 3)
-    np.testing.assert_array_equal(spec.to_tensor(crop), crop.astype(np.int16) - 128)  # pixel - 128, exactly
+    np.testing.assert_array_equal(spec.to_tensor(crop), crop[..., ::-1])  # the pixels, in RGB order, exactly
     assert result.record.quantization["kind"] == "static full-integer"
+
+
+def test_standard_metadata_and_labels_file(converted) -> None:
+    """TFLite's standard metadata entry and the labels file packed after the model, in every precision."""
+    from edgeres.exporters import tflite_metadata
+
+    for precision in ("fp32", "int8"):
+        result = converted("rpi", precision)
+        data = result.path.read_bytes()
+        assert tflite_metadata.labels_file(data) == result.record.labels
+        metadata = _metadata_entry(data, tflite_metadata.NAME)
+        assert metadata[4:8] == tflite_metadata.IDENTIFIER and b"labels.txt" in metadata
+        assert read_metadata(data) == result.record.to_json()  # edgeres' own record survives beside it
+
+
+def _metadata_entry(model_bytes: bytes, name: str) -> bytes:
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(model_bytes, 0)
+    for index in range(model.MetadataLength()):
+        if model.Metadata(index).Name().decode() == name:
+            return model.Buffers(model.Metadata(index).Buffer()).DataAsNumpy().tobytes()
+    raise AssertionError(f"no metadata entry {name}")
+
+
+MEDIAPIPE_PYTHON = Path(__file__).parents[2] / ".venv-mediapipe" / "bin" / "python"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_mediapipe_image_classifier_agrees_with_edgeres(converted, held_out, tmp_path: Path, precision: str) -> None:
+    """MediaPipe Tasks' ImageClassifier runs the .tflite from its metadata alone and scores
+    held-out digits within 1 point of edgeres, given edgeres' centre crop as its region of
+    interest (MediaPipe resizes the whole region it is given; edgeres resizes, then crops).
+
+    MediaPipe pulls opencv-contrib-python, which would replace the OpenCV the project
+    tests with, so it lives in its own venv (bootstrap.sh makes it) and runs as a process.
+    """
+    import cv2
+    import json
+    import subprocess
+
+    if not MEDIAPIPE_PYTHON.exists():
+        pytest.skip(f"no MediaPipe venv at {MEDIAPIPE_PYTHON.parent.parent} (./bootstrap.sh makes it)")
+    result = converted("rpi", precision)
+    frames, truth = held_out
+    paths = []
+    for index, frame in enumerate(frames):
+        paths.append(tmp_path / f"{index:04d}.png")
+        cv2.imwrite(str(paths[-1]), frame)
+    spec = Classifier(result.path).preprocess
+    command = [str(MEDIAPIPE_PYTHON), str(Path(__file__).with_name("mediapipe_classify.py")), str(result.path),
+               str(spec.crop / spec.resize), *map(str, paths)]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    answers = json.loads(run.stdout)
+    theirs = np.array([index for index, _ in answers])
+    assert [name for _, name in answers] == [result.record.labels[i] for i in theirs]  # from the labels file
+    ours = _predictions(result.path, frames)
+    assert (theirs == ours).mean() >= 0.97
+    assert abs((theirs == truth).mean() - (ours == truth).mean()) <= 0.01
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
