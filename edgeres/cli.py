@@ -520,7 +520,10 @@ def verify(
 @app.command()
 def video(
     artifact: Path = typer.Argument(..., help="An artifact made by `edgeres convert`."),
-    source: str = typer.Option("0", help="Camera index (0), video file, or stream URL (rtsp://...)."),
+    source: str = typer.Option(
+        "0", help="A V4L2 camera (0, /dev/video0), the Pi camera (picamera, picamera:1; Picamera2), a Jetson CSI "
+        "camera (csi:0; GStreamer nvarguscamerasrc), a USB camera decoded by GStreamer (gst-usb:/dev/video0), any "
+        "GStreamer pipeline ending in appsink (gst:...), a video file, or a stream URL (rtsp://...)."),
     headless: bool = typer.Option(False, "--headless", help="No window: write results to --out instead."),
     out: Optional[Path] = typer.Option(None, help="Folder for annotated.mp4, frames.csv and frames.json."),
     max_frames: Optional[int] = typer.Option(None, help="Stop after classifying this many frames."),
@@ -532,7 +535,12 @@ def video(
     camera_size: Optional[str] = typer.Option(
         None, metavar="WxH", help="Capture size to ask a camera for. Default: the smallest common size of the "
         "camera's own aspect ratio that covers the model's resize, e.g. 640x480 or 640x360 for resize 256 (the "
-        "camera scales for free, the CPU then resizes less; the field of view stays)."),
+        "camera scales for free, the CPU then resizes less; the field of view stays). The Pi camera and csi: "
+        "are asked for the resize itself (their ISP scales to any size)."),
+    fourcc: Optional[str] = typer.Option(None, help="V4L2 pixel format to ask the camera for, e.g. MJPG (USB "
+                                         "cameras give their larger sizes at 30 FPS only in MJPG) or YUYV."),
+    fps: Optional[int] = typer.Option(None, help="Frame rate to ask a camera for (default: its own; 30 for "
+                                      "picamera and GStreamer sources)."),
 ) -> None:
     """Classify a camera, a video file or a stream live; q, Esc or Ctrl-C ends it with a summary.
 
@@ -541,7 +549,9 @@ def video(
     Frames that arrive during inference are dropped and counted (--all-frames keeps them).
 
     Examples:\n
-      edgeres video out/resnet18_x86_int8.xml --source 0\n
+      edgeres video out/resnet18_x86_int8.xml --source 0 --fourcc MJPG\n
+      edgeres video out/resnet18_rpi5_int8.tflite --source picamera\n
+      edgeres video out/resnet18_jetson_int8/resnet18_jetson_int8.onnx --source csi:0\n
       edgeres video out/resnet18_x86_int8.xml --source clip.mp4 --headless --out results/
     """
     from .runtime.classifier import Classifier
@@ -560,7 +570,8 @@ def video(
         else:
             show = window_show()
     summary = classify_video(classifier, source, out_dir=out, max_frames=max_frames, show=show,
-                             show_every=show_every, realtime=not all_frames, camera_size=size)
+                             show_every=show_every, realtime=not all_frames, camera_size=size, fourcc=fourcc,
+                             fps=fps)
     table = Table(title=f"{artifact.name} on {source}", show_header=False)
     rows = {
         "frames read / classified / dropped": f"{summary.frames_read} / {summary.frames_classified} / "

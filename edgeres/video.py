@@ -23,12 +23,8 @@ import cv2
 import numpy as np
 
 from .artifact import atomic_path
-from .errors import EdgeresError
+from .cameras import CAMERA_SIZES, OPENERS, CameraRequest, VideoError, camera_size_for, open_v4l2  # noqa: F401
 from .runtime.classifier import Classifier, Prediction
-
-
-class VideoError(EdgeresError):
-    """A video source cannot be opened or read, or a window cannot be shown."""
 
 
 @dataclass(frozen=True)
@@ -56,50 +52,30 @@ class VideoSummary:
         return self.frames_classified / self.frames_read if self.frames_read else 0.0
 
 
-# Capture sizes that nearly every camera offers, per aspect ratio, smallest first.
-CAMERA_SIZES = ((320, 240), (640, 480), (1280, 960), (640, 360), (1280, 720), (1920, 1080))
-
-
-def camera_size_for(resize: int, native: tuple[int, int]) -> tuple[int, int]:
-    """The smallest common capture size of the camera's own aspect ratio that still covers the resize.
-
-    A camera scales in its own hardware for free; asking a 1280x720 camera for 640x360
-    leaves the CPU a few taps per output pixel to resize, with the same field of view.
-    A camera whose aspect matches none of the common sizes is left at `native`.
-    """
-    width, height = native
-    for size in CAMERA_SIZES:
-        same_aspect = abs(size[0] * height - size[1] * width) <= 0.02 * size[1] * width
-        if same_aspect and min(size) >= resize and size[0] <= width:
-            return size
-    return native
-
-
 def is_camera(source: str | int) -> bool:
     return isinstance(source, int) or (isinstance(source, str) and (source.isdigit() or source.startswith("/dev/video")))
 
 
-def open_source(source: str | int, resize: int | None = None, camera_size: tuple[int, int] | None = None
-                ) -> cv2.VideoCapture:
-    """A camera index ("0") or device (/dev/video0), a file path, or a stream URL (rtsp://, http://).
+def open_source(source: str | int, resize: int | None = None, camera_size: tuple[int, int] | None = None,
+                fourcc: str | None = None, fps: int | None = None):
+    """A camera (an index, /dev/videoN, picamera[:N], csi[:N], gst-usb:/dev/videoN, gst:PIPELINE),
+    a file path, or a stream URL (rtsp://, http://).
 
-    A camera is asked for `camera_size` (width, height) when given, else, when `resize`
-    is given, for `camera_size_for(resize, its default size)`. It may pick another size it
-    supports; the frames are used as they come.
+    A camera is asked for `camera_size` (width, height) when given, else for a size near
+    the model's `resize` (see `edgeres.cameras`), and for `fourcc` and `fps` when given.
     """
-    if isinstance(source, str) and source.isdigit():
-        source = int(source)
-    if isinstance(source, str) and "://" not in source and not Path(source).exists():
-        raise VideoError(f"video source {source} does not exist; give a file, a camera index or a stream URL")
-    capture = cv2.VideoCapture(source)
+    text = str(source)
+    kind, _, rest = text.partition(":")
+    if kind in OPENERS and not Path(text).exists():
+        return OPENERS[kind](rest, CameraRequest(resize, camera_size, fourcc, fps))
+    if is_camera(source):
+        return open_v4l2(int(text) if text.isdigit() else text, CameraRequest(resize, camera_size, fourcc, fps))
+    if "://" not in text and not Path(text).exists():
+        raise VideoError(f"video source {text} does not exist; give a file, a camera (0, /dev/video0, picamera, "
+                         "csi:0) or a stream URL")
+    capture = cv2.VideoCapture(text)
     if not capture.isOpened():
-        raise VideoError(f"cannot open video source {source!r}: no such camera, or not a video OpenCV can decode")
-    if is_camera(source) and (camera_size or resize):
-        native = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
-        wanted = camera_size or camera_size_for(resize, native)
-        if wanted != native:
-            capture.set(cv2.CAP_PROP_FRAME_WIDTH, wanted[0])
-            capture.set(cv2.CAP_PROP_FRAME_HEIGHT, wanted[1])
+        raise VideoError(f"cannot open video source {text!r}: not a video OpenCV can decode")
     return capture
 
 
@@ -224,6 +200,8 @@ def classify_video(
     show_every: int = 1,
     realtime: bool = True,
     camera_size: tuple[int, int] | None = None,
+    fourcc: str | None = None,
+    fps: int | None = None,
 ) -> VideoSummary:
     """Classify a source live; write outputs to `out_dir` if given; `show(frame)` False stops.
 
@@ -235,7 +213,7 @@ def classify_video(
         raise VideoError(f"--max-frames must be at least 1, got {max_frames}")
     if show_every < 1:
         raise VideoError(f"--show-every must be at least 1, got {show_every}")
-    capture = open_source(source, classifier.preprocess.resize, camera_size)
+    capture = open_source(source, classifier.preprocess.resize, camera_size, fourcc, fps)
     fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
     outputs = _Outputs(Path(out_dir), fps) if out_dir is not None else None
     run = _VideoRun(classifier, LatestFrame(capture, realtime=realtime), outputs, show, show_every, max_frames)

@@ -2,6 +2,8 @@
 
     python examples/camera_demo.py out/resnet18_x86_int8 0                 # camera 0, in a window
     python examples/camera_demo.py out/resnet18_x86_int8 clip.mp4 --out results   # headless
+    python examples/camera_demo.py out/resnet18_rpi5_int8 picamera --out results  # the Pi camera (Picamera2)
+    python examples/camera_demo.py out/resnet18_jetson_int8 csi:0          # a Jetson CSI camera (GStreamer)
 
 The same as `edgeres video ARTIFACT --source SOURCE [--headless --out DIR]`.
 """
@@ -14,7 +16,8 @@ from edgeres.video import classify_video, window_show
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("artifact")
-parser.add_argument("source", help="camera index, video file or stream URL")
+parser.add_argument("source", help="camera index, /dev/videoN, picamera, csi:N, gst-usb:/dev/videoN, gst:PIPELINE, "
+                    "video file or stream URL")
 parser.add_argument("--out", type=Path, help="write annotated.mp4 and per-frame results here instead of a window")
 parser.add_argument("--max-frames", type=int)
 args = parser.parse_args()

@@ -115,7 +115,7 @@ def test_camera_is_asked_for_the_smallest_size_covering_the_resize(monkeypatch) 
     class Camera:  # cv2.VideoCapture, replaced at the boundary: no camera on this machine
         native = (1280, 720)
 
-        def __init__(self, source) -> None:
+        def __init__(self, source, backend=None) -> None:
             asked.clear()
             asked["source"] = source
 
@@ -129,7 +129,7 @@ def test_camera_is_asked_for_the_smallest_size_covering_the_resize(monkeypatch) 
             asked[prop] = value
             return True
 
-    monkeypatch.setattr(video.cv2, "VideoCapture", Camera)
+    monkeypatch.setattr(cv2, "VideoCapture", Camera)
     assert video.camera_size_for(256, (1280, 720)) == (640, 360)
     assert video.camera_size_for(256, (1920, 1080)) == (640, 360) and video.camera_size_for(224, (640, 480)) == (320, 240)
     assert video.camera_size_for(512, (640, 480)) == (640, 480)  # never more than the camera gives
