@@ -15,13 +15,14 @@ if [ ! -f "$stamp" ]; then
     # machines pip takes them from local disk instead of downloading gigabytes.
     # constraints.txt pins every package to the set the tests last passed with.
     "$VENV/bin/python" -m pip install --quiet -e ".[dev]" -c constraints.txt
-    # OpenVINO Model API, to check that it runs edgeres' IRs: it pins opencv-python-headless
-    # 4.x, but runs beside the OpenCV 5 installed here, so it goes in without its dependencies.
-    "$VENV/bin/python" -m pip install --quiet --no-deps openvino-model-api==0.4.7
     touch "$stamp"
 else
     "$VENV/bin/python" -m pip install --quiet --no-deps -e .
 fi
+# OpenVINO Model API, to check that it runs edgeres' IRs: it pins opencv-python-headless
+# 4.x, but runs beside the OpenCV 5 installed here, so it goes in without its dependencies.
+"$VENV/bin/python" -c "import model_api" 2>/dev/null ||
+    "$VENV/bin/python" -m pip install --quiet --no-deps openvino-model-api==0.4.7
 # MediaPipe Tasks, a client no one here wrote, checks that the .tflite files run from their
 # metadata alone (tests/targets/test_tflite.py). It pulls opencv-contrib-python, which would
 # replace the OpenCV above, so it gets a venv of its own.

@@ -63,17 +63,24 @@ def uint8_pixels_float_scores(model_bytes: bytes) -> bytes:
         op.inputs = [inside if index == graph.inputs[0] else index for index in op.inputs]
     pixels.type = schema.TensorType.UINT8
     pixels.quantization.zeroPoint = np.zeros(1, np.int64)
-    scores = _new_tensor(graph, logits, schema.TensorType.FLOAT32, b"")
-    logits.name += b"_int8"
     graph.operators[:0] = [_operator(model, schema.BuiltinOperator.DEQUANTIZE, [graph.inputs[0]], [as_float]),
                            _operator(model, schema.BuiltinOperator.QUANTIZE, [as_float], [inside])]
+    if logits.type == schema.TensorType.INT8:  # a float fc (kept out of INT8) gives float scores already
+        _dequantize_output(model, graph, logits)
+    return _packed(model, len(model_bytes))
+
+
+def _dequantize_output(model, graph, logits) -> None:
+    from ai_edge_litert import schema_py_generated as schema
+
+    scores = _new_tensor(graph, logits, schema.TensorType.FLOAT32, b"")
+    logits.name += b"_int8"
     graph.operators.append(_operator(model, schema.BuiltinOperator.DEQUANTIZE, [graph.outputs[0]], [scores]))
     for signature in model.signatureDefs or []:
         for entry in signature.outputs:
             if entry.tensorIndex == graph.outputs[0]:
                 entry.tensorIndex = scores
     graph.outputs = [scores]
-    return _packed(model, len(model_bytes))
 
 
 def _new_tensor(graph, like, tensor_type: int, suffix: bytes) -> int:
@@ -133,13 +140,16 @@ def with_metadata(model_bytes: bytes, entries: dict[str, bytes]) -> bytes:
     from ai_edge_litert import schema_py_generated as schema
 
     model = _unpacked(model_bytes)
-    kept = [m for m in (model.metadata or []) if m.name.decode() not in entries]
+    model.metadata = model.metadata or []
+    stored = {entry.name.decode(): entry for entry in model.metadata}
     for name, data in entries.items():
         buffer = schema.BufferT()
         buffer.data = np.frombuffer(data, dtype=np.uint8)
+        if name in stored:  # an entry written before: its buffer takes the new data, none is left orphaned
+            model.buffers[stored[name].buffer] = buffer
+            continue
         model.buffers.append(buffer)
         entry = schema.MetadataT()
         entry.name, entry.buffer = name, len(model.buffers) - 1
-        kept.append(entry)
-    model.metadata = kept
+        model.metadata.append(entry)
     return _packed(model, len(model_bytes))

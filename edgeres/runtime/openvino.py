@@ -78,7 +78,7 @@ class OpenVinoBackend:
         self._threads = threads
         record = self.embedded_record() or read_sidecar(path)
         self._precision = record.precision if record else None
-        _fit_input_to_crop(self._model)
+        _fit_input_to_crop(self._model, path)
         self._compiled = self._compile("LATENCY")
         # One infer request runs one inference at a time ("Infer Request is busy"), so each
         # caller takes a request from a pool and gives it back: threads never share one.
@@ -222,7 +222,7 @@ def _read_classifier(core, path: Path):
     return model
 
 
-def _fit_input_to_crop(model) -> None:
+def _fit_input_to_crop(model, path: Path) -> None:
     """Reshape an IR that takes the resized frame's centre square to take the crop itself.
 
     edgeres' x86 IRs crop inside the graph (for OpenVINO Model API, see targets/openvino.py)
@@ -231,9 +231,17 @@ def _fit_input_to_crop(model) -> None:
     """
     if not model.has_rt_info([CROP_KEY]):
         return
-    crop = int(model.get_rt_info([CROP_KEY]).astype(str))
+    text = model.get_rt_info([CROP_KEY]).astype(str)
     shape = model.inputs[0].get_partial_shape()
-    model.reshape({0: ov.PartialShape([shape[0], crop, crop, shape[3]])})
+    side = shape[1].get_length() if shape[1].is_static else None
+    if not text.isdigit() or side is None or not 0 < int(text) <= side:
+        raise ArtifactError(f"{path.name}: its rt_info says it crops {text!r} inside, which its input of shape "
+                            f"{shape} cannot take; the file was edited: convert it again")
+    try:
+        model.reshape({0: ov.PartialShape([shape[0], int(text), int(text), shape[3]])})
+    except RuntimeError as error:
+        raise ArtifactError(f"{path.name}: OpenVINO cannot reshape its input to the crop {text}: "
+                            f"{str(error).strip().splitlines()[-1]}; convert it again") from None
 
 
 def _resolve_device(core, device: str | None) -> str:

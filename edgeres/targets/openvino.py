@@ -139,6 +139,7 @@ def _crop_inside(model: "ov.Model", spec: Preprocess) -> "ov.Model":
     old = model.get_parameters()[0]
     batch = old.get_partial_shape()[0]
     pixels = ops.parameter(ov.PartialShape([batch, spec.resize, spec.resize, 3]), ov.Type.u8, name=INPUT_NAME)
+    pixels.set_layout(ov.Layout("NHWC"))  # so ov.set_batch and layout-aware tools still find the batch
     margin = spec.resize - spec.crop
     half_up = int(margin % 2 == 1 and (margin // 2) % 2 == 1)  # round(k + 0.5) is k + 1 for odd k
     size = ops.gather(ops.shape_of(pixels, output_type="i64"), ops.constant(np.array([1, 2])), ops.constant(0))
@@ -166,7 +167,7 @@ def model_api_info(record: ArtifactRecord) -> dict[str, str]:
         "labels": " ".join("_".join(label.split()) or "_" for label in record.labels),
         "mean_values": "0 0 0", "scale_values": "1 1 1", "reverse_input_channels": "False",
         "resize_type": "crop", "embedded_processing": "False",
-        "topk": "5", "output_raw_scores": "True",
+        "topk": str(min(5, len(record.labels))), "output_raw_scores": "True",
     }
 
 

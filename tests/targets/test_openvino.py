@@ -100,6 +100,29 @@ def test_model_api_labels_are_one_word_each() -> None:
 
     record = type("Record", (), {"labels": ["golden retriever", "tabby\tcat", " "]})()
     assert model_api_info(record)["labels"] == "golden_retriever tabby_cat _"
+    assert model_api_info(record)["topk"] == "3"  # Model API fails on a topk above the classes
+
+
+def test_ir_input_keeps_its_layout(converted) -> None:
+    """Layout-aware tools (ov.set_batch) find the batch on the square input the graph crops."""
+    model = ov.Core().read_model(str(converted("x86", "fp32").path))
+    assert str(ov.layout_helpers.get_layout(model.input(0))) == "[N,H,W,C]"
+    ov.set_batch(model, 4)
+    assert list(model.input(0).get_partial_shape().to_shape()) == [4, 37, 37, 3]
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "99"])
+def test_an_edited_crop_size_is_refused(converted, tmp_path: Path, value: str) -> None:
+    from edgeres.errors import ArtifactError
+    from edgeres.runtime.openvino import CROP_KEY
+
+    source = converted("x86", "fp32").path
+    model = ov.Core().read_model(str(source))
+    model.set_rt_info(value, [CROP_KEY])
+    edited = tmp_path / source.name
+    ov.save_model(model, str(edited), compress_to_fp16=False)
+    with pytest.raises(ArtifactError, match="convert it again"):
+        Classifier(edited)
 
 
 def test_mixed_preset(converted, held_out) -> None:

@@ -65,6 +65,26 @@ def test_standard_metadata_and_labels_file(converted) -> None:
         assert read_metadata(data) == result.record.to_json()  # edgeres' own record survives beside it
 
 
+def test_embedding_again_replaces_not_adds(converted, tmp_path: Path) -> None:
+    from edgeres.targets.tflite import TfliteTarget
+
+    result = converted("rpi", "int8")
+    copy = tmp_path / result.path.name
+    copy.write_bytes(result.path.read_bytes())
+    artifact = type("Built", (), {"path": copy, "inputs": result.record.inputs})()
+    TfliteTarget().embed_record(artifact, result.record)
+    assert copy.stat().st_size == result.path.stat().st_size
+    assert tflite_tools.io_details(copy.read_bytes()) == tflite_tools.io_details(result.path.read_bytes())
+
+
+def test_a_float_fc_keeps_its_float_scores(converted) -> None:
+    """With fc kept out of INT8 the scores are float already: nothing is added after them."""
+    result = converted("rpi", "int8", keep=("fc",))
+    details = tflite_tools.io_details(result.path.read_bytes())
+    assert (details.input_dtype, details.output_dtype) == ("uint8", "float32")
+    assert result.record.quantization["design"]["kept_higher"] == ["fc"]
+
+
 def _metadata_entry(model_bytes: bytes, name: str) -> bytes:
     from ai_edge_litert import schema_py_generated as schema
 
