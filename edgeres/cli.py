@@ -20,7 +20,7 @@ from rich.progress import track
 from rich.table import Table
 
 from . import __version__
-from .errors import EdgeresError
+from .errors import NO_OPENCV, EdgeresError
 
 app = typer.Typer(
     name="edgeres",
@@ -234,6 +234,8 @@ def _print_artifact(path: Path, record: Any) -> None:
     if profile and profile["recommended_precision"] != record.precision:
         console.print(f"[yellow]{escape(profile['name'])}:[/yellow] "
                       + escape(f"{profile['recommended_precision']} is recommended for this device: {profile['why']}"))
+    for key, value in (profile or {}).get("options", {}).items():
+        console.print(escape(f"On {profile['name']} ({key}): {value.replace('MODEL', path.with_suffix('').name)}"))
 
 
 def _print_attempts(search: dict) -> None:
@@ -361,6 +363,8 @@ def info(
     }
     if record.device_profile:
         rows["device profile"] = f"{record.device_profile['name']}: {record.device_profile['cpu']}"
+        for key, value in record.device_profile.get("options", {}).items():
+            rows[f"on the device ({key})"] = value
     if record.quantization:
         rows["quantization"] = ", ".join(f"{k}: {v}" for k, v in record.quantization.items())
     if record.calibration:
@@ -655,6 +659,8 @@ def main() -> None:
         if extra is None or not isinstance(error, ModuleNotFoundError) or _installed(package):
             _fail(f"unexpected ImportError: {error}. Run again with --verbose for the traceback; installed "
                   "packages that do not import together often mean a version mismatch (see pyproject.toml)")
+        if package == "cv2":
+            _fail(NO_OPENCV)
         _fail(f"{package} is not installed, and this command needs it: pip install 'edgeres[{extra}]' "
               "(a device that only runs artifacts needs just its runtime's extra)")
     except OSError as error:  # disk full, permission denied, ...: the message names the path
@@ -673,7 +679,7 @@ def main() -> None:
 EXTRA_OF_MODULE = {
     **dict.fromkeys(("torch", "torchvision", "onnx", "onnxscript", "nncf", "litert_torch", "ai_edge_quantizer",
                      "matplotlib", "executorch"), "convert"),
-    "sklearn": "demo", "skimage": "demo",
+    "sklearn": "demo", "skimage": "demo", "cv2": "opencv",
 }
 
 

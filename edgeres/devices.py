@@ -10,13 +10,18 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10 (JetPack 6): the same parser, from PyPI
+    import tomli as tomllib
 
 from .errors import TargetError
 
 
 @dataclass(frozen=True)
 class DeviceProfile:
+    """threads: the device's cores for its runtime (0: all of them, where the class of device varies)."""
+
     name: str
     target: str
     cpu: str
@@ -25,10 +30,12 @@ class DeviceProfile:
     recommended_precision: str
     why: str
     published_latency_ms: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, str] = field(default_factory=dict)  # engine build / compile commands it recommends
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "cpu": self.cpu, "threads": self.threads, "input_dtype": self.input_dtype,
-                "recommended_precision": self.recommended_precision, "why": self.why}
+                "recommended_precision": self.recommended_precision, "why": self.why, "options": self.options,
+                "published": self.published_latency_ms}
 
 
 def profile_names() -> list[str]:

@@ -208,7 +208,7 @@ def test_missing_checkpoint(monkeypatch, capsys, tmp_path: Path) -> None:
 
 def test_unknown_target(monkeypatch, capsys, checkpoint: Path, tmp_path: Path) -> None:
     code, _, err = run_cli(monkeypatch, capsys, "convert", checkpoint, "--target", "tpu", "--out", tmp_path)
-    assert_one_red_line(code, err, "unknown target 'tpu'; choose a target (onnx, npu, x86, rpi, jetson, mobile) or a device profile (rpi4, rpi5)")
+    assert_one_red_line(code, err, "unknown target 'tpu'; choose a target (onnx, npu, x86, rpi, jetson, mobile) or a device profile (jetson-agx-orin, jetson-nano, jetson-orin-nano, jetson-orin-nx, rpi4, rpi5, x86-amx, x86-avx2, x86-avx512-vnni)")
 
 
 def test_wrong_arch(monkeypatch, capsys, checkpoint: Path, tmp_path: Path) -> None:

@@ -14,7 +14,8 @@ from edgeres.targets import REGISTRY, get_target, resolve_target
 def test_every_profile_is_consistent(name: str) -> None:
     profile = load_profile(name)
     assert profile.name == name and profile.target in REGISTRY
-    assert profile.threads >= 1 and len(profile.why) > 40
+    assert profile.threads >= 0 and len(profile.why) > 40  # 0: all cores (a class of CPUs)
+    assert all(isinstance(value, str) and value for value in profile.options.values())
     assert profile.recommended_precision in get_target(profile.target).precisions
 
 
@@ -23,8 +24,19 @@ def test_the_pi_profiles_exist() -> None:
     assert resolve_target("rpi5")[0].name == "rpi"
 
 
+def test_jetson_and_x86_profiles() -> None:
+    jetsons = {"jetson-orin-nano", "jetson-orin-nx", "jetson-agx-orin", "jetson-nano"}
+    x86 = {"x86-avx2", "x86-avx512-vnni", "x86-amx"}
+    assert jetsons | x86 <= set(profile_names())
+    assert {resolve_target(name)[0].name for name in jetsons} == {"jetson"}
+    assert {resolve_target(name)[0].name for name in x86} == {"x86"}
+    assert load_profile("jetson-nano").recommended_precision == "fp16"  # Maxwell: no fast int8
+    assert "--useDLACore=0" in load_profile("jetson-orin-nx").options["trtexec_dla"]
+    assert "f32" in load_profile("x86-amx").options["openvino_compile_fp32"]
+
+
 def test_unknown_name_lists_targets_and_profiles() -> None:
-    with pytest.raises(TargetError, match=r"choose a target \(onnx, npu, x86, rpi, jetson, mobile\) or a device profile \(rpi4, rpi5\)"):
+    with pytest.raises(TargetError, match=r"choose a target \(onnx, npu, x86, rpi, jetson, mobile\) or a device profile \(jetson-agx-orin, .*, rpi5, x86-amx, x86-avx2, x86-avx512-vnni\)"):
         resolve_target("pi9")
 
 
@@ -38,3 +50,21 @@ def test_convert_for_a_profile(monkeypatch, capsys, checkpoint: Path, tmp_path: 
     record = read_sidecar(tmp_path / "resnet18_rpi4_fp32" / "resnet18_rpi4_fp32.tflite")
     assert record.target == "rpi" and record.device_profile["name"] == "rpi4"
     assert "rpi4: int8 is recommended" in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("profile, suffix", [("jetson-orin-nano", ".onnx"), ("x86-amx", ".xml")])
+def test_new_profiles_convert_and_record_their_recommendations(monkeypatch, capsys, checkpoint: Path,
+                                                               tmp_path: Path, profile: str, suffix: str) -> None:
+    from tests.test_cli import run_cli
+
+    code, out, err = run_cli(monkeypatch, capsys, "convert", checkpoint, "--target", profile, "--imgsz", "32",
+                             "--out", tmp_path)
+    assert code == 0, err
+    stem = f"resnet18_{profile}_fp32"
+    record = read_sidecar(tmp_path / stem / f"{stem}{suffix}")
+    expected = load_profile(profile)
+    assert record.device_profile["options"] == expected.options and record.device_profile["why"] == expected.why
+    assert "int8 is recommended" in out
+    first = next(iter(expected.options))
+    assert f"On {profile} ({first}):" in " ".join(out.split())

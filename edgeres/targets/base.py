@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar, Protocol
+from typing import TYPE_CHECKING, Callable, ClassVar, Protocol
 
 from ..artifact import ArtifactRecord, TensorSpec
-from ..calibration import CalibrationSet
-from ..preprocess import Preprocess
+
+if TYPE_CHECKING:  # not at import: the CLI's --help lists the targets on a device without OpenCV
+    from ..calibration import CalibrationSet
+    from ..preprocess import Preprocess
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
