@@ -148,12 +148,20 @@ class PicameraCapture:
             self._camera = Picamera2(camera_number)
         except (IndexError, RuntimeError) as error:
             raise VideoError(f"no Pi camera {camera_number} ({error}); rpicam-hello --list-cameras lists them") from None
+        try:
+            self._start(size, resize, fps)
+        except RuntimeError as error:  # libcamera refused the configuration: free the camera for the next try
+            self._camera.close()
+            raise VideoError(f"the Pi camera refused size {size or resize} at {fps or DEFAULT_FPS} FPS ({error}); "
+                             "try another --camera-size or --fps") from None
+
+    def _start(self, size: tuple[int, int] | None, resize: int | None, fps: int | None) -> None:
         sensor = tuple(self._camera.camera_properties["PixelArraySize"])
         wanted = size or (isp_size_for(resize, sensor) if resize else sensor)
         self.fps = fps or DEFAULT_FPS
         config = self._camera.create_video_configuration(
             main={"size": wanted, "format": "RGB888"}, controls={"FrameRate": self.fps}, buffer_count=4)
-        self._camera.align_configuration(config)  # the ISP's line alignment may round the width
+        self._camera.align_configuration(config)  # the ISP's line alignment may round the width down
         self._camera.configure(config)
         self.size = tuple(config["main"]["size"])
         self._camera.start()

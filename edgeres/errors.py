@@ -67,8 +67,7 @@ class EvaluationError(EdgeresError):
     """Labelled data that is missing, empty, or does not match the model's classes."""
 
 
-# OpenCV is not a dependency of the core: a Jetson has JetPack's own (with GStreamer and
-# CUDA), which a pip wheel in the same venv would shadow. Everywhere else an extra brings it.
+# OpenCV is not a dependency of the core: a Jetson has JetPack's own (with GStreamer), which a pip wheel in the same venv would shadow. Everywhere else an extra brings it.
 NO_OPENCV = (
     "edgeres needs OpenCV (cv2) and none is installed: pip install 'edgeres[opencv]' (every runtime's extra "
     "includes it); on a Jetson use JetPack's own OpenCV instead: make the venv with --system-site-packages"

@@ -66,17 +66,29 @@ def open_source(source: str | int, resize: int | None = None, camera_size: tuple
     """
     text = str(source)
     kind, _, rest = text.partition(":")
-    if kind in OPENERS and not Path(text).exists():
+    if kind in OPENERS and not _is_path(text):
         return OPENERS[kind](rest, CameraRequest(resize, camera_size, fourcc, fps))
     if is_camera(source):
         return open_v4l2(int(text) if text.isdigit() else text, CameraRequest(resize, camera_size, fourcc, fps))
-    if "://" not in text and not Path(text).exists():
+    if "://" not in text and not _is_path(text):
         raise VideoError(f"video source {text} does not exist; give a file, a camera (0, /dev/video0, picamera, "
                          "csi:0) or a stream URL")
     capture = cv2.VideoCapture(text)
     if not capture.isOpened():
         raise VideoError(f"cannot open video source {text!r}: not a video OpenCV can decode")
     return capture
+
+
+def _is_path(text: str) -> bool:
+    try:
+        return Path(text).exists()
+    except OSError:  # a name too long for the file system (a GStreamer pipeline): not a file
+        return False
+
+
+def is_live(source: str | int) -> bool:
+    """A camera or a stream, which delivers at its own pace, rather than a file that must be paced."""
+    return is_camera(source) or str(source).partition(":")[0] in OPENERS or "://" in str(source)
 
 
 class LatestFrame:
@@ -86,11 +98,13 @@ class LatestFrame:
     until the previous frame has been taken, so every frame is classified.
     """
 
-    def __init__(self, capture: cv2.VideoCapture, *, realtime: bool) -> None:
+    def __init__(self, capture: cv2.VideoCapture, *, realtime: bool, paced: bool = True) -> None:
         self._capture = capture
         self._realtime = realtime
         fps = capture.get(cv2.CAP_PROP_FPS)
-        self._frame_interval = 1.0 / fps if realtime and fps and fps > 0 else 0.0
+        # A camera's read() already waits for its next frame; pacing it by its nominal rate would
+        # only age the frames when it runs faster than it says.
+        self._frame_interval = 1.0 / fps if paced and realtime and fps and fps > 0 else 0.0
         self._condition = threading.Condition()
         self._latest: tuple[int, float, np.ndarray] | None = None
         self._finished = False
@@ -216,7 +230,8 @@ def classify_video(
     capture = open_source(source, classifier.preprocess.resize, camera_size, fourcc, fps)
     fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
     outputs = _Outputs(Path(out_dir), fps) if out_dir is not None else None
-    run = _VideoRun(classifier, LatestFrame(capture, realtime=realtime), outputs, show, show_every, max_frames)
+    reader = LatestFrame(capture, realtime=realtime, paced=not is_live(source))
+    run = _VideoRun(classifier, reader, outputs, show, show_every, max_frames)
     try:
         run.loop()
     except KeyboardInterrupt:

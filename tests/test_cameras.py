@@ -37,7 +37,7 @@ class FakePicamera2:
 
     def align_configuration(self, config: dict) -> None:
         width, height = config["main"]["size"]
-        config["main"]["size"] = (-(-width // 32) * 32, height)  # libcamera rounds RGB888 lines to 32 pixels
+        config["main"]["size"] = (width // 32 * 32, height)  # Picamera2's align_stream rounds RGB888 widths down
 
     def configure(self, config: dict) -> None:
         self.calls.append("configure")
@@ -72,7 +72,7 @@ def test_picamera_asks_the_isp_for_the_resize(picamera2) -> None:
     camera = picamera2.made[-1]
     assert camera.asked["main"] == {"size": (456, 256), "format": "RGB888"}  # 16:9 at a shorter side of 256
     assert camera.asked["controls"] == {"FrameRate": 30}
-    assert capture.get(cv2.CAP_PROP_FRAME_WIDTH) == 480 and capture.get(cv2.CAP_PROP_FPS) == 30  # as aligned
+    assert capture.get(cv2.CAP_PROP_FRAME_WIDTH) == 448 and capture.get(cv2.CAP_PROP_FPS) == 30  # as aligned
     capture.release()
     assert camera.calls == ["configure", "start", "stop", "close"]
 
@@ -84,6 +84,33 @@ def test_picamera_size_rate_and_number(picamera2) -> None:
         open_source("picamera:1")
     with pytest.raises(VideoError, match="camera number must be a number"):
         open_source("picamera:front")
+
+
+def test_picamera_refusing_the_configuration_frees_the_camera(picamera2, monkeypatch) -> None:
+    def refuse(self, config) -> None:
+        raise RuntimeError("Failed to configure camera")
+
+    monkeypatch.setattr(picamera2, "configure", refuse)
+    with pytest.raises(VideoError, match="refused size"):
+        open_source("picamera", resize=256)
+    assert picamera2.made[-1].calls == ["close"]
+
+
+def test_a_long_gst_pipeline_is_not_taken_for_a_file(monkeypatch) -> None:
+    opened: list = []
+    monkeypatch.setattr(cameras, "has_gstreamer", lambda: True)
+    monkeypatch.setattr(cv2, "VideoCapture", lambda *args: opened.append(args) or types.SimpleNamespace(isOpened=lambda: True))
+    pipeline = "videotestsrc ! " + "queue ! " * 40 + "videoconvert ! appsink"
+    open_source("gst:" + pipeline)
+    assert opened == [(pipeline, cv2.CAP_GSTREAMER)]
+
+
+def test_cameras_are_not_paced_files_are() -> None:
+    from edgeres.video import is_live
+
+    assert all(is_live(source) for source in ("0", "/dev/video2", "picamera", "csi:1", "gst:x ! appsink",
+                                              "rtsp://camera/stream"))
+    assert not any(is_live(source) for source in ("clip.mp4", "/data/clip.avi"))
 
 
 def test_picamera_missing_says_what_to_install(monkeypatch) -> None:
