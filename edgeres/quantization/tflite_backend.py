@@ -23,6 +23,8 @@ SIGNATURE = "serving_default"
 PIXEL_RANGE = (0.0, 255.0)
 # Ops whose output shares its input's parameters in ai-edge-quantizer; their statistics are ignored.
 SAME_AS_INPUT = ("PAD", "MAX_POOL_2D", "RESHAPE", "TRANSPOSE")
+# The uint8-in / float-out adapters of a finished int8 file (tflite_tools.uint8_pixels_float_scores).
+IO_ADAPTERS = ("QUANTIZE", "DEQUANTIZE")
 
 
 def op_points(model_bytes: bytes, module, mean_pixels: tuple[float, float]) -> tuple[dict[str, tuple], dict[str, str]]:
@@ -68,7 +70,7 @@ def op_points(model_bytes: bytes, module, mean_pixels: tuple[float, float]) -> t
             points[out] = "avgpool"
         elif kind in ("MUL", "DIV") and points.get(tensor(op.inputs[0])) == "avgpool":
             points[out] = "avgpool"
-        elif kind not in SAME_AS_INPUT:
+        elif kind not in SAME_AS_INPUT + IO_ADAPTERS:
             raise ConversionError(f"cannot place TFLite op {kind} ({out}) in the ResNet's quantization plan")
     return points, layer_output
 
