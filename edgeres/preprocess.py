@@ -90,6 +90,18 @@ class Preprocess:
         height, width = frame_bgr.shape[:2]
         return _resampler(height, width, self.resize, self.crop)(frame_bgr)
 
+    def crop_box(self, height: int, width: int) -> tuple[float, float, float, float]:
+        """The part of a height x width frame that the crop shows, as (left, top, right, bottom)
+        fractions of the frame: the region to hand a client that resizes whatever region it is
+        given (MediaPipe's region of interest) so that it sees what the model sees.
+
+        Not always the centred square: an odd margin cannot be split evenly, and like
+        torchvision's CenterCrop the crop then sits half a resized pixel off centre.
+        """
+        new_h, new_w = _shorter_side_size(height, width, self.resize)
+        top, left = _crop_origin(new_h, new_w, self.crop)
+        return left / new_w, top / new_h, (left + self.crop) / new_w, (top + self.crop) / new_h
+
     def multiply_adds(self, height: int, width: int) -> int:
         """Multiply-adds `resize_and_crop` spends on one height x width frame."""
         return _resampler(height, width, self.resize, self.crop).multiply_adds
@@ -153,6 +165,11 @@ def _shorter_side_size(height: int, width: int, shorter: int) -> tuple[int, int]
     return int(shorter * height / width), shorter
 
 
+def _crop_origin(height: int, width: int, crop: int) -> tuple[int, int]:
+    # torchvision's CenterCrop: int(round(margin / 2)), so Python's half-to-even rounding
+    return int(round((height - crop) / 2.0)), int(round((width - crop) / 2.0))
+
+
 class _Resampler:
     """PIL's antialiased bilinear resize of one frame size, computed only inside the crop.
 
@@ -165,8 +182,7 @@ class _Resampler:
 
     def __init__(self, height: int, width: int, resize: int, crop: int) -> None:
         new_h, new_w = _shorter_side_size(height, width, resize)
-        top = int(round((new_h - crop) / 2.0))
-        left = int(round((new_w - crop) / 2.0))
+        top, left = _crop_origin(new_h, new_w, crop)
         row_idx, row_w = _resample_taps(height, new_h, top, crop)
         col_idx, col_w = _resample_taps(width, new_w, left, crop)
         x0, x1 = col_idx.min(), col_idx.max() + 1

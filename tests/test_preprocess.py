@@ -125,6 +125,30 @@ def test_resize_and_crop_is_within_one_grey_level_of_pil(photo: str, size: tuple
     assert difference.max() <= 1 and difference.mean() <= 0.2, (difference.max(), difference.mean())
 
 
+@pytest.mark.parametrize("size, spec", [((48, 48), Preprocess(resize=37, crop=32)),  # the digits model's
+                                        ((480, 640), Preprocess.imagenet()), ((301, 223), Preprocess.imagenet())])
+def test_crop_box_is_the_region_the_crop_shows(size: tuple[int, int], spec: Preprocess) -> None:
+    """PIL resizing just the crop box (as a region-of-interest client does) gives the crop; the
+    centred square does not where the margin is odd (37 - 32, and 341 - 224 across 640x480)."""
+    import cv2
+    from PIL import Image
+    from skimage import data
+
+    height, width = size
+    frame = np.ascontiguousarray(cv2.resize(data.astronaut(), (width, height), interpolation=cv2.INTER_AREA))
+    crop = spec.resize_and_crop(frame).astype(int)
+
+    def region(left: float, top: float, right: float, bottom: float) -> np.ndarray:
+        box = (left * width, top * height, right * width, bottom * height)
+        return np.asarray(Image.fromarray(frame).resize((spec.crop, spec.crop), Image.BILINEAR, box=box), int)
+
+    assert np.abs(crop - region(*spec.crop_box(height, width))).max() <= 1
+    side = min(height, width) * spec.crop / spec.resize
+    centred = ((width - side) / 2 / width, (height - side) / 2 / height, (width + side) / 2 / width,
+               (height + side) / 2 / height)
+    assert np.abs(crop - region(*centred)).max() > 4
+
+
 def test_resampling_is_sparse() -> None:
     """Only the taps each output needs: a 640x480 frame to 224 costs well under 3 M multiply-adds."""
     spec = Preprocess.imagenet()
