@@ -20,7 +20,8 @@ from rich.progress import track
 from rich.table import Table
 
 from . import __version__
-from .errors import NO_OPENCV, EdgeresError
+from .errors import NO_OPENCV, EdgeresError, install_hint
+from .logs import set_verbose
 
 app = typer.Typer(
     name="edgeres",
@@ -30,8 +31,11 @@ app = typer.Typer(
     add_completion=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+VERBOSE_HELP = "Let other libraries' warnings and native logs through, and show the traceback of a failure."
 console = Console()
 err_console = Console(stderr=True)
+for _console in (console, err_console):  # piped or redirected: whole lines, not wrapped at 80 columns
+    _console.soft_wrap = not _console.is_terminal
 
 
 def _calibration_methods() -> str:
@@ -193,8 +197,11 @@ def convert(
         opset=opset, name=name, seed=seed, preset=preset, verbose=verbose, keep=tuple(keep_float or ()), val=val,
         max_drop=max_drop, min_agreement=min_agreement, max_kept=max_kept,
     )
+    source = checkpoint.name if checkpoint is not None else f"torchvision's {weights} weights" if weights else None
+    if source is None:
+        raise EdgeresError("give a checkpoint (edgeres convert model.pth ...) or --weights imagenet")
     try:
-        with _steps(f"Loading {checkpoint.name}") as steps:
+        with _steps(f"Loading {source}") as steps:
             model = load_model(checkpoint, arch, weights=weights, labels=labels, trust_checkpoint=trust_checkpoint)
             result = run_conversion(model, options, progress=steps.track, log=steps.log)
     except AccuracyBarError as error:
@@ -292,8 +299,10 @@ def predict(
     threads: Optional[int] = typer.Option(None, help="CPU threads for the runtime (default: the runtime's choice)."),
     device: Optional[str] = typer.Option(None, help="Inference device, e.g. CPU, GPU, AUTO (OpenVINO); default: the best here."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
     """Classify image files with an artifact, the way a device would."""
+    set_verbose(verbose)
     from .calibration.folder import find_images, read_image
     from .runtime.classifier import Classifier
 
@@ -322,15 +331,20 @@ def predict(
 def _record_of(artifact: Path):
     from .artifact import read_sidecar
     from .errors import BackendUnavailableError
+    from .runtime import backend_class, resolve_artifact
     from .runtime.classifier import Classifier
 
     try:
         return Classifier(artifact).record
     except BackendUnavailableError as error:
-        record = read_sidecar(artifact) if artifact.is_file() else None
+        path = resolve_artifact(artifact)
+        record = backend_class(path).read_record(path) if path.is_file() else None
+        where = "the record inside the file"
+        if record is None:
+            record, where = (read_sidecar(path) if path.is_file() else None), "the sidecar record"
         if record is None:
             raise
-        _log(f"Read from the sidecar record, not checked against the model ({error})")
+        _log(f"Read from {where}, without its runtime: not checked against the model ({error})")
         return record
 
 
@@ -338,12 +352,15 @@ def _record_of(artifact: Path):
 def info(
     artifact: Path = typer.Argument(..., help="An artifact made by `edgeres convert`."),
     as_json: bool = typer.Option(False, "--json", help="Print the whole edgeres record as JSON."),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
     """Show what an artifact is: model, precision, preprocessing, labels, checks.
 
-    Runs without the artifact's runtime when its sidecar record is beside it (on a machine
-    that only converts, say); with the runtime the record is also checked against the model.
+    Runs without the artifact's runtime too (on a machine that only converts, say): the
+    record is then read from the file itself, or from its sidecar (.engine); with the
+    runtime it is also checked against the model.
     """
+    set_verbose(verbose)
     record = _record_of(artifact)
     if as_json:
         console.print_json(record.to_json())
@@ -392,6 +409,7 @@ def evaluate(
         None, help="What agreement and KL are measured against: an artifact or the PyTorch checkpoint "
         "(default: the first FP32 artifact given)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
     """Accuracy of each artifact on labelled images, through the same Classifier a device uses.
 
@@ -401,6 +419,7 @@ def evaluate(
     Example:\n
       edgeres eval out/resnet18_onnx_fp32.onnx out/resnet18_x86_int8.xml --data val/
     """
+    set_verbose(verbose)
     from dataclasses import asdict
 
     from .evaluate import evaluate_artifacts
@@ -435,6 +454,7 @@ def benchmark_command(
     warmup: int = typer.Option(10, help="Untimed predictions before timing."),
     runs: int = typer.Option(100, help="Timed predictions."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
     """Latency p50/p90/p99, FPS, time to first inference, peak memory and size, per artifact.
 
@@ -444,6 +464,7 @@ def benchmark_command(
     Example:\n
       edgeres benchmark out/*.onnx out/*.xml out/*.tflite --threads 4
     """
+    set_verbose(verbose)
     from dataclasses import asdict
 
     from .benchmark import benchmark
@@ -471,6 +492,7 @@ def build_engine_command(
     dla_core: Optional[int] = typer.Option(None, help="Run on this DLA core (Xavier/Orin), with GPU fallback."),
     timing_cache: Optional[Path] = typer.Option(None, help="TensorRT timing cache file, read and updated: "
                                                 "rebuilds take seconds instead of minutes."),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
     """On the Jetson: build a TensorRT engine from a jetson ONNX artifact (FP16/INT8 flags from its record).
 
@@ -479,6 +501,7 @@ def build_engine_command(
     Example:\n
       edgeres build-engine resnet18_jetson_int8.onnx --timing-cache trt.cache
     """
+    set_verbose(verbose)
     from .engine import build_engine
 
     engine = build_engine(onnx_model, out, workspace_mb=workspace_mb, dla_core=dla_core, timing_cache=timing_cache,
@@ -492,12 +515,14 @@ def verify(
     threads: Optional[int] = typer.Option(None, help="CPU threads for the runtime."),
     device: Optional[str] = typer.Option(None, help="Inference device (OpenVINO: CPU, GPU, AUTO, ...)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
     """On the device: run the artifact's golden samples through the installed runtime and check them.
 
     Each artifact carries a few images with the FP32 model's logits and its own logits at conversion.
     A wrong runtime version, a broken delegate or a preprocessing mismatch fails here, with exit code 1.
     """
+    set_verbose(verbose)
     from dataclasses import asdict
 
     from .golden import check_golden
@@ -545,6 +570,7 @@ def video(
                                          "cameras give their larger sizes at 30 FPS only in MJPG) or YUYV."),
     fps: Optional[int] = typer.Option(None, help="Frame rate to ask a camera for (default: its own; 30 for "
                                       "picamera and GStreamer sources)."),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
     """Classify a camera, a video file or a stream live; q, Esc or Ctrl-C ends it with a summary.
 
@@ -558,6 +584,7 @@ def video(
       edgeres video out/resnet18_jetson_int8/resnet18_jetson_int8.onnx --source csi:0\n
       edgeres video out/resnet18_x86_int8.xml --source clip.mp4 --headless --out results/
     """
+    set_verbose(verbose)
     from .runtime.classifier import Classifier
     from .video import classify_video, no_window_reason, window_show
 
@@ -605,6 +632,7 @@ def demo(
     quick: bool = typer.Option(False, "--quick", help="Fewer calibration images and targets, for a fast check."),
     weights: Optional[str] = typer.Option(None, help="'imagenet': torchvision's ImageNet ResNet18 instead of the "
                                           "digits model (the weights file must be on disk)."),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
     """The whole job on a built-in default: train a ResNet18 on real digit images, convert it, check it.
 
@@ -616,6 +644,7 @@ def demo(
 
     With --weights imagenet (weights file on disk) the same runs on torchvision's ResNet18.
     """
+    set_verbose(verbose)
     from .demo import run_demo
 
     report = run_demo(out, epochs=epochs, quick=quick, weights=weights, progress=_progress, log=_log)
@@ -661,7 +690,7 @@ def main() -> None:
                   "packages that do not import together often mean a version mismatch (see pyproject.toml)")
         if package == "cv2":
             _fail(NO_OPENCV)
-        _fail(f"{package} is not installed, and this command needs it: pip install 'edgeres[{extra}]' "
+        _fail(f"{package} is not installed, and this command needs edgeres' [{extra}] extra: {install_hint(extra)} "
               "(a device that only runs artifacts needs just its runtime's extra)")
     except OSError as error:  # disk full, permission denied, ...: the message names the path
         _fail(f"{error}")

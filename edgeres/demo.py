@@ -17,6 +17,7 @@ import torch
 import torchvision
 
 from .calibration.folder import find_images, read_image
+from .logs import is_verbose
 from .preprocess import Preprocess
 
 DIGIT_LABELS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -197,7 +198,7 @@ def _score_artifacts(inputs: DemoInputs, out: Path, quick: bool, progress, log) 
     for target, precision in QUICK_ARTIFACTS if quick else DEMO_ARTIFACTS:
         options = ConvertOptions(target=target, precision=precision, out_dir=out / "artifacts",
                                  calib=inputs.calib_dir, calib_size=64 if quick else 300, imgsz=inputs.imgsz,
-                                 report=False)
+                                 report=False, verbose=is_verbose())
         kwargs = {"progress": progress} if progress else {}
         result = convert(inputs.model, options, log=log, **kwargs)
         classifier = Classifier(result.path)

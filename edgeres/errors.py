@@ -67,8 +67,17 @@ class EvaluationError(EdgeresError):
     """Labelled data that is missing, empty, or does not match the model's classes."""
 
 
+def install_hint(extra: str) -> str:
+    """How to add an extra: edgeres is not on PyPI, so pip installing edgeres by name would fetch
+    someone else's package or nothing; it is installed from its wheel or its repository."""
+    from . import __version__
+
+    return (f"pip install 'edgeres-{__version__}-py3-none-any.whl[{extra}]' (the wheel, see the README's Install), "
+            f"or pip install -e '.[{extra}]' in the repository")
+
+
 # OpenCV is not a dependency of the core: a Jetson has JetPack's own (with GStreamer), which a pip wheel in the same venv would shadow. Everywhere else an extra brings it.
 NO_OPENCV = (
-    "edgeres needs OpenCV (cv2) and none is installed: pip install 'edgeres[opencv]' (every runtime's extra "
-    "includes it); on a Jetson use JetPack's own OpenCV instead: make the venv with --system-site-packages"
+    f"edgeres needs OpenCV (cv2) and none is installed: {install_hint('opencv')}; every runtime's extra "
+    "includes it. On a Jetson use JetPack's own OpenCV instead: make the venv with --system-site-packages"
 )

@@ -25,6 +25,10 @@ def set_verbose(verbose: bool) -> None:
     _verbose = verbose
 
 
+def is_verbose() -> bool:
+    return _verbose
+
+
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
     """Silence Python logging, warnings, stdout/stderr and native output for the block."""

@@ -14,6 +14,7 @@ import pytest
 
 from edgeres.artifact import sidecar_path
 from edgeres.cli import main
+from edgeres.errors import install_hint
 from edgeres.conversion.pipeline import torch_logits
 from edgeres.runtime.classifier import Classifier
 
@@ -94,18 +95,43 @@ def _without(modules: set[str], argv: list[str]) -> subprocess.CompletedProcess:
                           env={**os.environ, "COLUMNS": "200"})
 
 
+# What each format's runtime is; `info` must read the record without it.
+RUNTIME_MODULES = {".onnx": {"onnxruntime"}, ".xml": {"openvino"}, ".tflite": {"ai_edge_litert", "tflite_runtime"},
+                   ".pte": {"executorch"}, ".ptl": {"torch"}}
+
+
 @pytest.mark.slow
-def test_info_without_the_runtime_reads_the_sidecar(converted, tmp_path: Path) -> None:
+@pytest.mark.parametrize("target, precision", [("onnx", "fp32"), ("x86", "int8"), ("rpi", "int8"), ("mobile", "fp32")])
+def test_info_reads_a_lone_artifact_without_its_runtime(converted, tmp_path: Path, target: str, precision: str) -> None:
+    """Copied alone (no sidecar) to a machine without its runtime: the record comes from the file."""
+    result = converted(target, precision)
+    for source in (result.path, *result.companions):
+        artifact = tmp_path / source.name
+        for part in [source, *([source.with_suffix(".bin")] if source.suffix == ".xml" else [])]:
+            shutil.copy(part, tmp_path / part.name)
+        shown = _without(RUNTIME_MODULES[source.suffix], ["info", artifact, "--json"])
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout) == json.loads(sidecar_path(source).read_text())  # each file its own
+        assert "Read from the record inside the file, without its runtime" in shown.stderr
+
+
+@pytest.mark.slow
+def test_info_without_the_runtime_falls_back_to_the_sidecar(converted, tmp_path: Path) -> None:
+    """A file with no record of its own (a TensorRT engine; here an ONNX stripped of it) and its sidecar."""
+    import onnx
+
     result = converted("onnx", "fp32")
     artifact = tmp_path / result.path.name
-    shutil.copy(result.path, artifact)
+    model = onnx.load(str(result.path))
+    del model.metadata_props[:]
+    onnx.save(model, str(artifact))
     shutil.copy(sidecar_path(result.path), sidecar_path(artifact))
     shown = _without({"onnxruntime"}, ["info", artifact])
     assert shown.returncode == 0, shown.stderr
-    assert "resnet18, 10 classes" in shown.stdout and "not checked against the model" in shown.stderr
+    assert "resnet18, 10 classes" in shown.stdout and "Read from the sidecar record" in shown.stderr
     sidecar_path(artifact).unlink()
     missing = _without({"onnxruntime"}, ["info", artifact])
-    assert_one_red_line(missing.returncode, missing.stderr, "pip install 'edgeres[onnx]'")
+    assert_one_red_line(missing.returncode, missing.stderr, "py3-none-any.whl[onnx]'")
 
 
 def test_help_teaches(monkeypatch, capsys) -> None:
@@ -129,6 +155,17 @@ def test_piped_tables_are_plain_and_whole(capsys) -> None:
     out = capsys.readouterr().out
     assert out.splitlines() == ["Wrote out/model.onnx", "artifact\tmax |logit diff|",
                                 "resnet50_imagenet_finetuned_npu_int8_a16w8.onnx\t1.23e-05"]
+
+
+def test_piped_lines_are_whole(capsys) -> None:
+    """Log lines and messages to a pipe are not wrapped at the console's width (a path stays whole)."""
+    from edgeres.cli import _log, console
+
+    message = "Report: " + "/very/long/folder" * 30 + "/report.png"
+    _log(message)
+    console.print(message)
+    captured = capsys.readouterr()
+    assert captured.err.strip() == message and captured.out.strip() == message
 
 
 def test_cells_are_data_not_markup(capsys, monkeypatch) -> None:
@@ -198,7 +235,42 @@ def test_converting_on_a_device_install_names_the_extra(tmp_path: Path) -> None:
     checkpoint.write_bytes(b"not a checkpoint")
     result = _without({"torch", "torchvision"}, ["convert", checkpoint, "--arch", "resnet18"])
     assert_one_red_line(result.returncode, result.stderr, "torch is not installed")
-    assert "pip install 'edgeres[convert]'" in result.stderr
+    assert "[convert] extra: " + install_hint("convert") in result.stderr
+
+
+def test_convert_imagenet_weights_from_disk(monkeypatch, capsys, tmp_path: Path) -> None:
+    """--weights imagenet without a checkpoint, as --help says: the real loading path, with a
+    file standing in for the download where torch.hub keeps it."""
+    import torch
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    folder = tmp_path / "torch" / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.save(torchvision.models.resnet18(num_classes=1000).state_dict(), folder / "resnet18-f37072fd.pth")
+    code, _, err = run_cli(monkeypatch, capsys, "convert", "--weights", "imagenet", "--imgsz", "32",
+                           "--out", tmp_path / "out")
+    assert code == 0, err
+    record = json.loads(sidecar_path(tmp_path / "out" / "resnet18_onnx_fp32" / "resnet18_onnx_fp32.onnx").read_text())
+    assert record["labels"][0] == "tench" and record["source"]["weights"] == "ResNet18_Weights.IMAGENET1K_V1"
+
+
+def test_convert_imagenet_weights_offline_says_where_to_put_them(monkeypatch, capsys, tmp_path: Path) -> None:
+    import torch.hub
+    import urllib.error
+
+    def no_network(url: str, dst: str, progress: bool) -> None:
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    code, _, err = run_cli(monkeypatch, capsys, "convert", "--weights", "imagenet", "--out", tmp_path / "out")
+    assert_one_red_line(code, err, "Copy resnet18-f37072fd.pth")
+
+
+def test_convert_without_a_model(monkeypatch, capsys, tmp_path: Path) -> None:
+    code, _, err = run_cli(monkeypatch, capsys, "convert", "--out", tmp_path)
+    assert_one_red_line(code, err, "give a checkpoint (edgeres convert model.pth ...) or --weights imagenet")
 
 
 def test_missing_checkpoint(monkeypatch, capsys, tmp_path: Path) -> None:

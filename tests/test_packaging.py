@@ -46,7 +46,7 @@ def test_without_opencv_the_api_says_what_to_install() -> None:
         edgeres.Classifier
     """)
     assert result.stdout.strip() == "0.1.0"  # import edgeres itself needs no OpenCV
-    assert "pip install 'edgeres[opencv]'" in result.stderr and "--system-site-packages" in result.stderr
+    assert "py3-none-any.whl[opencv]'" in result.stderr and "--system-site-packages" in result.stderr
 
 
 def test_without_opencv_the_cli_gives_one_line(tmp_path: Path) -> None:
@@ -59,4 +59,15 @@ def test_without_opencv_the_cli_gives_one_line(tmp_path: Path) -> None:
     """)
     assert result.returncode == 1
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) <= 3 and "edgeres[opencv]" in result.stderr and "Traceback" not in result.stderr
+    assert len(lines) <= 3 and "whl[opencv]" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_no_message_sends_users_to_pypi() -> None:
+    """edgeres is not on PyPI: `pip install 'edgeres[x]'` would install someone else's package or
+    nothing. Every install hint goes through errors.install_hint (the wheel or the repository)."""
+    import edgeres
+
+    package = Path(edgeres.__file__).parent
+    offenders = [f"{path.relative_to(package)}:{number}" for path in sorted(package.rglob("*.py"))
+                 for number, line in enumerate(path.read_text().splitlines(), 1) if "pip install 'edgeres[" in line]
+    assert offenders == []

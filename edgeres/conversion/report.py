@@ -134,6 +134,7 @@ def chart_figure(rows: list[dict]):
     shown = quality + ([fp32] if labelled and fp32 is not None else [])
     pad = max(0.5, 0.2 * (max(shown) - min(shown)))
     axis.set_ylim(min(shown) - pad, max(shown) + pad)  # room for the labels above the highest point
+    axis.set_yticks([tick for tick in axis.get_yticks() if min(shown) - pad <= tick <= 100])  # no 100.4%
     models = sorted({r["model"] for r in rows if r.get("model")})  # reports from before 0.1 have none
     sources = sorted({f"{r['eval_images']} {r['eval_source']} images" for r in rows})
     title = (f"{', '.join(models)}: " if models else "") + (f"{'accuracy' if labelled else 'agreement'} "

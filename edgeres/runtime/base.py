@@ -26,6 +26,11 @@ class Backend(Protocol):
     def embedded_record(self) -> ArtifactRecord | None:
         """The edgeres record stored inside the artifact, if the format has one."""
 
+    @staticmethod
+    def read_record(path: Path) -> ArtifactRecord | None:
+        """The same record read from the file without the runtime (`edgeres info` on a machine
+        without it), or None where the format keeps none."""
+
     @property
     def max_batch(self) -> int | None:
         """Largest batch one call accepts (None: any)."""

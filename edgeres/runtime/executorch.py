@@ -6,6 +6,7 @@ backend runs the same program here (and in `edgeres verify`/`eval`) with the sam
 
 from __future__ import annotations
 
+import struct
 import threading
 from pathlib import Path
 from typing import ClassVar
@@ -13,7 +14,11 @@ from typing import ClassVar
 import numpy as np
 
 from ..artifact import PTE_RECORD_MARKER, PTE_RECORD_METHOD, ArtifactRecord, parse_embedded
-from ..errors import ArtifactError, BackendUnavailableError, DeviceError
+from ..errors import ArtifactError, BackendUnavailableError, DeviceError, install_hint
+from ..logs import quiet
+
+
+PTE_JSON_START = b'{"arch":'  # the record's first key (ArtifactRecord's first field), as compact_json writes it
 
 
 class ExecuTorchBackend:
@@ -21,19 +26,23 @@ class ExecuTorchBackend:
 
     def __init__(self, path: Path, threads: int | None, device: str | None = None) -> None:
         self._lock = threading.Lock()  # a loaded method holds its own input and output buffers: one call at a time
-        try:
-            import torch
-            from executorch.runtime import Runtime
-        except ImportError:
-            raise BackendUnavailableError(".pte artifacts need ExecuTorch's runtime: pip install 'edgeres[mobile]'") from None
         if device not in (None, "CPU"):
             raise DeviceError(f"ExecuTorch's Python runtime runs on the CPU; device {device!r} is not available")
+        # importing logs a torch deprecation warning and loading prints native cpuinfo probes
+        # to stderr; `--verbose` (logs.set_verbose) lets them through
+        with quiet():
+            try:
+                import torch
+                from executorch.runtime import Runtime
+            except ImportError:
+                raise BackendUnavailableError(".pte artifacts need ExecuTorch's runtime: "
+                                              f"{install_hint('mobile')}") from None
+            try:
+                self._program = Runtime.get().load_program(str(path))
+                self._method = self._program.load_method("forward")
+            except Exception as error:  # the runtime raises its own untyped errors for a bad file
+                raise ArtifactError(f"{path} is not a loadable ExecuTorch program: {error}") from None
         self._torch = torch
-        try:
-            self._program = Runtime.get().load_program(str(path))
-            self._method = self._program.load_method("forward")
-        except Exception as error:  # the runtime raises its own untyped errors for a bad file
-            raise ArtifactError(f"{path} is not a loadable ExecuTorch program: {error}") from None
         self._path = path
 
     def embedded_record(self) -> ArtifactRecord | None:
@@ -44,6 +53,21 @@ class ExecuTorchBackend:
         if not isinstance(text, str) or text.startswith(PTE_RECORD_MARKER):
             return None  # never filled: a conversion that stopped before its record was written
         return parse_embedded(text, self._path)
+
+    @staticmethod
+    def read_record(path: Path) -> ArtifactRecord | None:
+        """Found in the file's bytes: the record method's constant is a flatbuffer string (a
+        little-endian length, then the JSON padded with spaces), and the JSON starts with its
+        first key. Each candidate must parse as a whole record."""
+        data = path.read_bytes()
+        start = data.find(PTE_JSON_START)
+        while start >= 4:
+            length = struct.unpack_from("<I", data, start - 4)[0]
+            try:
+                return parse_embedded(data[start:start + length].decode(), path)
+            except (ArtifactError, UnicodeDecodeError):
+                start = data.find(PTE_JSON_START, start + 1)
+        return None
 
     @property
     def max_batch(self) -> int | None:

@@ -9,7 +9,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..artifact import METADATA_KEY, ArtifactRecord, parse_embedded
-from ..errors import ArtifactError, BackendUnavailableError, DeviceError
+from ..errors import ArtifactError, BackendUnavailableError, DeviceError, install_hint
 from .base import cache_root
 
 try:
@@ -47,7 +47,7 @@ class OnnxRuntimeBackend:
 
     def __init__(self, path: Path, threads: int | None, device: str | None = None) -> None:
         if ort is None:
-            raise BackendUnavailableError("ONNX artifacts need ONNX Runtime: pip install 'edgeres[onnx]'")
+            raise BackendUnavailableError(f"ONNX artifacts need ONNX Runtime: {install_hint('onnx')}")
         providers = providers_for(device, ort.get_available_providers())
         options = ort.SessionOptions()
         options.log_severity_level = 3
@@ -80,6 +80,14 @@ class OnnxRuntimeBackend:
         text = self._session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         return None if text is None else parse_embedded(text, self._path)
 
+    @staticmethod
+    def read_record(path: Path) -> ArtifactRecord | None:
+        try:
+            text = _metadata_props(path.read_bytes()).get(METADATA_KEY)
+        except (IndexError, ValueError, UnicodeDecodeError):  # not a ModelProto we can read
+            return None
+        return None if text is None else parse_embedded(text, path)
+
     @property
     def max_batch(self) -> int | None:
         return self._max_batch
@@ -87,6 +95,48 @@ class OnnxRuntimeBackend:
     def run(self, batch: np.ndarray) -> np.ndarray:
         # InferenceSession.run is thread-safe (ONNX Runtime's documented contract): no lock
         return self._session.run(None, {self._input_name: batch})[0].astype(np.float32, copy=False)
+
+
+def _metadata_props(data: bytes) -> dict[str, str]:
+    """ModelProto.metadata_props (field 14: key 1, value 2), read from the protobuf wire format
+    by hand: the other top-level fields, the graph with its weights among them, are skipped."""
+    props = {}
+    for number, value in _fields(data):
+        if number == 14:
+            entry = dict(_fields(value))
+            props[entry.get(1, b"").decode()] = entry.get(2, b"").decode()
+    return props
+
+
+def _fields(data: bytes):
+    """(field number, value) of one protobuf message; length-delimited values as bytes."""
+    position = 0
+    while position < len(data):
+        key, position = _varint(data, position)
+        number, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            value, position = _varint(data, position)
+        elif wire_type == 2:
+            length, position = _varint(data, position)
+            if position + length > len(data):
+                raise ValueError("truncated field")
+            value, position = data[position:position + length], position + length
+        elif wire_type in (1, 5):
+            size = 8 if wire_type == 1 else 4
+            value, position = data[position:position + size], position + size
+        else:
+            raise ValueError(f"wire type {wire_type} is not in ONNX's messages")
+        yield number, value
+
+
+def _varint(data: bytes, position: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        byte = data[position]
+        value |= (byte & 0x7F) << shift
+        position, shift = position + 1, shift + 7
+        if byte < 0x80:
+            return value, position
 
 
 def int8_kernels_saturate(cpu_flags: set[str] | None = None) -> bool:

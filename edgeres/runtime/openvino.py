@@ -12,7 +12,7 @@ from typing import ClassVar, Iterable, Iterator
 import numpy as np
 
 from ..artifact import METADATA_KEY, ArtifactRecord, parse_embedded, read_sidecar
-from ..errors import ArtifactError, BackendUnavailableError, DeviceError
+from ..errors import ArtifactError, BackendUnavailableError, DeviceError, install_hint
 from .base import cache_root
 
 
@@ -69,7 +69,7 @@ class OpenVinoBackend:
 
     def __init__(self, path: Path, threads: int | None, device: str | None = None) -> None:
         if ov is None:
-            raise BackendUnavailableError("OpenVINO IR artifacts need OpenVINO: pip install 'edgeres[x86]'")
+            raise BackendUnavailableError(f"OpenVINO IR artifacts need OpenVINO: {install_hint('x86')}")
         self._core = ov.Core()
         self._core.set_property({"CACHE_DIR": str(cache_dir())})
         self._model = _read_classifier(self._core, path)
@@ -99,6 +99,17 @@ class OpenVinoBackend:
         if not self._model.has_rt_info([METADATA_KEY]):
             return None
         return parse_embedded(self._model.get_rt_info([METADATA_KEY]).astype(str), self._path)
+
+    @staticmethod
+    def read_record(path: Path) -> ArtifactRecord | None:
+        """From the IR's XML: <rt_info><edgeres value="..."/> at the top level, as OpenVINO writes it."""
+        import xml.etree.ElementTree as ElementTree
+
+        try:
+            entry = ElementTree.parse(path).getroot().find(f"rt_info/{METADATA_KEY}")
+        except ElementTree.ParseError:
+            return None
+        return None if entry is None or "value" not in entry.attrib else parse_embedded(entry.attrib["value"], path)
 
     @property
     def max_batch(self) -> int | None:

@@ -80,6 +80,10 @@ class TensorRtBackend:
     def embedded_record(self) -> ArtifactRecord | None:
         return None  # the record is in the sidecar: a header inside the .engine would break trtexec and DeepStream
 
+    @staticmethod
+    def read_record(path: Path) -> ArtifactRecord | None:
+        return None
+
     @property
     def max_batch(self) -> int | None:
         return self._input["host"].shape[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..artifact import METADATA_KEY, ArtifactRecord, parse_embedded
-from ..errors import ArtifactError, BackendUnavailableError, DeviceError
+from ..errors import ArtifactError, BackendUnavailableError, DeviceError, install_hint
 from ..logs import native_output_silenced
 
 try:
@@ -43,7 +44,7 @@ class IoDetails:
 def interpreter(model: Path | bytes, threads: int | None = None):
     if Interpreter is None:
         raise BackendUnavailableError(
-            "TFLite artifacts need LiteRT: pip install 'edgeres[rpi]' (or tflite-runtime on older Pi OS)")
+            f"TFLite artifacts need LiteRT: {install_hint('rpi')} (or tflite-runtime on older Pi OS)")
     threads = threads or os.cpu_count()
     try:
         with native_output_silenced():  # "INFO: Created TensorFlow Lite XNNPACK delegate" on every load
@@ -77,17 +78,64 @@ def io_details(model: Path | bytes | object) -> IoDetails:
 
 
 def read_metadata(model_bytes: bytes, name: str = METADATA_KEY) -> str | None:
-    """A metadata entry of a TFLite flatbuffer, or None (also when the schema module is absent)."""
+    """A text metadata entry of a TFLite flatbuffer, or None.
+
+    Read by hand, after TFLite's schema (Model: buffers = field 4, metadata = field 6;
+    Metadata: name, buffer; Buffer: data), so that it needs no runtime: tflite-runtime has
+    no schema module, and `edgeres info` may run where no TFLite runtime is installed.
+    """
     try:
-        from ai_edge_litert import schema_py_generated as schema
-    except ImportError:  # tflite-runtime has no schema module: the sidecar is used instead
+        model = _root_table(model_bytes)
+        buffers = _vector(model_bytes, model, 4)
+        for entry in _vector(model_bytes, model, 6):
+            if _string(model_bytes, entry, 0) == name:
+                buffer = buffers[_scalar(model_bytes, entry, 1, "<I")]
+                start, length = _vector_span(model_bytes, buffer, 0)
+                return model_bytes[start:start + length].decode()
+    except (IndexError, ValueError, UnicodeDecodeError, struct.error):  # not a flatbuffer we can read
         return None
-    model = schema.Model.GetRootAs(model_bytes, 0)
-    for index in range(model.MetadataLength()):
-        entry = model.Metadata(index)
-        if entry.Name() and entry.Name().decode() == name:
-            return model.Buffers(entry.Buffer()).DataAsNumpy().tobytes().decode()
     return None
+
+
+def _root_table(data: bytes) -> int:
+    return struct.unpack_from("<I", data, 0)[0]
+
+
+def _field(data: bytes, table: int, index: int) -> int | None:
+    """Where field `index` of the table at `table` is stored, or None when it is absent."""
+    vtable = table - struct.unpack_from("<i", data, table)[0]
+    vtable_size = struct.unpack_from("<H", data, vtable)[0]
+    if 4 + 2 * index >= vtable_size:
+        return None
+    offset = struct.unpack_from("<H", data, vtable + 4 + 2 * index)[0]
+    return table + offset if offset else None
+
+
+def _scalar(data: bytes, table: int, index: int, fmt: str):
+    where = _field(data, table, index)
+    return 0 if where is None else struct.unpack_from(fmt, data, where)[0]
+
+
+def _vector_span(data: bytes, table: int, index: int) -> tuple[int, int]:
+    where = _field(data, table, index)
+    if where is None:
+        return 0, 0
+    start = where + struct.unpack_from("<I", data, where)[0]
+    return start + 4, struct.unpack_from("<I", data, start)[0]
+
+
+def _vector(data: bytes, table: int, index: int) -> list[int]:
+    """The tables a vector of tables points at."""
+    start, length = _vector_span(data, table, index)
+    return [start + 4 * i + struct.unpack_from("<I", data, start + 4 * i)[0] for i in range(length)]
+
+
+def _string(data: bytes, table: int, index: int) -> str | None:
+    where = _field(data, table, index)
+    if where is None:
+        return None
+    start = where + struct.unpack_from("<I", data, where)[0]
+    return data[start + 4:start + 4 + struct.unpack_from("<I", data, start)[0]].decode()
 
 
 def xnnpack_coverage(model: Path | bytes) -> dict:
@@ -138,8 +186,12 @@ class TfliteBackend:
         self._lock = threading.Lock()
 
     def embedded_record(self) -> ArtifactRecord | None:
-        text = read_metadata(self._path.read_bytes())
-        return None if text is None else parse_embedded(text, self._path)
+        return self.read_record(self._path)
+
+    @staticmethod
+    def read_record(path: Path) -> ArtifactRecord | None:
+        text = read_metadata(path.read_bytes())
+        return None if text is None else parse_embedded(text, path)
 
     @property
     def max_batch(self) -> int | None:

@@ -41,12 +41,16 @@ class LiteInterpreterBackend:
         self._path = path
 
     def embedded_record(self) -> ArtifactRecord | None:
+        return self.read_record(self._path)
+
+    @staticmethod
+    def read_record(path: Path) -> ArtifactRecord | None:
         """The record in the archive's extra files (where PyTorch Mobile's loaders read extra files)."""
-        if not zipfile.is_zipfile(self._path):
+        if not zipfile.is_zipfile(path):
             return None  # a flatbuffer-format lite model: the sidecar carries the record
-        with zipfile.ZipFile(self._path) as archive:
+        with zipfile.ZipFile(path) as archive:
             name = next((n for n in archive.namelist() if n.endswith(f"/extra/{LITE_RECORD_FILE}")), None)
-            return None if name is None else parse_embedded(archive.read(name).decode("utf-8"), self._path)
+            return None if name is None else parse_embedded(archive.read(name).decode("utf-8"), path)
 
     @property
     def max_batch(self) -> int | None:

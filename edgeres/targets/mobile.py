@@ -22,7 +22,7 @@ import torch
 from ..artifact import (LITE_RECORD_FILE, PTE_RECORD_METHOD, ArtifactRecord, TensorSpec, compact_json,
                         pte_record_placeholder)
 from ..exporters.common import INPUT_NAME, OUTPUT_NAME
-from ..errors import BackendUnavailableError, ConversionError, TargetError
+from ..errors import BackendUnavailableError, ConversionError, TargetError, install_hint
 from ..logs import quiet
 from ..preprocess import Preprocess
 from ..quantization import executorch_backend
@@ -106,7 +106,7 @@ def executorch_program(module, example: torch.Tensor, plan, job: ConvertJob) -> 
             from executorch.devtools.backend_debug import get_delegation_info
             from executorch.exir import to_edge_transform_and_lower
     except ImportError:
-        raise BackendUnavailableError("the mobile target needs ExecuTorch: pip install 'edgeres[convert]' "
+        raise BackendUnavailableError(f"the mobile target needs ExecuTorch: {install_hint('convert')} "
                                       "(executorch 1.5.1 with torch 2.14.1)") from None
     job.log("Exporting to ExecuTorch with the XNNPACK delegate")
     quantization = None

@@ -77,3 +77,14 @@ def test_the_chart_shows_values_and_names_the_model_and_data() -> None:
     assert "m_int8.xml\n94.67%, 3.10 ms, 11.3 MB" in notes and len(notes) == 2
     assert axis.get_legend().get_texts()[0].get_text() == "FP32 PyTorch model: 95.00%"
     assert axis.get_xlim()[0] == 0
+
+
+def test_the_chart_never_marks_agreement_above_100_percent() -> None:
+    from edgeres.conversion.report import chart_figure
+
+    rows = [{"artifact": name, "model": "resnet18", "accuracy": None, "fp32_accuracy": None, "agreement": 1.0,
+             "latency_p50_ms": ms, "size_mb": 10.0, "eval_images": 200, "eval_source": "calibration"}
+            for name, ms in (("a.onnx", 3.0), ("b.xml", 2.0))]
+    axis = chart_figure(rows).axes[0]
+    assert axis.get_ylim()[1] > 100  # room for the values written above the points
+    assert max(axis.get_yticks()) <= 100

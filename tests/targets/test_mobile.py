@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 
@@ -90,7 +91,8 @@ def test_both_verify(converted, precision: str) -> None:
 
 def test_cli_says_the_lite_interpreter_is_deprecated(checkpoint, tmp_path) -> None:
     """In a fresh process, as a user runs it: ExecuTorch's first import logs deprecations and native
-    cpuinfo probes to the terminal; without --verbose none of that gets through."""
+    cpuinfo probes to the terminal; without --verbose none of that gets through, in convert and in
+    the commands that load the .pte (predict, verify, info)."""
     done = subprocess.run([sys.executable, "-c", "from edgeres.cli import main; main()", "convert", str(checkpoint), "--target", "mobile",
                            "--imgsz", "32", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "COLUMNS": "200"})
@@ -101,3 +103,16 @@ def test_cli_says_the_lite_interpreter_is_deprecated(checkpoint, tmp_path) -> No
                 line.startswith(("W1", "I1", "E1"))], err
     assert (tmp_path / "resnet18_mobile_fp32" / "resnet18_mobile_fp32_lite.ptl").is_file()
     assert "torchscript-lite" in out
+    pte = tmp_path / "resnet18_mobile_fp32" / "resnet18_mobile_fp32.pte"
+    frame = tmp_path / "frame.png"
+    cv2.imwrite(str(frame), np.full((48, 48, 3), 200, np.uint8))
+    for command in (["predict", str(pte), str(frame)], ["verify", str(pte)], ["info", str(pte)]):
+        quiet = _cli(command)
+        assert quiet.returncode == 0 and quiet.stderr == "", (command, quiet.stderr)
+    loud = _cli(["predict", str(pte), str(frame), "--verbose"])
+    assert loud.returncode == 0 and "cpuinfo" in loud.stderr  # what was kept out, still there on request
+
+
+def _cli(arguments: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgeres", *arguments], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "COLUMNS": "200"})
