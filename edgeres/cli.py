@@ -332,11 +332,15 @@ def _record_of(artifact: Path):
     from .artifact import read_sidecar
     from .errors import BackendUnavailableError
     from .runtime import backend_class, resolve_artifact
-    from .runtime.classifier import Classifier
 
     try:
+        from .runtime.classifier import Classifier
+
         return Classifier(artifact).record
-    except BackendUnavailableError as error:
+    except (BackendUnavailableError, ModuleNotFoundError) as error:
+        if isinstance(error, ModuleNotFoundError) and error.name != "cv2":
+            raise
+        reason = "OpenCV is not installed" if isinstance(error, ModuleNotFoundError) else str(error)  # a record needs none
         path = resolve_artifact(artifact)
         record = backend_class(path).read_record(path) if path.is_file() else None
         where = "the record inside the file"
@@ -344,7 +348,7 @@ def _record_of(artifact: Path):
             record, where = (read_sidecar(path) if path.is_file() else None), "the sidecar record"
         if record is None:
             raise
-        _log(f"Read from {where}, without its runtime: not checked against the model ({error})")
+        _log(f"Read from {where}, without its runtime: not checked against the model ({reason})")
         return record
 
 
@@ -690,8 +694,8 @@ def main() -> None:
                   "packages that do not import together often mean a version mismatch (see pyproject.toml)")
         if package == "cv2":
             _fail(NO_OPENCV)
-        _fail(f"{package} is not installed, and this command needs edgeres' [{extra}] extra: {install_hint(extra)} "
-              "(a device that only runs artifacts needs just its runtime's extra)")
+        _fail(f"{package} is not installed, and this command needs edgeres' [{extra}] extra: {install_hint(extra)}. "
+              "A device that only runs artifacts needs just its runtime's extra")
     except OSError as error:  # disk full, permission denied, ...: the message names the path
         _fail(f"{error}")
     except MemoryError:

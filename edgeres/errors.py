@@ -72,12 +72,13 @@ def install_hint(extra: str) -> str:
     someone else's package or nothing; it is installed from its wheel or its repository."""
     from . import __version__
 
-    return (f"pip install 'edgeres-{__version__}-py3-none-any.whl[{extra}]' (the wheel, see the README's Install), "
-            f"or pip install -e '.[{extra}]' in the repository")
+    return (f"pip install 'edgeres-{__version__}-py3-none-any.whl[{extra}]' with the wheel (the README's "
+            f"Install), or pip install -e '.[{extra}]' in the repository")
 
 
 # OpenCV is not a dependency of the core: a Jetson has JetPack's own (with GStreamer), which a pip wheel in the same venv would shadow. Everywhere else an extra brings it.
 NO_OPENCV = (
-    f"edgeres needs OpenCV (cv2) and none is installed: {install_hint('opencv')}; every runtime's extra "
-    "includes it. On a Jetson use JetPack's own OpenCV instead: make the venv with --system-site-packages"
+    f"edgeres needs OpenCV (cv2), which every runtime's extra brings, and none is installed: "
+    f"{install_hint('opencv')}. On a Jetson use JetPack's own OpenCV instead: make the venv with "
+    "--system-site-packages"
 )

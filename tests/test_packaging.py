@@ -62,6 +62,17 @@ def test_without_opencv_the_cli_gives_one_line(tmp_path: Path) -> None:
     assert len(lines) <= 3 and "whl[opencv]" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_without_opencv_info_still_reads_the_record(converted) -> None:
+    """A record is JSON: `edgeres info` shows it where neither OpenCV nor the runtime would load."""
+    result = _run(f"""
+        sys.argv = ["edgeres", "info", {str(converted("onnx", "fp32").path)!r}]
+        from edgeres.cli import main
+        main()
+    """)
+    assert result.returncode == 0, result.stderr
+    assert "resnet18, 10 classes" in result.stdout and "(OpenCV is not installed)" in result.stderr
+
+
 def test_no_message_sends_users_to_pypi() -> None:
     """edgeres is not on PyPI: `pip install 'edgeres[x]'` would install someone else's package or
     nothing. Every install hint goes through errors.install_hint (the wheel or the repository)."""

@@ -133,8 +133,11 @@ def chart_figure(rows: list[dict]):
     axis.set_xlim(0, max(latency) * 1.6)  # room for the labels on the right
     shown = quality + ([fp32] if labelled and fp32 is not None else [])
     pad = max(0.5, 0.2 * (max(shown) - min(shown)))
-    axis.set_ylim(min(shown) - pad, max(shown) + pad)  # room for the labels above the highest point
-    axis.set_yticks([tick for tick in axis.get_yticks() if min(shown) - pad <= tick <= 100])  # no 100.4%
+    low, high = min(shown) - pad, max(shown) + pad
+    axis.set_ylim(low, high)  # room for the labels above the highest point
+    top = min(high, 100) + 1e-9  # no tick at 100.4%: the labels' room, not a value
+    axis.set_yticks([tick for tick in axis.get_yticks() if low - 1e-9 <= tick <= top])
+    axis.set_ylim(low, high)
     models = sorted({r["model"] for r in rows if r.get("model")})  # reports from before 0.1 have none
     sources = sorted({f"{r['eval_images']} {r['eval_source']} images" for r in rows})
     title = (f"{', '.join(models)}: " if models else "") + (f"{'accuracy' if labelled else 'agreement'} "

@@ -28,20 +28,22 @@ class ExecuTorchBackend:
         self._lock = threading.Lock()  # a loaded method holds its own input and output buffers: one call at a time
         if device not in (None, "CPU"):
             raise DeviceError(f"ExecuTorch's Python runtime runs on the CPU; device {device!r} is not available")
-        # importing logs a torch deprecation warning and loading prints native cpuinfo probes
-        # to stderr; `--verbose` (logs.set_verbose) lets them through
-        with quiet():
-            try:
-                import torch
+        try:
+            import torch  # outside quiet(): the warning filters and log levels it sets up must stay
+
+            # importing executorch logs a torch deprecation and loading prints native cpuinfo
+            # probes to stderr; `--verbose` (logs.set_verbose) lets them through
+            with quiet():
                 from executorch.runtime import Runtime
-            except ImportError:
-                raise BackendUnavailableError(".pte artifacts need ExecuTorch's runtime: "
-                                              f"{install_hint('mobile')}") from None
-            try:
+        except ImportError:
+            raise BackendUnavailableError(f".pte artifacts need ExecuTorch's runtime: {install_hint('mobile')}") from None
+        try:
+            with quiet():
                 self._program = Runtime.get().load_program(str(path))
                 self._method = self._program.load_method("forward")
-            except Exception as error:  # the runtime raises its own untyped errors for a bad file
-                raise ArtifactError(f"{path} is not a loadable ExecuTorch program: {error}") from None
+        except Exception as error:  # the runtime raises its own untyped errors; its reason goes to stderr
+            raise ArtifactError(f"{path} is not a loadable ExecuTorch program: {error} (run again with --verbose "
+                                "for ExecuTorch's own log)") from None
         self._torch = torch
         self._path = path
 

@@ -84,7 +84,7 @@ class OnnxRuntimeBackend:
     def read_record(path: Path) -> ArtifactRecord | None:
         try:
             text = _metadata_props(path.read_bytes()).get(METADATA_KEY)
-        except (IndexError, ValueError, UnicodeDecodeError):  # not a ModelProto we can read
+        except (IndexError, ValueError, UnicodeDecodeError, TypeError, AttributeError):  # not a ModelProto
             return None
         return None if text is None else parse_embedded(text, path)
 
@@ -101,10 +101,10 @@ def _metadata_props(data: bytes) -> dict[str, str]:
     """ModelProto.metadata_props (field 14: key 1, value 2), read from the protobuf wire format
     by hand: the other top-level fields, the graph with its weights among them, are skipped."""
     props = {}
-    for number, value in _fields(data):
+    for number, value in _fields(memoryview(data)):  # views: the weights are not copied
         if number == 14:
             entry = dict(_fields(value))
-            props[entry.get(1, b"").decode()] = entry.get(2, b"").decode()
+            props[bytes(entry.get(1, b"")).decode()] = bytes(entry.get(2, b"")).decode()
     return props
 
 
@@ -130,13 +130,14 @@ def _fields(data: bytes):
 
 
 def _varint(data: bytes, position: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
+    value = 0
+    for shift in range(0, 70, 7):  # at most 10 bytes in protobuf
         byte = data[position]
         value |= (byte & 0x7F) << shift
-        position, shift = position + 1, shift + 7
+        position += 1
         if byte < 0x80:
             return value, position
+    raise ValueError("a varint longer than 10 bytes")
 
 
 def int8_kernels_saturate(cpu_flags: set[str] | None = None) -> bool:

@@ -44,7 +44,7 @@ class IoDetails:
 def interpreter(model: Path | bytes, threads: int | None = None):
     if Interpreter is None:
         raise BackendUnavailableError(
-            f"TFLite artifacts need LiteRT: {install_hint('rpi')} (or tflite-runtime on older Pi OS)")
+            f"TFLite artifacts need LiteRT (or tflite-runtime on older Pi OS): {install_hint('rpi')}")
     threads = threads or os.cpu_count()
     try:
         with native_output_silenced():  # "INFO: Created TensorFlow Lite XNNPACK delegate" on every load
@@ -84,6 +84,8 @@ def read_metadata(model_bytes: bytes, name: str = METADATA_KEY) -> str | None:
     Metadata: name, buffer; Buffer: data), so that it needs no runtime: tflite-runtime has
     no schema module, and `edgeres info` may run where no TFLite runtime is installed.
     """
+    if model_bytes[4:8] != b"TFL3":  # the file identifier of every TFLite flatbuffer
+        return None
     try:
         model = _root_table(model_bytes)
         buffers = _vector(model_bytes, model, 4)
@@ -91,7 +93,7 @@ def read_metadata(model_bytes: bytes, name: str = METADATA_KEY) -> str | None:
             if _string(model_bytes, entry, 0) == name:
                 buffer = buffers[_scalar(model_bytes, entry, 1, "<I")]
                 start, length = _vector_span(model_bytes, buffer, 0)
-                return model_bytes[start:start + length].decode()
+                return model_bytes[start:start + length].decode() or None  # empty: stored outside (> 2 GB models)
     except (IndexError, ValueError, UnicodeDecodeError, struct.error):  # not a flatbuffer we can read
         return None
     return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -57,3 +59,13 @@ def test_int8_runs_exactly_as_quantized(converted, held_out) -> None:
     # the same quantized graph; float accumulation order may flip a rounding, never more
     assert (ours.argmax(1) == exact.argmax(1)).mean() >= 0.98
     assert np.abs(ours - exact).mean() < 0.01
+
+
+@pytest.mark.parametrize("data", [b"p\x01", b"r\x02\x08\x01", b"\xff" * 100_000, b"", b"not an onnx model"])
+def test_reading_the_record_of_a_non_model_finds_none(tmp_path: Path, data: bytes) -> None:
+    """`edgeres info` without ONNX Runtime reads the protobuf by hand: junk is no record, at once."""
+    from edgeres.runtime.onnxruntime import OnnxRuntimeBackend
+
+    path = tmp_path / "junk.onnx"
+    path.write_bytes(data)
+    assert OnnxRuntimeBackend.read_record(path) is None

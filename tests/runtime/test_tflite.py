@@ -36,3 +36,10 @@ def test_float_input_is_quantized_with_the_models_parameters(converted, held_out
     as_float = classifier.preprocess.replace(dtype="float32", input_scale=None, input_zero_point=None).to_tensor(crop)
     np.testing.assert_array_equal(classifier._backend.run(as_float[None]),
                                   classifier._backend.run(classifier.preprocess.to_tensor(crop)[None]))
+
+
+def test_metadata_of_a_non_flatbuffer_is_none() -> None:
+    from edgeres.runtime.tflite import read_metadata
+
+    for data in (b"", b"garbage!", b"\x10\x00\x00\x00TFL3" + b"\xff" * 64, bytes(range(256)) * 4):
+        assert read_metadata(data) is None
