@@ -342,14 +342,15 @@ def _record_of(artifact: Path):
             raise
         reason = "OpenCV is not installed" if isinstance(error, ModuleNotFoundError) else str(error)  # a record needs none
         path = resolve_artifact(artifact)
-        record = backend_class(path).read_record(path) if path.is_file() else None
-        where = "the record inside the file"
-        if record is None:
-            record, where = (read_sidecar(path) if path.is_file() else None), "the sidecar record"
-        if record is None:
+        if not path.is_file():
             raise
-        _log(f"Read from {where}, without its runtime: not checked against the model ({reason})")
-        return record
+        for where, read in (("the record inside the file", backend_class(path).read_record),
+                            ("the sidecar record", read_sidecar)):
+            record = read(path)
+            if record is not None:
+                _log(f"Read from {where}, without its runtime: not checked against the model ({reason})")
+                return record
+        raise
 
 
 @app.command()

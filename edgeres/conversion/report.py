@@ -137,7 +137,7 @@ def chart_figure(rows: list[dict]):
     axis.set_ylim(low, high)  # room for the labels above the highest point
     top = min(high, 100) + 1e-9  # no tick at 100.4%: the labels' room, not a value
     axis.set_yticks([tick for tick in axis.get_yticks() if low - 1e-9 <= tick <= top])
-    axis.set_ylim(low, high)
+    axis.set_ylim(low, high)  # set_yticks widens the view to the ticks it is given
     models = sorted({r["model"] for r in rows if r.get("model")})  # reports from before 0.1 have none
     sources = sorted({f"{r['eval_images']} {r['eval_source']} images" for r in rows})
     title = (f"{', '.join(models)}: " if models else "") + (f"{'accuracy' if labelled else 'agreement'} "

@@ -84,7 +84,7 @@ class OnnxRuntimeBackend:
     def read_record(path: Path) -> ArtifactRecord | None:
         try:
             text = _metadata_props(path.read_bytes()).get(METADATA_KEY)
-        except (IndexError, ValueError, UnicodeDecodeError, TypeError, AttributeError):  # not a ModelProto
+        except (IndexError, ValueError, UnicodeDecodeError):  # not a ModelProto
             return None
         return None if text is None else parse_embedded(text, path)
 
@@ -103,13 +103,26 @@ def _metadata_props(data: bytes) -> dict[str, str]:
     props = {}
     for number, value in _fields(memoryview(data)):  # views: the weights are not copied
         if number == 14:
-            entry = dict(_fields(value))
-            props[bytes(entry.get(1, b"")).decode()] = bytes(entry.get(2, b"")).decode()
+            entry = dict(_fields(_length_delimited(value)))
+            props[_text(entry.get(1, EMPTY))] = _text(entry.get(2, EMPTY))
     return props
 
 
-def _fields(data: bytes):
-    """(field number, value) of one protobuf message; length-delimited values as bytes."""
+def _length_delimited(value) -> memoryview:
+    if not isinstance(value, memoryview):  # a varint where ONNX has a message or a string
+        raise ValueError("not a length-delimited field")
+    return value
+
+
+def _text(value) -> str:
+    return bytes(_length_delimited(value)).decode()
+
+
+EMPTY = memoryview(b"")  # an absent string field
+
+
+def _fields(data: memoryview):
+    """(field number, value) of one protobuf message; length-delimited values as views of `data`."""
     position = 0
     while position < len(data):
         key, position = _varint(data, position)

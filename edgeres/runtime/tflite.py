@@ -90,10 +90,9 @@ def read_metadata(model_bytes: bytes, name: str = METADATA_KEY) -> str | None:
         model = _root_table(model_bytes)
         buffers = _vector(model_bytes, model, 4)
         for entry in _vector(model_bytes, model, 6):
-            if _string(model_bytes, entry, 0) == name:
+            if _bytes(model_bytes, entry, 0) == name.encode():
                 buffer = buffers[_scalar(model_bytes, entry, 1, "<I")]
-                start, length = _vector_span(model_bytes, buffer, 0)
-                return model_bytes[start:start + length].decode() or None  # empty: stored outside (> 2 GB models)
+                return _bytes(model_bytes, buffer, 0).decode() or None  # empty: stored outside (> 2 GB models)
     except (IndexError, ValueError, UnicodeDecodeError, struct.error):  # not a flatbuffer we can read
         return None
     return None
@@ -132,12 +131,10 @@ def _vector(data: bytes, table: int, index: int) -> list[int]:
     return [start + 4 * i + struct.unpack_from("<I", data, start + 4 * i)[0] for i in range(length)]
 
 
-def _string(data: bytes, table: int, index: int) -> str | None:
-    where = _field(data, table, index)
-    if where is None:
-        return None
-    start = where + struct.unpack_from("<I", data, where)[0]
-    return data[start + 4:start + 4 + struct.unpack_from("<I", data, start)[0]].decode()
+def _bytes(data: bytes, table: int, index: int) -> bytes:
+    """A [ubyte] or string field (the same layout: a length, then the bytes); empty when absent."""
+    start, length = _vector_span(data, table, index)
+    return data[start:start + length]
 
 
 def xnnpack_coverage(model: Path | bytes) -> dict:

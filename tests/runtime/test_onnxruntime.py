@@ -61,7 +61,8 @@ def test_int8_runs_exactly_as_quantized(converted, held_out) -> None:
     assert np.abs(ours - exact).mean() < 0.01
 
 
-@pytest.mark.parametrize("data", [b"p\x01", b"r\x02\x08\x01", b"\xff" * 100_000, b"", b"not an onnx model"])
+@pytest.mark.parametrize("data", [b"p\x01", b"r\x02\x08\x01", b"r\x0a\x08" + b"\xff" * 8 + b"\x7f",
+                                  b"\xff" * 100_000, b"", b"not an onnx model"])
 def test_reading_the_record_of_a_non_model_finds_none(tmp_path: Path, data: bytes) -> None:
     """`edgeres info` without ONNX Runtime reads the protobuf by hand: junk is no record, at once."""
     from edgeres.runtime.onnxruntime import OnnxRuntimeBackend

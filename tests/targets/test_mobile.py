@@ -93,9 +93,7 @@ def test_cli_says_the_lite_interpreter_is_deprecated(checkpoint, tmp_path) -> No
     """In a fresh process, as a user runs it: ExecuTorch's first import logs deprecations and native
     cpuinfo probes to the terminal; without --verbose none of that gets through, in convert and in
     the commands that load the .pte (predict, verify, info)."""
-    done = subprocess.run([sys.executable, "-c", "from edgeres.cli import main; main()", "convert", str(checkpoint), "--target", "mobile",
-                           "--imgsz", "32", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "COLUMNS": "200"})
+    done = _cli(["convert", str(checkpoint), "--target", "mobile", "--imgsz", "32", "--out", str(tmp_path)], timeout=600)
     code, out, err = done.returncode, done.stdout, done.stderr
     assert code == 0, err
     assert "lite interpreter (.ptl) is deprecated" in err and out.count("Wrote") == 2
@@ -113,6 +111,6 @@ def test_cli_says_the_lite_interpreter_is_deprecated(checkpoint, tmp_path) -> No
     assert loud.returncode == 0 and "cpuinfo" in loud.stderr  # what was kept out, still there on request
 
 
-def _cli(arguments: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgeres", *arguments], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "COLUMNS": "200"})
+def _cli(arguments: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgeres", *arguments], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "COLUMNS": "200"})
