@@ -32,10 +32,11 @@ class BenchmarkResult:
     peak_rss_mb: float
     runs: int
     threads: int | None
+    execution_precision: str  # the mode its float layers ran in (OpenVINO: fp32 unless asked for bf16 or fp16)
 
 
 def benchmark(artifacts: Sequence[Path], *, threads: int | None = None, warmup: int = 10, runs: int = 100,
-              progress=None) -> list[BenchmarkResult]:
+              progress=None, precision: str | None = None) -> list[BenchmarkResult]:
     """Classifier.predict on a 640x480 BGR frame (preprocessing included), per artifact, each in its own process."""
     if warmup < 0 or runs < 1:
         raise EdgeresError(f"--warmup must be 0 or more and --runs at least 1, got {warmup} and {runs}")
@@ -47,11 +48,12 @@ def benchmark(artifacts: Sequence[Path], *, threads: int | None = None, warmup: 
             raise EdgeresError(f"artifact {path} does not exist")
         backend_class(Path(path))  # an unknown kind of file is refused here, not in the worker
     items = progress(artifacts, "Benchmarking", len(artifacts)) if progress else artifacts
-    return [_run_worker(Path(path), threads, warmup, runs) for path in items]
+    return [_run_worker(Path(path), threads, warmup, runs, precision) for path in items]
 
 
-def _run_worker(path: Path, threads: int | None, warmup: int, runs: int) -> BenchmarkResult:
-    code = f"from edgeres.benchmark import worker; worker({str(path)!r}, {threads!r}, {warmup}, {runs})"
+def _run_worker(path: Path, threads: int | None, warmup: int, runs: int, precision: str | None) -> BenchmarkResult:
+    code = (f"from edgeres.benchmark import worker; "
+            f"worker({str(path)!r}, {threads!r}, {warmup}, {runs}, {precision!r})")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -61,7 +63,7 @@ def _run_worker(path: Path, threads: int | None, warmup: int, runs: int) -> Benc
     return BenchmarkResult(**json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-def worker(path: str, threads: int | None, warmup: int, runs: int) -> None:
+def worker(path: str, threads: int | None, warmup: int, runs: int, precision: str | None = None) -> None:
     """Runs in the child process; prints one JSON line."""
     import resource
     import time
@@ -72,7 +74,7 @@ def worker(path: str, threads: int | None, warmup: int, runs: int) -> None:
 
     frame = np.random.default_rng(0).integers(0, 256, FRAME_SHAPE, dtype=np.uint8)
     start = time.perf_counter()
-    classifier = Classifier(path, threads=threads)
+    classifier = Classifier(path, threads=threads, precision=precision)
     classifier.predict(frame)
     first = time.perf_counter() - start
     for _ in range(warmup):
@@ -88,7 +90,7 @@ def worker(path: str, threads: int | None, warmup: int, runs: int) -> None:
         size_mb=artifact_size(Path(path)) / 1e6, first_inference_ms=1e3 * first,
         p50_ms=float(np.percentile(ms, 50)), p90_ms=float(np.percentile(ms, 90)), p99_ms=float(np.percentile(ms, 99)),
         fps=float(1e3 / ms.mean()), peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        runs=runs, threads=threads,
+        runs=runs, threads=threads, execution_precision=classifier.execution_precision,
     )
     print(json.dumps(result.__dict__))
 

@@ -32,6 +32,9 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 VERBOSE_HELP = "Let other libraries' warnings and native logs through, and show the traceback of a failure."
+PRECISION_HELP = ("A faster float mode the runtime and CPU offer: bf16 (OpenVINO on AVX512-BF16 or AMX CPUs), fp16 "
+                  "(OpenVINO where the CPU computes in fp16). Default: the mode the artifact was verified in (fp32 "
+                  "arithmetic), whatever the CPU would pick; a mode this machine lacks is an error naming those it has.")
 console = Console()
 err_console = Console(stderr=True)
 for _console in (console, err_console):  # piped or redirected: whole lines, not wrapped at 80 columns
@@ -237,10 +240,19 @@ def _print_artifact(path: Path, record: Any) -> None:
     )
     _show(table)
     _print_checks(record.checks)
+    from .conversion.report import mode_lines
+
+    for line in mode_lines(path.name, verification):
+        console.print(escape(line))
     profile = record.device_profile
     if profile and profile["recommended_precision"] != record.precision:
         console.print(f"[yellow]{escape(profile['name'])}:[/yellow] "
                       + escape(f"{profile['recommended_precision']} is recommended for this device: {profile['why']}"))
+    if profile and profile.get("float_mode", "fp32") != "fp32" and record.precision != "int8":
+        console.print(f"[yellow]{escape(profile['name'])}:[/yellow] " + escape(
+            f"run float artifacts in {profile['float_mode']} there (--precision {profile['float_mode']}) if its "
+            f"cost above is acceptable; where it was not measured, `edgeres verify {path.name} --precision "
+            f"{profile['float_mode']}` on the device measures it"))
     for key, value in (profile or {}).get("options", {}).items():
         console.print(escape(f"On {profile['name']} ({key}): {value.replace('MODEL', path.with_suffix('').name)}"))
 
@@ -298,6 +310,7 @@ def predict(
     topk: int = typer.Option(5, help="How many classes to show per image."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for the runtime (default: the runtime's choice)."),
     device: Optional[str] = typer.Option(None, help="Inference device, e.g. CPU, GPU, AUTO (OpenVINO); default: the best here."),
+    precision: Optional[str] = typer.Option(None, help=PRECISION_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
@@ -306,7 +319,7 @@ def predict(
     from .calibration.folder import find_images, read_image
     from .runtime.classifier import Classifier
 
-    classifier = Classifier(artifact, threads=threads, device=device)
+    classifier = Classifier(artifact, threads=threads, device=device, precision=precision)
     results = {}
     for image_path in _expand_folders(images, find_images):
         if not image_path.is_file():
@@ -413,6 +426,7 @@ def evaluate(
     reference: Optional[Path] = typer.Option(
         None, help="What agreement and KL are measured against: an artifact or the PyTorch checkpoint "
         "(default: the first FP32 artifact given)."),
+    precision: Optional[str] = typer.Option(None, help=PRECISION_HELP + " The reference runs in its own mode."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
@@ -429,7 +443,8 @@ def evaluate(
 
     from .evaluate import evaluate_artifacts
 
-    results, reference_name, mapping = evaluate_artifacts(artifacts, data, reference, progress=_progress)
+    results, reference_name, mapping = evaluate_artifacts(artifacts, data, reference, progress=_progress,
+                                                          precision=precision)
     if as_json:
         console.print_json(json.dumps({"data": str(data), "classes_matched": mapping, "reference": reference_name,
                                        "artifacts": {name: asdict(m) for name, m in results.items()}}))
@@ -456,6 +471,7 @@ def evaluate(
 def benchmark_command(
     artifacts: list[Path] = typer.Argument(..., help="Artifacts made by `edgeres convert` (any mix of formats)."),
     threads: Optional[int] = typer.Option(None, help="CPU threads per runtime (default: the runtime's own choice)."),
+    precision: Optional[str] = typer.Option(None, help=PRECISION_HELP),
     warmup: int = typer.Option(10, help="Untimed predictions before timing."),
     runs: int = typer.Option(100, help="Timed predictions."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
@@ -474,17 +490,18 @@ def benchmark_command(
 
     from .benchmark import benchmark
 
-    results = benchmark(artifacts, threads=threads, warmup=warmup, runs=runs, progress=_progress)
+    results = benchmark(artifacts, threads=threads, warmup=warmup, runs=runs, progress=_progress, precision=precision)
     if as_json:
         console.print_json(json.dumps([asdict(r) for r in results]))
         return
     table = Table(title=f"Classifier.predict on a 640x480 frame (ms), {runs} runs, threads {threads or 'default'}")
     table.add_column("artifact", overflow="fold")
     table.add_column("runtime", overflow="fold")
+    table.add_column("mode", no_wrap=True)
     for column in ("MB", "1st", "p50", "p90", "p99", "FPS", "RSS MB"):
         table.add_column(column, no_wrap=True, justify="right")
     for r in results:
-        table.add_row(r.artifact, r.runtime.split(" ")[0], f"{r.size_mb:.1f}", f"{r.first_inference_ms:.0f}",
+        table.add_row(r.artifact, r.runtime.split(" ")[0], r.execution_precision, f"{r.size_mb:.1f}", f"{r.first_inference_ms:.0f}",
                       f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.fps:.0f}", f"{r.peak_rss_mb:.0f}")
     _show(table)
 
@@ -519,6 +536,8 @@ def verify(
     artifact: Path = typer.Argument(..., help="An artifact made by `edgeres convert`, with its .golden.npz beside it."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for the runtime."),
     device: Optional[str] = typer.Option(None, help="Inference device (OpenVINO: CPU, GPU, AUTO, ...)."),
+    precision: Optional[str] = typer.Option(None, help=PRECISION_HELP + " Checks what the mode costs on this "
+                                            "device: a float artifact run in bf16 or fp16 is held to fp16's rule."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
@@ -533,12 +552,14 @@ def verify(
     from .golden import check_golden
     from .runtime.classifier import Classifier
 
-    classifier = Classifier(artifact, threads=threads, device=device)
+    classifier = Classifier(artifact, threads=threads, device=device, precision=precision)
     check = check_golden(classifier)
     if as_json:
-        console.print_json(json.dumps({**asdict(check), "passed": check.passed, "runtime": classifier.backend_name}))
+        console.print_json(json.dumps({**asdict(check), "passed": check.passed, "runtime": classifier.backend_name,
+                                       "execution_precision": classifier.execution_precision}))
     else:
-        table = Table(title=f"{artifact.name} on {classifier.backend_name}", show_header=False)
+        table = Table(title=f"{artifact.name} on {classifier.backend_name} in {classifier.execution_precision}",
+                      show_header=False)
         table.add_row("golden samples", str(check.samples))
         table.add_row("vs FP32 reference", f"top-1 {check.top1_vs_reference:.0%}, largest logit error "
                       f"{check.max_abs_vs_reference:.3g} (largest logit {check.scale:.3g})")
@@ -548,7 +569,7 @@ def verify(
     if not check.passed:
         raise EdgeresError(f"{artifact.name} failed on this device: " + "; ".join(check.failures))
     console.print(f"[green]{escape(artifact.name)} passed[/green] "
-                  + escape(f"({classifier.record.precision}, {classifier.backend_name})"))
+                  + escape(f"({classifier.record.precision}, {classifier.backend_name} in {classifier.execution_precision})"))
 
 
 @app.command()
@@ -566,6 +587,7 @@ def video(
                                     "fast as possible instead of playing it in real time and dropping frames."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for the runtime."),
     device: Optional[str] = typer.Option(None, help="Inference device (OpenVINO: CPU, GPU, AUTO, ...)."),
+    precision: Optional[str] = typer.Option(None, help=PRECISION_HELP),
     camera_size: Optional[str] = typer.Option(
         None, metavar="WxH", help="Capture size to ask a camera for. Default: the smallest common size of the "
         "camera's own aspect ratio that covers the model's resize, e.g. 640x480 or 640x360 for resize 256 (the "
@@ -596,7 +618,7 @@ def video(
     if headless and out is None:
         raise EdgeresError("--headless needs --out DIR for the annotated video and per-frame results")
     size = _size(camera_size)  # before the model loads: a typo should cost nothing
-    classifier = Classifier(artifact, threads=threads, device=device)
+    classifier = Classifier(artifact, threads=threads, device=device, precision=precision)
     show = None
     if not headless:
         reason = no_window_reason()

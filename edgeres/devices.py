@@ -31,10 +31,12 @@ class DeviceProfile:
     why: str
     published_latency_ms: dict[str, Any] = field(default_factory=dict)
     options: dict[str, str] = field(default_factory=dict)  # engine build / compile commands it recommends
+    float_mode: str = "fp32"  # the arithmetic it recommends for fp32/fp16 artifacts (runtime/base.PRECISION_MODES)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "cpu": self.cpu, "threads": self.threads, "input_dtype": self.input_dtype,
-                "recommended_precision": self.recommended_precision, "why": self.why, "options": self.options,
+                "recommended_precision": self.recommended_precision, "float_mode": self.float_mode, "why": self.why,
+                "options": self.options,
                 "published": self.published_latency_ms}
 
 

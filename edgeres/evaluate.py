@@ -132,11 +132,15 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 
 
 def evaluate_artifacts(artifacts: Sequence[Path], data: Path, reference: Path | None = None,
-                       progress: Progress = no_progress) -> tuple[dict[str, Metrics], str | None, str]:
-    """Metrics per artifact name; the reference used (None when there is none); how classes were matched."""
+                       progress: Progress = no_progress,
+                       precision: str | None = None) -> tuple[dict[str, Metrics], str | None, str]:
+    """Metrics per artifact name; the reference used (None when there is none); how classes were matched.
+
+    `precision`: the artifacts run in that mode (Classifier's); a reference artifact runs in its own.
+    """
     from .runtime.classifier import Classifier
 
-    classifiers = [Classifier(path) for path in artifacts]
+    classifiers = [Classifier(path, precision=precision) for path in artifacts]
     first = classifiers[0].record
     for classifier in classifiers[1:]:
         if classifier.record.num_classes != first.num_classes:
@@ -144,7 +148,8 @@ def evaluate_artifacts(artifacts: Sequence[Path], data: Path, reference: Path | 
                                   f"{classifiers[0].path.name} has {first.num_classes}; evaluate them separately")
     images = read_labelled_folder(data, first.labels)
     logits = {c.path.name: artifact_logits(c, images.paths, progress) for c in classifiers}
-    reference_logits, reference_name = _reference(reference, classifiers, logits, images, progress)
+    reference_logits, reference_name = _reference(reference, classifiers, logits if precision is None else {},
+                                                  images, progress)
     results = {name: metrics(rows, images.classes, images.class_names, reference_logits)
                for name, rows in logits.items()}
     return results, reference_name, images.mapping
@@ -156,7 +161,9 @@ def _reference(reference: Path | None, classifiers, logits: dict, images: Labell
 
     if reference is None:
         fp32 = [c for c in classifiers if c.record.precision == "fp32"]
-        return (logits[fp32[0].path.name], fp32[0].path.name) if fp32 else (None, None)
+        if not fp32:
+            return None, None
+        reference = fp32[0].path
     if Path(reference).suffix.lower() in CHECKPOINT_SUFFIXES:
         record = classifiers[0].record
         rows = checkpoint_logits(Path(reference), record.arch, record.preprocess, record.labels, images.paths, progress)

@@ -361,3 +361,24 @@ def test_convert_calibrates_from_a_video(monkeypatch, capsys, checkpoint: Path, 
     record = json.loads((tmp_path / "resnet18_onnx_int8" / "resnet18_onnx_int8.edgeres.json").read_text())
     assert record["calibration"]["source"] == "video" and record["calibration"]["used"] == 20
     assert record["calibration"]["every"] == 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["predict", "eval", "video"])
+def test_every_artifact_command_takes_a_precision_mode(monkeypatch, capsys, converted, digits, clip, tmp_path: Path,
+                                                       command: str) -> None:
+    """bf16 runs where the CPU has it; elsewhere one red line names the modes there are. (verify and
+    benchmark: tests/test_golden.py, tests/test_benchmark.py)"""
+    from edgeres.runtime.openvino import host_precisions
+
+    artifact = converted("x86", "fp32").path
+    image = next(iter(sorted((digits.test_dir / "seven").iterdir())))
+    arguments = {"predict": [artifact, image], "eval": [artifact, "--data", digits.test_dir],
+                 "video": [artifact, "--source", clip[0], "--headless", "--out", tmp_path, "--max-frames", "5"]}
+    code, out, err = run_cli(monkeypatch, capsys, command, *arguments[command], "--precision", "bf16")
+    if "bf16" in host_precisions():
+        assert code == 0, err
+    else:
+        assert_one_red_line(code, err, f"{artifact.name} cannot run in bf16 on")
+    code, _, err = run_cli(monkeypatch, capsys, command, *arguments[command], "--precision", "fp64")
+    assert_one_red_line(code, err, "precision must be one of fp32, bf16, fp16, got 'fp64'")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edgeres.errors import ArtifactError
-from edgeres.golden import check_golden, golden_path
+from edgeres.golden import check_golden, golden_path, judged_as
 from edgeres.preprocess import Preprocess
 from edgeres.runtime.classifier import Classifier
 from tests.test_cli import assert_one_red_line, run_cli
@@ -40,6 +40,25 @@ def test_cli_verify(monkeypatch, capsys, converted) -> None:
     code, out, err = run_cli(monkeypatch, capsys, "verify", converted("x86", "int8").path)
     assert code == 0, err
     assert "passed" in out and "vs FP32 reference" in out
+
+
+def test_a_float_artifact_in_a_reduced_mode_answers_to_fp16s_rule() -> None:
+    assert [judged_as("fp32", mode) for mode in ("fp32", "bf16", "fp16")] == ["fp32", "fp16", "fp16"]
+    assert judged_as("fp16", "fp32") == "fp16" and judged_as("int8", "bf16") == "int8"
+
+
+@pytest.mark.parametrize("target, precision", [("x86", "fp32"), ("x86", "int8")])
+def test_cli_verify_in_a_faster_mode_runs_where_the_cpu_has_it(monkeypatch, capsys, converted, target: str,
+                                                               precision: str) -> None:
+    """On a bf16 CPU the mode runs and passes its rule; elsewhere one red line names the modes there are."""
+    from edgeres.runtime.openvino import host_precisions
+
+    code, out, err = run_cli(monkeypatch, capsys, "verify", converted(target, precision).path, "--precision", "bf16")
+    if "bf16" in host_precisions():
+        assert code == 0 and "in bf16" in out, err
+    else:
+        assert_one_red_line(code, err, "cannot run in bf16 on")
+        assert "OpenVINO offers fp32" in err
 
 
 def test_a_preprocessing_mismatch_fails(monkeypatch, capsys, converted) -> None:

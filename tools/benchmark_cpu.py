@@ -2,7 +2,11 @@
 
     .venv/bin/python tools/benchmark_cpu.py --arch resnet18 resnet50 --threads 2 --json out/bench_cpu.json
 
-Batch 1 at 224x224. The TFLite rows are a proxy for a Raspberry Pi (this is an x86 CPU):
+Batch 1 at 224x224. OpenVINO's rows come in each float mode the CPU offers: its own (fp32
+arithmetic, what edgeres verifies and runs by default) and, where the CPU has them, bf16 and
+fp16 (asked for: `--precision bf16`), for the FP32 IR and the INT8 IR's float layers alike.
+The CPU and what each runtime picks on it head the table: rows compare only within one run,
+on one CPU class. The TFLite rows are a proxy for a Raspberry Pi (this is an x86 CPU):
 what transfers is whether every op runs inside XNNPACK, which the table reports. The artifacts are converted once; then each runtime is measured in
 its own fresh process, as an application would hold it (several runtimes' thread pools
 in one process slow each other down). Inside a process the cases are interleaved: each
@@ -78,12 +82,12 @@ def worker_eager(checkpoint: Path, arch: str, threads: int, rounds: int, per_rou
     return interleaved_medians({"inference": eager}, rounds, per_round)
 
 
-def worker_artifact(artifact: Path, threads: int, rounds: int, per_round: int) -> dict:
+def worker_artifact(artifact: Path, threads: int, rounds: int, per_round: int, precision: str | None) -> dict:
     import cv2
 
     from edgeres.runtime.classifier import Classifier
 
-    classifier = Classifier(artifact, threads=threads)
+    classifier = Classifier(artifact, threads=threads, precision=precision)
     frame, x = frame_and_input(classifier.preprocess)
     backend = classifier._backend  # the bare runtime call, without edgeres around it
     cases = {
@@ -152,24 +156,35 @@ def bench_arch(arch: str, weights: str | None, threads: int, rounds: int, per_ro
                                  calib_size=CALIBRATION_IMAGES, name=f"{arch}_{target}_{precision}", report=False,
                                  **(int8_bar(weights) if precision == "int8" else {}))
         result = convert(model, options, log=lambda message: None)
-        row = run_worker(["artifact", str(result.path), *common])
-        for check in result.record.checks:
-            if "XNNPACK" in check["rule"]:
-                row["xnnpack"] = check["detail"]
-        results[f"{RUNTIMES[target]} {precision}"] = row
+        for mode in (None, *faster_modes(result.path)):
+            row = run_worker(["artifact", str(result.path), *common, mode or "own"])
+            for check in result.record.checks:
+                if "XNNPACK" in check["rule"]:
+                    row["xnnpack"] = check["detail"]
+            results[f"{RUNTIMES[target]} {precision}" + (f" in {mode}" if mode else "")] = row
     return results
 
 
+def faster_modes(artifact: Path) -> tuple[str, ...]:
+    """The modes besides its own that the artifact's runtime offers on this CPU (OpenVINO: bf16, fp16)."""
+    from edgeres.runtime import backend_class
+    from edgeres.runtime.openvino import host_precisions
+
+    modes = backend_class(artifact).execution_precisions[1:]
+    return tuple(mode for mode in modes if mode in host_precisions())
+
+
 def print_table(report: dict) -> None:
+    print(report["host"])
     print(f"median ms, batch 1, 224x224, {report['threads']} threads, {report['rounds']}x{report['per_round']} runs; "
           "predict = Classifier.predict on a 640x480 frame; x eager = PyTorch eager / predict")
-    print(f"  {'model':9s} {'runtime':18s} {'inference':>9s} {'preprocess':>10s} {'predict':>8s} {'predict/inference':>17s} {'x eager':>8s}")
+    print(f"  {'model':9s} {'runtime':26s} {'inference':>9s} {'preprocess':>10s} {'predict':>8s} {'predict/inference':>17s} {'x eager':>8s}")
     for arch, results in report["results"].items():
         eager = results["pytorch eager fp32"]["inference"]
-        print(f"  {arch:9s} {'pytorch eager fp32':18s} {eager:9.2f}")
+        print(f"  {arch:9s} {'pytorch eager fp32':26s} {eager:9.2f}")
         for name, row in results.items():
             if "predict" in row:
-                print(f"  {arch:9s} {name:18s} {row['inference']:9.2f} {row['preprocess']:10.2f} {row['predict']:8.2f} "
+                print(f"  {arch:9s} {name:26s} {row['inference']:9.2f} {row['preprocess']:10.2f} {row['predict']:8.2f} "
                       f"{row['predict'] / row['inference']:17.2f} {eager / row['predict']:8.2f}"
                       + (f"  ({row['xnnpack']})" if "xnnpack" in row else ""))
     print("preprocessing of a 640x480 frame alone, median ms: 1 thread | 1 thread without IPP | "
@@ -177,7 +192,7 @@ def print_table(report: dict) -> None:
     for arch, results in report["results"].items():
         for name, row in results.items():
             if "predict" in row:
-                print(f"  {arch:9s} {name:18s} {row['preprocess 1 thread']:6.2f} {row['preprocess 1 thread, no IPP']:6.2f} "
+                print(f"  {arch:9s} {name:26s} {row['preprocess 1 thread']:6.2f} {row['preprocess 1 thread, no IPP']:6.2f} "
                       f"{row['pil resize+crop 1 thread']:6.2f} {row['multiply_adds'] / 1e6:6.2f} M")
 
 
@@ -188,8 +203,9 @@ def main() -> None:
             checkpoint, arch, threads, rounds, per_round = rest
             result = worker_eager(Path(checkpoint), arch, int(threads), int(rounds), int(per_round))
         else:
-            artifact, threads, rounds, per_round = rest
-            result = worker_artifact(Path(artifact), int(threads), int(rounds), int(per_round))
+            artifact, threads, rounds, per_round, mode = rest
+            result = worker_artifact(Path(artifact), int(threads), int(rounds), int(per_round),
+                                     None if mode == "own" else mode)
         print(json.dumps(result))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -200,7 +216,9 @@ def main() -> None:
     parser.add_argument("--per-round", type=int, default=10)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    report = {"threads": args.threads, "rounds": args.rounds, "per_round": args.per_round,
+    from edgeres.numerics import describe
+
+    report = {"host": describe(), "threads": args.threads, "rounds": args.rounds, "per_round": args.per_round,
               "weights": args.weights or "random init, seed 0", "results": {}}
     with tempfile.TemporaryDirectory() as scratch:
         for arch in args.arch:

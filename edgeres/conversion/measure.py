@@ -15,15 +15,17 @@ import numpy as np
 
 from ..logs import quiet
 from ..preprocess import Preprocess
-from ..runtime import backend_class
+from ..runtime import open_backend
 
 BATCH = 64
 
 
-def artifact_logits(path: Path, spec: Preprocess, crops: Sequence[np.ndarray], threads: int | None = None) -> np.ndarray:
-    """Logits of the artifact at `path` for crops made by resize_and_crop, through its runtime backend."""
+def artifact_logits(path: Path, spec: Preprocess, crops: Sequence[np.ndarray], threads: int | None = None,
+                    precision: str | None = None) -> np.ndarray:
+    """Logits of the artifact at `path` for crops made by resize_and_crop, through its runtime backend
+    opened as Classifier opens it (`precision` None: the artifact's own mode)."""
     with quiet():  # a runtime's first load may log (ExecuTorch's native cpuinfo probes); --verbose shows it
-        backend = backend_class(path)(path, threads, None)
+        backend = open_backend(path, threads, None, precision)
     step = backend.max_batch or BATCH
     rows = []
     for start in range(0, len(crops), step):

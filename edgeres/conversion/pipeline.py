@@ -32,7 +32,7 @@ from ..targets import REGISTRY, get_target, resolve_target
 from ..targets.base import PRECISIONS, Built, BuiltArtifact, ConvertJob, Target
 from .measure import EvalSet, artifact_logits, judge
 from .output import OutputSet
-from .verify import compare_logits, enforce
+from .verify import compare_logits, enforce, other_modes
 
 # Without calibration images, exports are checked on seeded random images.
 RANDOM_REFERENCE_COUNT = 8
@@ -283,6 +283,7 @@ def _finish(context: _Context, built: Built, search: dict | None, output: Output
         logits, expected = both[:len(reference_crops)], both[len(reference_crops):]
         verification = compare_logits(reference, logits, _reference_source(context))
         enforce(verification, context.options.precision, context.target.tolerance, artifact.path.name)
+        verification.update(other_modes(artifact.path, artifact.preprocess, reference_crops, reference))
         golden = golden_record(golden_frames, golden_reference, expected, _stem(artifact.path),
                                asdict(context.target.tolerance))
         record = _record(context, artifact, verification, golden, search)

@@ -29,7 +29,23 @@ def report_row(artifact: Path, record, judged: Judged, source: str, threads: int
         "mean_kl": judged.mean_kl, "latency_p50_ms": round(latency.p50_ms, 3), "fps": round(latency.fps, 1),
         "runtime": latency.runtime, "kept_higher": quantization.get("design", {}).get("kept_higher", []),
         "higher_precision": quantization.get("higher_precision"),
+        "execution_precision": (record.verification or {}).get("execution_precision"),
+        "modes": (record.verification or {}).get("modes", {}),
     }
+
+
+def mode_lines(name: str, verification: dict) -> list[str]:
+    """What running the artifact in each faster mode of its runtime costs, or why it was not measured."""
+    lines = []
+    for mode, found in (verification.get("modes") or {}).items():
+        if found["measured"]:
+            lines.append(f"{name} in {mode} (asked for; it runs in {verification['execution_precision']} by "
+                         f"default): top-1 agreement with PyTorch {found['top1_agreement']:.2%}, largest logit "
+                         f"difference {found['max_abs_logit_diff']:.2e} ({found['max_rel_logit_diff']:.2%} of the "
+                         "largest logit), measured on the machine that converted")
+        else:
+            lines.append(f"{name} in {mode}: not measured, {found['reason']}")
+    return lines
 
 
 def folder_summary_files(out_dir: Path, name: str, rows: list[dict]) -> tuple[tuple[Path, Path], ...]:
@@ -71,6 +87,10 @@ def markdown(rows: list[dict]) -> str:
             f"{_percent(r['accuracy'])} | {_percent(r['fp32_accuracy'])} | {_percent(r['agreement'])} | "
             f"{r['mean_kl']:.2e} | {r['latency_p50_ms']:.2f} | {r['fps']:.0f} | {', '.join(r['kept_higher']) or '-'} |"
         )
+    modes = [line for r in rows for line in mode_lines(r["artifact"], r)]
+    if modes:
+        lines += ["", "Faster modes (`--precision`, `Classifier(..., precision=...)`):", "",
+                  *(f"- {line}" for line in modes)]
     for r in rows:
         if r.get("search"):
             lines += ["", *_search_lines(r)]

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import VerificationError
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import DeviceError, VerificationError
+from ..preprocess import Preprocess
+from ..runtime import backend_class
 from ..targets.base import Tolerance
+from .measure import artifact_logits
 
 
 def compare_logits(reference: np.ndarray, candidate: np.ndarray, source: str) -> dict:
@@ -39,3 +45,28 @@ def enforce(verification: dict, precision: str, tolerance: Tolerance, artifact: 
             f"{artifact}: FP16 logits differ from PyTorch by {verification['max_rel_logit_diff']:.1%} "
             f"of the largest logit, more than the allowed {tolerance.fp16_max_rel:.0%}; use fp32 for this model"
         )
+
+
+def other_modes(path: Path, spec: Preprocess, crops: Sequence[np.ndarray], reference: np.ndarray) -> dict:
+    """The artifact in every faster mode its runtime offers (OpenVINO: bf16, fp16) against PyTorch.
+
+    A device may be asked to run it that way (`--precision bf16` on AMX), so the record says what
+    each mode costs, measured where this host has the mode, and why not where it has not.
+    Runtimes without modes add nothing.
+    """
+    modes = backend_class(path).execution_precisions
+    if not modes:
+        return {}
+    measured = {}
+    for mode in modes[1:]:
+        try:
+            logits = artifact_logits(path, spec, crops, precision=mode)
+        except DeviceError as error:
+            measured[mode] = {"measured": False, "reason": str(error)}
+            continue
+        found = compare_logits(reference, logits, "")
+        measured[mode] = {"measured": True, **{key: found[key] for key in MODE_FIELDS}}
+    return {"execution_precision": modes[0], "modes": measured}
+
+
+MODE_FIELDS = ("max_abs_logit_diff", "max_rel_logit_diff", "top1_agreement")

@@ -9,8 +9,8 @@ from __future__ import annotations
 from importlib import import_module
 from pathlib import Path
 
-from ..errors import ArtifactError
-from .base import Backend
+from ..errors import ArtifactError, DeviceError, EdgeresError
+from .base import PRECISION_MODES, Backend
 
 BACKENDS: dict[str, str] = {
     ".onnx": "edgeres.runtime.onnxruntime:OnnxRuntimeBackend",
@@ -31,6 +31,25 @@ def backend_class(path: Path) -> type[Backend]:
         )
     module_name, class_name = BACKENDS[suffix].split(":")
     return getattr(import_module(module_name), class_name)
+
+
+def open_backend(path: Path, threads: int | None = None, device: str | None = None,
+                 precision: str | None = None) -> Backend:
+    """The runtime backend for the artifact at `path`, compiled for `precision` (None: the artifact's own mode).
+
+    Conversion checks artifacts through this function and Classifier runs them through it, so
+    what was verified is what a device runs.
+    """
+    cls = backend_class(path)
+    if precision is not None and precision not in PRECISION_MODES:
+        raise EdgeresError(f"precision must be one of {', '.join(PRECISION_MODES)}, got {precision!r}")
+    if precision is not None and precision not in cls.execution_precisions:
+        raise DeviceError(
+            f"{path.name} runs on {cls.name} in the precision it was built in; there is no {precision} mode to "
+            f"choose. Execution modes are OpenVINO's ({', '.join(PRECISION_MODES)}, where the CPU has them): "
+            "leave out the precision, or convert for the precision you want"
+        )
+    return cls(path, threads, device, precision)
 
 
 def resolve_artifact(path: Path) -> Path:

@@ -11,6 +11,11 @@ import numpy as np
 from ..artifact import ArtifactRecord
 
 
+# The float arithmetic a runtime can be asked to run an artifact's float layers in. "fp32" is what
+# every conversion verifies and what every artifact runs in unless a faster mode is asked for.
+PRECISION_MODES = ("fp32", "bf16", "fp16")
+
+
 class Backend(Protocol):
     """Runs preprocessed inputs through one kind of artifact.
 
@@ -19,9 +24,17 @@ class Backend(Protocol):
     """
 
     name: ClassVar[str]
+    # The PRECISION_MODES it can compile for, its default first; () where the artifact alone decides
+    # (open_backend refuses a precision for those).
+    execution_precisions: ClassVar[tuple[str, ...]]
 
-    def __init__(self, path: Path, threads: int | None, device: str | None) -> None:
-        """Load and compile; `device` None means the backend's best default, else a name it lists."""
+    def __init__(self, path: Path, threads: int | None, device: str | None, precision: str | None = None) -> None:
+        """Load and compile; `device` None means the backend's best default, else a name it lists;
+        `precision` None means its default mode, else one of execution_precisions the device has."""
+
+    @property
+    def execution_precision(self) -> str | None:
+        """The mode it runs in, as the runtime reports it after compiling (None: no modes)."""
 
     def embedded_record(self) -> ArtifactRecord | None:
         """The edgeres record stored inside the artifact, if the format has one."""

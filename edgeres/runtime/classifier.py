@@ -11,7 +11,7 @@ import numpy as np
 from ..artifact import ArtifactRecord, read_sidecar, sidecar_path
 from ..errors import ArtifactError, EdgeresError
 from ..preprocess import Preprocess
-from . import backend_class, resolve_artifact
+from . import open_backend, resolve_artifact
 
 
 @dataclass(frozen=True)
@@ -31,10 +31,15 @@ class Classifier:
     from the edgeres record inside the artifact (or its `.edgeres.json` sidecar).
     Frames must be uint8; grayscale (HxW, HxWx1) frames are repeated to three
     channels and BGRA frames lose their alpha channel.
+
+    `precision` picks a faster float mode the runtime and CPU offer (OpenVINO: "bf16" on
+    CPUs with AVX512-BF16 or AMX, "fp16" where the CPU computes in fp16); by default every
+    artifact runs in the mode it was verified in at conversion (fp32 arithmetic), whatever
+    the host would pick. An unavailable mode is a DeviceError that names the ones there are.
     """
 
     def __init__(self, path: str | Path, threads: int | None = None, device: str | None = None,
-                 tensorrt_engine: bool = False) -> None:
+                 tensorrt_engine: bool = False, precision: str | None = None) -> None:
         self.path = resolve_artifact(Path(path))
         if tensorrt_engine:  # a jetson ONNX: build its engine once, beside it, and run that
             self.path = _engine_for(self.path)
@@ -42,7 +47,7 @@ class Classifier:
             raise ArtifactError(f"artifact {self.path} does not exist")
         if threads is not None and threads < 1:
             raise EdgeresError(f"threads must be at least 1, got {threads}")
-        self._backend = backend_class(self.path)(self.path, threads, device)
+        self._backend = open_backend(self.path, threads, device, precision)
         self.record = self._find_record()
         try:
             self.preprocess = Preprocess.from_dict(self.record.preprocess)
@@ -51,6 +56,11 @@ class Classifier:
         self.labels = list(self.record.labels)
         self.backend_name = self._backend.name
         self._check_record_against_model()
+
+    @property
+    def execution_precision(self) -> str:
+        """What the float layers run in, as the runtime reports it (backends without modes: the artifact's precision)."""
+        return self._backend.execution_precision or self.record.precision
 
     def _check_record_against_model(self) -> None:
         """One inference on a blank frame: the record's input must fit the model, its labels the outputs.

@@ -23,8 +23,11 @@ PTE_JSON_START = b'{"arch":'  # the record's first key (ArtifactRecord's first f
 
 class ExecuTorchBackend:
     name: ClassVar[str] = "executorch"
+    execution_precisions: ClassVar[tuple[str, ...]] = ()  # runs as built
+    execution_precision = None
 
-    def __init__(self, path: Path, threads: int | None, device: str | None = None) -> None:
+    def __init__(self, path: Path, threads: int | None, device: str | None = None,
+                 precision: str | None = None) -> None:
         self._lock = threading.Lock()  # a loaded method holds its own input and output buffers: one call at a time
         if device not in (None, "CPU"):
             raise DeviceError(f"ExecuTorch's Python runtime runs on the CPU; device {device!r} is not available")

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..artifact import METADATA_KEY, ArtifactRecord, parse_embedded
 from ..errors import ArtifactError, BackendUnavailableError, DeviceError, install_hint
+from ..numerics import cpu_flags as _cpu_flags
 from .base import cache_root
 
 try:
@@ -44,8 +45,11 @@ def providers_for(device: str | None, available: list[str]) -> list[str]:
 
 class OnnxRuntimeBackend:
     name: ClassVar[str] = "onnxruntime"
+    execution_precisions: ClassVar[tuple[str, ...]] = ()  # runs as built
+    execution_precision = None
 
-    def __init__(self, path: Path, threads: int | None, device: str | None = None) -> None:
+    def __init__(self, path: Path, threads: int | None, device: str | None = None,
+                 precision: str | None = None) -> None:
         if ort is None:
             raise BackendUnavailableError(f"ONNX artifacts need ONNX Runtime: {install_hint('onnx')}")
         providers = providers_for(device, ort.get_available_providers())
@@ -158,17 +162,8 @@ def int8_kernels_saturate(cpu_flags: set[str] | None = None) -> bool:
     if cpu_flags is None:
         if platform.machine().lower() not in ("x86_64", "amd64"):
             return False  # ARM's dot-product and widening kernels accumulate in int32
-        cpu_flags = _cpu_flags()
+        cpu_flags = _cpu_flags() or {"avx_vnni"}  # not Linux: assume a current CPU rather than slow every model down
     return not cpu_flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {"avx_vnni"}  # not Linux: assume a current CPU rather than slow every model down
-    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
-    return set(line.partition(":")[2].split())
 
 
 def _with_options(providers: list[str], path: Path) -> list:

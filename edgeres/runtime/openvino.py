@@ -11,9 +11,9 @@ from typing import ClassVar, Iterable, Iterator
 
 import numpy as np
 
-from ..artifact import METADATA_KEY, ArtifactRecord, parse_embedded, read_sidecar
+from ..artifact import METADATA_KEY, ArtifactRecord, parse_embedded
 from ..errors import ArtifactError, BackendUnavailableError, DeviceError, install_hint
-from .base import cache_root
+from .base import PRECISION_MODES, cache_root
 
 
 @contextlib.contextmanager
@@ -46,18 +46,43 @@ MODEL_INFO_KEY = "model_info"  # where OpenVINO Model API looks for how to run a
 CROP_KEY = "edgeres_crop_inside"  # an IR that takes a larger square and crops it in the graph
 
 
-def compile_config(precision: str | None, threads: int | None, hint: str) -> dict:
-    """OpenVINO compile settings for an artifact of `precision`.
+# PRECISION_MODES by OpenVINO's names, and what a device lists in OPTIMIZATION_CAPABILITIES for each
+OPENVINO_TYPES = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+CAPABILITIES = {"fp32": "FP32", "bf16": "BF16", "fp16": "FP16"}
+NEEDED_FOR = {"bf16": "AVX512-BF16 or AMX (Intel Xeon 4th gen and later, AMD Zen 4 and later)",
+              "fp16": "AVX512-FP16 or AMX-FP16 (Intel Xeon 6), or an ARM CPU with fp16 arithmetic"}
 
-    CPUs with native bf16 (AVX512-BF16, AMX) run float models in bf16 by default; an
-    fp32 artifact is pinned to f32 so it keeps the accuracy it was verified with.
+
+def compile_config(precision: str, threads: int | None, hint: str) -> dict:
+    """OpenVINO compile settings for running an IR's float layers in `precision` (one of PRECISION_MODES).
+
+    Unless told, OpenVINO runs float layers in the device's fastest type: bf16 on CPUs with
+    AVX512-BF16 or AMX, f16 on ARM. An IR cannot ask for f32 itself (OpenVINO 2026.4 ignores
+    its rt_info runtime_options), so the hint is always given: every IR, fp32, fp16 weights
+    or int8, runs in the mode it was verified in, whatever the host.
     """
-    config = {"PERFORMANCE_HINT": hint}
-    if precision == "fp32":
-        config["INFERENCE_PRECISION_HINT"] = "f32"
+    config = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": OPENVINO_TYPES[precision]}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     return config
+
+
+def device_precisions(capabilities: Iterable[str]) -> tuple[str, ...]:
+    """The PRECISION_MODES a device computes natively, from its OPTIMIZATION_CAPABILITIES, fp32 first."""
+    return tuple(mode for mode, capability in CAPABILITIES.items() if capability in set(capabilities))
+
+
+def host_precisions(device: str | None = None) -> tuple[str, ...]:
+    """The modes OpenVINO offers for `device` here (None: the device Classifier would pick)."""
+    if ov is None:
+        return ()
+    core = ov.Core()
+    return _precisions_of(core, _resolve_device(core, device))
+
+
+def _precisions_of(core, device: str) -> tuple[str, ...]:
+    physical = "CPU" if device.split(":")[0] in VIRTUAL_DEVICES else device  # AUTO's fallback is the CPU
+    return device_precisions(core.get_property(physical, "OPTIMIZATION_CAPABILITIES"))
 
 
 def cache_dir() -> Path:
@@ -66,8 +91,10 @@ def cache_dir() -> Path:
 
 class OpenVinoBackend:
     name: ClassVar[str] = "openvino"
+    execution_precisions: ClassVar[tuple[str, ...]] = PRECISION_MODES
 
-    def __init__(self, path: Path, threads: int | None, device: str | None = None) -> None:
+    def __init__(self, path: Path, threads: int | None, device: str | None = None,
+                 precision: str | None = None) -> None:
         if ov is None:
             raise BackendUnavailableError(f"OpenVINO IR artifacts need OpenVINO: {install_hint('x86')}")
         self._core = ov.Core()
@@ -76,8 +103,7 @@ class OpenVinoBackend:
         self._device = _resolve_device(self._core, device)
         self._path = path
         self._threads = threads
-        record = self.embedded_record() or read_sidecar(path)
-        self._precision = record.precision if record else None
+        self._precision = _offered(self._core, self._device, precision or PRECISION_MODES[0], path)
         _fit_input_to_crop(self._model, path)
         self._compiled = self._compile("LATENCY")
         # One infer request runs one inference at a time ("Infer Request is busy"), so each
@@ -87,13 +113,22 @@ class OpenVinoBackend:
         self._throughput = None  # compiled on the first stream()
         self._throughput_lock = threading.Lock()
 
+    @property
+    def execution_precision(self) -> str:
+        return self._precision
+
     def _compile(self, hint: str):
         try:
             config = compile_config(self._precision, self._threads, hint)
-            return self._core.compile_model(self._model, self._device, config)
+            compiled = self._core.compile_model(self._model, self._device, config)
         except RuntimeError as error:
             raise DeviceError(f"OpenVINO could not compile {self._path.name} for {self._device}: "
                               f"{str(error).strip().splitlines()[-1]}") from None
+        compiled_in = _compiled_precision(compiled)
+        if compiled_in not in (None, self._precision):  # a plugin that overrides the hint: say so, never run silently
+            raise DeviceError(f"OpenVINO compiled {self._path.name} for {self._device} in {compiled_in}, not the "
+                              f"{self._precision} asked for; this OpenVINO does not honour the precision hint")
+        return compiled
 
     def embedded_record(self) -> ArtifactRecord | None:
         if not self._model.has_rt_info([METADATA_KEY]):
@@ -253,6 +288,25 @@ def _fit_input_to_crop(model, path: Path) -> None:
     except RuntimeError as error:
         raise ArtifactError(f"{path.name}: OpenVINO cannot reshape its input to the crop {text}: "
                             f"{str(error).strip().splitlines()[-1]}; convert it again") from None
+
+
+def _offered(core, device: str, precision: str, path: Path) -> str:
+    offered = _precisions_of(core, device)
+    if precision in offered:
+        return precision
+    name = core.get_property("CPU", "FULL_DEVICE_NAME") if device == "CPU" else device
+    needs = f" ({precision} needs {NEEDED_FOR[precision]})" if precision in NEEDED_FOR else ""
+    raise DeviceError(f"{path.name} cannot run in {precision} on {name}: OpenVINO offers {', '.join(offered)} "
+                      f"here{needs}; choose one of those, or leave the precision out for fp32")
+
+
+def _compiled_precision(compiled) -> str | None:
+    """The mode OpenVINO says it compiled for; None where the device does not say (AUTO, MULTI, HETERO)."""
+    try:
+        name = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    except RuntimeError:
+        return None
+    return next((mode for mode, type_name in OPENVINO_TYPES.items() if type_name == name), name)
 
 
 def _resolve_device(core, device: str | None) -> str:

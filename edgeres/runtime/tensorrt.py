@@ -42,8 +42,11 @@ def _check(result):
 
 class TensorRtBackend:
     name: ClassVar[str] = "tensorrt"
+    execution_precisions: ClassVar[tuple[str, ...]] = ()  # runs as built
+    execution_precision = None
 
-    def __init__(self, path: Path, threads: int | None, device: str | None = None) -> None:
+    def __init__(self, path: Path, threads: int | None, device: str | None = None,
+                 precision: str | None = None) -> None:
         self._lock = threading.Lock()  # one execution context and one set of pinned buffers: one call at a time
         from ..engine import import_tensorrt
 

@@ -165,8 +165,11 @@ def xnnpack_coverage(model: Path | bytes) -> dict:
 
 class TfliteBackend:
     name: ClassVar[str] = "tflite"
+    execution_precisions: ClassVar[tuple[str, ...]] = ()  # runs as built
+    execution_precision = None
 
-    def __init__(self, path: Path, threads: int | None, device: str | None = None) -> None:
+    def __init__(self, path: Path, threads: int | None, device: str | None = None,
+                 precision: str | None = None) -> None:
         if device not in (None, "CPU"):
             raise DeviceError(f"the TFLite backend runs on the CPU (XNNPACK); device {device!r} is not available")
         self._path = path

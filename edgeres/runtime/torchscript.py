@@ -19,8 +19,11 @@ from ..errors import ArtifactError, BackendUnavailableError, DeviceError
 
 class LiteInterpreterBackend:
     name: ClassVar[str] = "torchscript-lite"
+    execution_precisions: ClassVar[tuple[str, ...]] = ()  # runs as built
+    execution_precision = None
 
-    def __init__(self, path: Path, threads: int | None, device: str | None = None) -> None:
+    def __init__(self, path: Path, threads: int | None, device: str | None = None,
+                 precision: str | None = None) -> None:
         self._lock = threading.Lock()  # the lite interpreter is not documented as reentrant: one call at a time
         try:
             import torch

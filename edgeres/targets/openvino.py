@@ -71,7 +71,7 @@ class OpenVinoTarget:
             inputs = [job.model_preprocess.to_tensor(crop)[None] for crop in job.calibration.crops]
             model, quantization = openvino_backend.quantize(model, plan, points, inputs, preset=preset)
         elif job.precision == "fp16":
-            quantization = {"kind": "fp16 weights (compressed), compute in the device's native precision"}
+            quantization = {"kind": "fp16 weights (compressed), computed in fp32 unless a faster mode is asked for"}
         model = _crop_inside(_pixel_input(model, job.model_preprocess), job.preprocess)
         path = scratch / f"{job.stem}.xml"
         self._save(model, path, job.precision)

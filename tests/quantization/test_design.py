@@ -212,11 +212,15 @@ def sensitive_design(model, digits) -> QuantizationDesign:
 
 
 def test_the_layer_made_sensitive_ranks_first(sensitive_design) -> None:
+    """fc ranks first, and the ranking means what it says: keeping fc out of INT8 repairs the model, keeping
+    the runner-up does not. (The runner-up's own score is rounding noise, 0.0016 on AVX2 and 0.025 on an
+    AVX-512 BF16 CPU: a ratio between the two is the CPU's arithmetic, not a property of the ranking.)"""
     plan, table = sensitive_design.best_plan()
     assert len(table) == 8 and plan.method in METHODS
     ranking = sensitive_design.sensitivity(plan)
-    assert ranking[0][0] == "fc" and ranking[0][1] > 100 * max(ranking[1][1], 1e-9)
+    assert ranking[0][0] == "fc" and ranking[0][1] > ranking[1][1]
     assert sensitive_design.simulate(plan).agreement < 0.5
+    assert sensitive_design.simulate(plan.with_higher((ranking[1][0],))).agreement < 0.5
     assert sensitive_design.simulate(plan.with_higher(("fc",))).agreement > 0.95
 
 

@@ -9,9 +9,10 @@ import openvino as ov
 import openvino.opset13 as ops
 import pytest
 
-from edgeres.errors import ArtifactError, DeviceError
+from edgeres.errors import ArtifactError, DeviceError, EdgeresError
+from edgeres.preprocess import Preprocess
 from edgeres.runtime.classifier import Classifier
-from edgeres.runtime.openvino import compile_config
+from edgeres.runtime.openvino import NEEDED_FOR, OPENVINO_TYPES, compile_config, device_precisions, host_precisions
 
 pytestmark = pytest.mark.slow
 
@@ -78,11 +79,73 @@ def test_onnx_stream_falls_back_to_one_by_one(converted, held_out) -> None:
         [classifier.predict(f, topk=1)[0].index for f in frames[:5]]
 
 
-def test_fp32_is_pinned_to_f32() -> None:
-    """On CPUs with native bf16 OpenVINO would run float models in bf16; fp32 artifacts must not."""
+def test_every_mode_is_asked_for_by_name() -> None:
+    """The hint is always given: unset, OpenVINO picks bf16 on AVX512-BF16/AMX CPUs and f16 on ARM."""
     assert compile_config("fp32", 2, "LATENCY") == {
         "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 2}
-    assert "INFERENCE_PRECISION_HINT" not in compile_config("int8", None, "THROUGHPUT")
+    assert compile_config("bf16", None, "THROUGHPUT")["INFERENCE_PRECISION_HINT"] == "bf16"
+    assert compile_config("fp16", None, "THROUGHPUT")["INFERENCE_PRECISION_HINT"] == "f16"
+
+
+@pytest.mark.parametrize("capabilities, modes", [
+    (["FP32", "INT8", "BIN", "EXPORT_IMPORT"], ("fp32",)),  # AVX2, AVX-512 VNNI without BF16
+    (["FP32", "BF16", "INT8", "BIN", "EXPORT_IMPORT"], ("fp32", "bf16")),  # Zen 4, Cooper Lake
+    (["FP32", "BF16", "FP16", "INT8", "BIN", "EXPORT_IMPORT"], ("fp32", "bf16", "fp16")),  # Xeon 6 (AMX-FP16)
+    (["FP32", "FP16", "INT8", "EXPORT_IMPORT"], ("fp32", "fp16")),  # ARM
+])
+def test_modes_follow_the_devices_capabilities(capabilities, modes) -> None:
+    assert device_precisions(capabilities) == modes
+
+
+def _compiled_type(classifier: Classifier) -> str:
+    return classifier._backend._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_every_ir_runs_in_f32_whatever_the_host_would_pick(converted, precision: str) -> None:
+    """Read back from the compiled model: on a bf16 or ARM host this fails unless the IR is pinned."""
+    classifier = Classifier(converted("x86", precision).path)
+    assert classifier.execution_precision == "fp32" and _compiled_type(classifier) == "f32"
+
+
+@pytest.mark.parametrize("mode", ["bf16", "fp16"])
+def test_a_faster_mode_runs_where_the_cpu_has_it_and_is_refused_where_not(converted, model, held_out,
+                                                                          mode: str) -> None:
+    from edgeres.quantization.simulate import logits as torch_logits
+
+    path = converted("x86", "fp32").path
+    if mode not in host_precisions():
+        with pytest.raises(DeviceError, match=rf"cannot run in {mode} on .*: OpenVINO offers fp32"):
+            Classifier(path, precision=mode)
+        pytest.skip(f"this CPU has no {mode} arithmetic for OpenVINO (refusal checked; the mode itself "
+                    f"runs on {NEEDED_FOR[mode]})")
+    classifier = Classifier(path, precision=mode)
+    assert classifier.execution_precision == mode and _compiled_type(classifier) == OPENVINO_TYPES[mode]
+    crops = [classifier.preprocess.resize_and_crop(frame) for frame in held_out[0][:64]]
+    logits = classifier.logits_batch(held_out[0][:64])
+    reference = torch_logits(model.module, Preprocess.imagenet(32).tensors(crops))
+    assert np.abs(logits - reference).max() > 1e-5  # really another arithmetic, not f32 again
+    assert np.abs(logits - reference).max() <= 0.02 * np.abs(reference).max()
+    assert (logits.argmax(1) == reference.argmax(1)).mean() >= 0.95
+
+
+def test_a_mode_is_refused_by_runtimes_without_modes(converted) -> None:
+    with pytest.raises(DeviceError, match="runs on onnxruntime in the precision it was built in; there is no "
+                                          "bf16 mode"):
+        Classifier(converted("onnx", "fp32").path, precision="bf16")
+    with pytest.raises(EdgeresError, match="precision must be one of fp32, bf16, fp16, got 'fp8'"):
+        Classifier(converted("x86", "fp32").path, precision="fp8")
+
+
+def test_the_record_says_what_each_mode_costs_or_why_it_was_not_measured(converted) -> None:
+    verification = converted("x86", "fp32").record.verification
+    assert verification["execution_precision"] == "fp32" and set(verification["modes"]) == {"bf16", "fp16"}
+    for mode, found in verification["modes"].items():
+        if mode in host_precisions():
+            assert found["measured"] and 0 < found["max_abs_logit_diff"] and found["top1_agreement"] >= 0.9
+        else:
+            assert not found["measured"] and f"{mode} needs" in found["reason"]
+    assert "modes" not in converted("onnx", "fp32").record.verification
 
 
 def test_compiled_model_cache(converted, tmp_path: Path, monkeypatch) -> None:
