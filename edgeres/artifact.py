@@ -58,6 +58,7 @@ class ArtifactRecord:
     verification: dict[str, Any] | None = None  # agreement with the PyTorch model
     device_profile: dict[str, Any] | None = None  # e.g. rpi5: its CPU, threads, and why
     golden: dict[str, Any] | None = None  # golden samples beside the artifact, for `edgeres verify`
+    companions: dict[str, str] | None = None  # sha256 of each other file the artifact loads (the IR's .bin)
     edgeres_version: str = __version__
     schema_version: int = SCHEMA_VERSION
 
@@ -119,6 +120,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "target": (str,), "format": (str,), "inputs": (list,), "outputs": (list,), "source": (dict,),
     "calibration": (dict, type(None)), "quantization": (dict, type(None)), "checks": (list,),
     "verification": (dict, type(None)), "device_profile": (dict, type(None)), "golden": (dict, type(None)),
+    "companions": (dict, type(None)),
     "edgeres_version": (str,), "schema_version": (int,),
 }
 
@@ -157,21 +159,32 @@ def _tensor_spec(spec: Any, key: str) -> TensorSpec:
 
 def read_sidecar(artifact: Path) -> ArtifactRecord | None:
     path = sidecar_path(artifact)
-    if not path.exists():
-        return None
+    return read_record_file(path) if path.exists() or path.is_symlink() else None
+
+
+def read_record_file(path: Path) -> ArtifactRecord:
+    from .files import RECORD_LIMIT, read_bytes
+
+    data = read_bytes(path, RECORD_LIMIT, "record", ArtifactError)
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        record = _loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:
         raise ArtifactError(f"{path} is not valid JSON ({error}); convert the model again") from None
-    except OSError as error:
-        raise ArtifactError(f"cannot read {path}: {error.strerror}") from None
     return _from_json_object(record, str(path))
+
+
+def _loads(text: str) -> Any:
+    """JSON without NaN or Infinity: a record's numbers are all finite, and json would accept them."""
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not a number a record may hold")
+
+    return json.loads(text, parse_constant=refuse)
 
 
 def parse_embedded(text: str, where: Path) -> ArtifactRecord:
     try:
-        record = json.loads(text)
-    except json.JSONDecodeError as error:
+        record = _loads(text)
+    except (json.JSONDecodeError, ValueError) as error:
         raise ArtifactError(f"the edgeres record inside {where} is not valid JSON ({error})") from None
     return _from_json_object(record, f"the record inside {where}")
 
@@ -183,8 +196,10 @@ def _from_json_object(record: Any, where: str) -> ArtifactRecord:
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    from .files import MODEL_LIMIT, open_checked
+
     digest = hashlib.sha256()
-    with open(path, "rb") as stream:
+    with open_checked(path, MODEL_LIMIT, "file") as stream:
         while block := stream.read(chunk):
             digest.update(block)
     return digest.hexdigest()
@@ -213,3 +228,18 @@ def atomic_path(final: Path) -> Iterator[Path]:
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_companions(artifact: Path, record: ArtifactRecord) -> None:
+    """Each file the record lists beside the artifact is the one it was converted with: an IR whose .bin
+    was swapped for another model's would otherwise run, and answer wrongly, without a word."""
+    for name, digest in (record.companions or {}).items():
+        path = artifact.parent / name
+        if not isinstance(digest, str) or Path(name).name != name or name in (".", ".."):
+            raise ArtifactError(f"{artifact.name}'s record lists companion {name!r}; the record was edited: "
+                                "convert again")
+        if not path.exists() and not path.is_symlink():
+            raise ArtifactError(f"{name} is missing beside {artifact.name}; copy the files of the artifact together")
+        if sha256_of(path) != digest:
+            raise ArtifactError(f"{name} is not the file {artifact.name} was converted with (its sha256 differs "
+                                "from the record's): copy the one that came with it, or convert again")

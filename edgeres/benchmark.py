@@ -40,13 +40,13 @@ def benchmark(artifacts: Sequence[Path], *, threads: int | None = None, warmup: 
     """Classifier.predict on a 640x480 BGR frame (preprocessing included), per artifact, each in its own process."""
     if warmup < 0 or runs < 1:
         raise EdgeresError(f"--warmup must be 0 or more and --runs at least 1, got {warmup} and {runs}")
-    from .runtime import backend_class, resolve_artifact
+    from .runtime import backend_class, check_precision, resolve_artifact
 
     artifacts = [resolve_artifact(Path(path)) for path in artifacts]
     for path in artifacts:
         if not Path(path).is_file():
             raise EdgeresError(f"artifact {path} does not exist")
-        backend_class(Path(path))  # an unknown kind of file is refused here, not in the worker
+        check_precision(backend_class(Path(path)), Path(path), precision)  # here, not in each worker
     items = progress(artifacts, "Benchmarking", len(artifacts)) if progress else artifacts
     return [_run_worker(Path(path), threads, warmup, runs, precision) for path in items]
 

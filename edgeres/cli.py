@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
@@ -316,18 +317,14 @@ def predict(
 ) -> None:
     """Classify image files with an artifact, the way a device would."""
     set_verbose(verbose)
-    from .calibration.folder import find_images, read_image
+    from .calibration.folder import find_images
+    from .images import decode_image
     from .runtime.classifier import Classifier
 
     classifier = Classifier(artifact, threads=threads, device=device, precision=precision)
     results = {}
     for image_path in _expand_folders(images, find_images):
-        if not image_path.is_file():
-            raise EdgeresError(f"image {image_path} does not exist")
-        frame = read_image(image_path)
-        if frame is None:
-            raise EdgeresError(f"image {image_path} cannot be decoded; is it a corrupt or non-image file?")
-        results[str(image_path)] = classifier.predict(frame, topk=topk)
+        results[str(image_path)] = classifier.predict(decode_image(image_path), topk=topk)
     if as_json:
         payload = {k: [p.__dict__ for p in v] for k, v in results.items()}
         console.print_json(json.dumps(payload))
@@ -450,11 +447,11 @@ def evaluate(
                                        "artifacts": {name: asdict(m) for name, m in results.items()}}))
         return
     table = Table(title=f"{data} ({next(iter(results.values())).images} images; reference: {reference_name or 'none'})")
-    for column in ("artifact", "top-1", "top-5", "agree", "mean KL"):
+    for column in ("artifact", "mode", "top-1", "top-5", "agree", "mean KL"):
         table.add_column(column, no_wrap=True)
     for name, m in results.items():
-        table.add_row(name, f"{m.top1:.2%}", f"{m.top5:.2%}", "-" if m.agreement is None else f"{m.agreement:.2%}",
-                      "-" if m.mean_kl is None else f"{m.mean_kl:.2e}")
+        table.add_row(name, m.execution_precision, f"{m.top1:.2%}", f"{m.top5:.2%}",
+                      "-" if m.agreement is None else f"{m.agreement:.2%}", "-" if m.mean_kl is None else f"{m.mean_kl:.2e}")
     _show(table)
     per_class = Table(title="Accuracy per class")
     per_class.add_column("class", no_wrap=True, min_width=5)
@@ -704,9 +701,21 @@ def _root(version: bool = typer.Option(False, "--version", callback=version_call
     pass
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised where the program is, so every `finally` and `with` cleans up on the way out."""
+
+
+def _terminate(signum, frame) -> None:
+    raise _Terminated
+
+
 def main() -> None:
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
+    except _Terminated:
+        err_console.print("[red]terminated[/red]")
+        sys.exit(143)
     except EdgeresError as error:
         _fail(f"{error}")
     except ImportError as error:  # a device install has one runtime; converting needs the heavy extras
@@ -729,6 +738,8 @@ def main() -> None:
     except Exception as error:  # a bug or an unforeseen input: still one line, the traceback on request
         _fail(f"unexpected {type(error).__name__}: {error}. Run again with --verbose for the traceback, "
               "and report it if the input looks right")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # The packages only conversion (or the demo's data) needs, and the extra that installs each.

@@ -19,6 +19,7 @@ import torchvision
 from .calibration.folder import find_images, read_image
 from .logs import is_verbose
 from .preprocess import Preprocess
+from .written import mark_written, refuse_to_overwrite
 
 DIGIT_LABELS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 DEMO_IMGSZ = 32
@@ -154,12 +155,29 @@ def run_demo(out: Path, *, epochs: int = 6, quick: bool = False, weights: str | 
     Returns {"pytorch": ..., "artifacts": [rows], "video": summary}, also written as report.json.
     """
     out = Path(out)
+    refuse_to_overwrite(out, DEMO_OUTPUTS, "--out", recognise=lambda path: _demo_report(out / "report.json"))
+    out.mkdir(parents=True, exist_ok=True)
+    mark_written(out, DEMO_OUTPUTS)  # claimed before the first write: a killed run's leftovers stay the demo's
     inputs = _pretrained_inputs(out, weights, log) if weights else _digits_inputs(out, epochs, log)
     rows = _score_artifacts(inputs, out, quick, progress, log)
     video = _demo_video(out, inputs.images[:: max(1, len(inputs.images) // 15)], log)
     report = {"pytorch": inputs.pytorch, "artifacts": rows, "video": video}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+DEMO_OUTPUTS = ("data", "photos", "resnet18_digits.pt", "resnet18_digits.json", "artifacts", "video", "report.json")
+
+
+def _demo_report(path: Path) -> bool:
+    """A demo folder written before edgeres kept a list of what it writes: its report says so."""
+    from .errors import EdgeresError
+    from .files import SMALL_TEXT_LIMIT, read_text
+
+    try:
+        return {"pytorch", "artifacts", "video"} <= set(json.loads(read_text(path, SMALL_TEXT_LIMIT, "demo report")))
+    except (EdgeresError, ValueError, TypeError):
+        return False
 
 
 def _digits_inputs(out: Path, epochs: int, log) -> DemoInputs:
@@ -221,7 +239,7 @@ def _demo_video(out: Path, images: list[tuple[Path, int | None]], log) -> dict:
     from dataclasses import asdict
 
     from .runtime.classifier import Classifier
-    from .video import classify_video
+    from .video import VIDEO_OUTPUTS, classify_video
 
     target, precision = VIDEO_ARTIFACT
     name = f"resnet18_{target}_{precision}"
@@ -230,6 +248,7 @@ def _demo_video(out: Path, images: list[tuple[Path, int | None]], log) -> dict:
     clip.parent.mkdir(parents=True, exist_ok=True)
     write_clip(images, clip, frames_per_image=10)
     log(f"Playing {clip.name} (640x480, 30 FPS) through {artifact.name}")
+    mark_written(out / "video", VIDEO_OUTPUTS)  # the demo's own folder: its earlier results are its own
     summary = classify_video(Classifier(artifact), str(clip), out_dir=out / "video")
     return {**asdict(summary), "classified_share": summary.classified_share, "artifact": artifact.name}
 

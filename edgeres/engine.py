@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .artifact import ArtifactRecord, TensorSpec, atomic_path, read_sidecar, sha256_of, sidecar_path, write_sidecar
 from .errors import ArtifactError, BackendUnavailableError, ConversionError
+from .written import mark_written, refuse_to_overwrite
 
 INSTALL_TENSORRT = (
     "TensorRT is not installed here. On a Jetson it comes with JetPack (sudo apt install python3-libnvinfer, "
@@ -48,6 +49,8 @@ def build_engine(onnx_path: Path, out: Path | None = None, *, workspace_mb: int 
     out = Path(out) if out else engine_path_for(onnx_path)
     if sidecar_path(out) == sidecar_path(onnx_path):
         raise ArtifactError(f"{out.name} would share {sidecar_path(out).name} with the ONNX; choose another name")
+    refuse_to_overwrite(out.parent, (out.name, sidecar_path(out).name), "--out",
+                        recognise=lambda path: _an_engine_of_ours(out))
     trt = import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -77,6 +80,7 @@ def build_engine(onnx_path: Path, out: Path | None = None, *, workspace_mb: int 
         with atomic_path(Path(timing_cache)) as tmp:
             tmp.write_bytes(bytes(cache.serialize()))
     write_sidecar(out, engine_record(record, onnx_path, trt.__version__, flags, workspace_mb, dla_core))
+    mark_written(out.parent, (out.name, sidecar_path(out).name))
     return out
 
 
@@ -103,6 +107,18 @@ def _jetson_record(onnx_path: Path) -> ArtifactRecord:
         raise ArtifactError(f"{onnx_path.name} was made for target {record.target}; convert with --target jetson, "
                             "whose graph follows TensorRT's rules")
     return record
+
+
+def _an_engine_of_ours(engine: Path) -> bool:
+    """An engine edgeres built (before it kept a list of what it writes): its sidecar is an edgeres record
+    of a TensorRT engine."""
+    from .errors import EdgeresError
+
+    try:
+        record = read_sidecar(engine)
+    except EdgeresError:
+        return False
+    return record is not None and record.format == "tensorrt"
 
 
 def _network_flags(trt) -> int:

@@ -63,6 +63,14 @@ class DeviceError(EdgeresError):
     """The inference device asked for does not exist on this machine."""
 
 
+class ModeUnavailableError(DeviceError):
+    """A precision mode this device does not offer; `reason` says why in a few words (for records)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class EvaluationError(EdgeresError):
     """Labelled data that is missing, empty, or does not match the model's classes."""
 

@@ -11,8 +11,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .calibration.folder import Progress, find_images, no_progress, read_image
+from .calibration.folder import Progress, find_images, no_progress
 from .errors import EvaluationError
+from .images import ImageError, decode_image
 from .runtime.classifier import softmax_rows
 
 BATCH = 32
@@ -34,6 +35,7 @@ class Metrics:
     agreement: float | None = None  # top-1 agreement with the reference
     mean_kl: float | None = None  # mean KL(reference || this) of the class probabilities
     per_class: dict[str, float] = field(default_factory=dict)  # accuracy per class present in the data
+    execution_precision: str | None = None  # what its float layers ran in (Classifier.execution_precision)
 
 
 def read_labelled_folder(folder: str | Path, labels: Sequence[str]) -> LabelledImages:
@@ -122,10 +124,10 @@ def checkpoint_logits(checkpoint: Path, arch: str, preprocess_spec: dict, labels
 
 
 def _read(path: Path) -> np.ndarray:
-    image = read_image(path)
-    if image is None:
-        raise EvaluationError(f"{path} is not a readable image; remove it from the evaluation data")
-    return image
+    try:
+        return decode_image(path)
+    except ImageError as error:
+        raise EvaluationError(f"{error}; remove it from the evaluation data") from None
 
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
@@ -152,6 +154,10 @@ def evaluate_artifacts(artifacts: Sequence[Path], data: Path, reference: Path | 
                                                   images, progress)
     results = {name: metrics(rows, images.classes, images.class_names, reference_logits)
                for name, rows in logits.items()}
+    for classifier in classifiers:
+        results[classifier.path.name].execution_precision = classifier.execution_precision
+    if precision is not None and reference_name is not None:
+        reference_name += " in its own mode"
     return results, reference_name, images.mapping
 
 

@@ -14,16 +14,17 @@ def default_labels(num_classes: int) -> list[str]:
 
 def read_labels(path: Path | str, num_classes: int | None = None) -> list[str]:
     """Read one label per line; blank lines at the end are ignored, blank lines inside are not."""
+    from .files import LABELS_LIMIT, read_bytes
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise LabelsError(f"labels file {path} does not exist; give a text file with one label per line")
     try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a BOM from Windows editors is not a label
+        # -sig: a BOM from Windows editors is not a label
+        lines = read_bytes(path, LABELS_LIMIT, "labels file", LabelsError).decode("utf-8-sig").splitlines()
     except UnicodeDecodeError as error:
         raise LabelsError(f"labels file {path} is not UTF-8 (byte {error.start} cannot be decoded); "
                           "save it as UTF-8, one label per line") from None
-    except OSError as error:
-        raise LabelsError(f"cannot read labels file {path}: {error.strerror}") from None
     while lines and not lines[-1].strip():
         lines.pop()
     labels = [line.strip() for line in lines]

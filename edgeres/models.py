@@ -17,6 +17,7 @@ import torchvision
 
 from .artifact import sha256_of
 from .errors import ArchitectureError, CheckpointError, WeightsNotFoundError
+from .files import CHECKPOINT_LIMIT, checked
 from .labels import check_label_count, default_labels, read_labels
 
 # Blocks per stage and block type: enough to tell every torchvision ResNet apart.
@@ -87,6 +88,7 @@ def check_arch_name(arch: str) -> None:
 
 def build_resnet(arch: str, state_dict: Mapping[str, torch.Tensor], where: str) -> torch.nn.Module:
     """A torchvision `arch` with `state_dict` loaded, after checking that they match."""
+    check_numbers(state_dict, where)
     if "fc.weight" not in state_dict:
         sample = ", ".join(list(state_dict)[:4]) or "no tensors"
         raise CheckpointError(
@@ -110,6 +112,24 @@ def build_resnet(arch: str, state_dict: Mapping[str, torch.Tensor], where: str) 
     return module.eval()
 
 
+def check_numbers(state_dict: Mapping[str, torch.Tensor], where: str) -> None:
+    """Refuse weights that are not numbers, and BatchNorm variances that cannot be variances.
+
+    One NaN in a convolution makes every logit NaN, and argmax of NaN rows "agrees" with
+    anything: such a model would convert and verify as if it were fine.
+    """
+    for name, tensor in state_dict.items():
+        if not torch.is_tensor(tensor) or not tensor.is_floating_point():
+            continue
+        bad = ~torch.isfinite(tensor)
+        if bad.any():
+            raise CheckpointError(f"{where}: tensor {name} holds {int(bad.sum())} non-finite values (NaN or inf) "
+                                  f"of its {tensor.numel()}; the training diverged or the file is damaged")
+        if name.endswith("running_var") and (tensor < 0).any():
+            raise CheckpointError(f"{where}: BatchNorm statistics {name} hold {int((tensor < 0).sum())} negative "
+                                  "variances; the file is damaged or was edited")
+
+
 def detect_arch(state_dict: Mapping[str, Any]) -> str | None:
     """Name the torchvision ResNet whose layout these keys have, or None."""
     blocks = []
@@ -126,8 +146,7 @@ def detect_arch(state_dict: Mapping[str, Any]) -> str | None:
 def _read_state_dict(path: Path, trust_checkpoint: bool) -> dict[str, torch.Tensor]:
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a folder; give the checkpoint file inside it")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    checked(path, CHECKPOINT_LIMIT, "checkpoint", CheckpointError)
     if _is_torchscript(path):
         try:
             return dict(torch.jit.load(str(path), map_location="cpu").state_dict())

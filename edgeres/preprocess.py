@@ -8,6 +8,7 @@ are the pixels it was calibrated and checked with.
 from __future__ import annotations
 
 import functools
+import math
 import threading
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Sequence
@@ -87,6 +88,7 @@ class Preprocess:
         bilinear filter as torchvision/PIL, so models trained with torchvision see
         the same input here (within one grey level).
         """
+        frame_bgr = _box_reduced(frame_bgr, self.resize)
         height, width = frame_bgr.shape[:2]
         return _resampler(height, width, self.resize, self.crop)(frame_bgr)
 
@@ -156,6 +158,28 @@ class Preprocess:
             return cls(**record)
         except (TypeError, ValueError) as error:
             raise PreprocessError(f"the preprocessing record {record} is malformed ({error}); convert again") from None
+
+
+STAGE_RATIO = 8  # frames whose shorter side is this many times the resize or more are box-averaged first
+
+
+def _box_reduced(frame: np.ndarray, resize: int) -> np.ndarray:
+    """A huge frame averaged over k x k boxes first, so that the exact filter then downscales 4 to 8 times.
+
+    The antialiased filter's taps and window both grow with the downscale, so its cost grows
+    with the square of the frame's side times the crop (an 8000 x 8000 frame took 7 s); a box
+    average costs one pass over the frame. The box is a coarser low-pass than the triangle,
+    but at these ratios each output pixel still averages dozens of source pixels either way.
+    The few rows and columns beyond a multiple of k (fewer than k) are left out evenly on
+    both sides, so the centre stays where it was.
+    """
+    height, width = frame.shape[:2]
+    factor = min(height, width) // (resize * STAGE_RATIO // 2)
+    if min(height, width) < resize * STAGE_RATIO or factor < 2:
+        return frame
+    top, left = (height % factor) // 2, (width % factor) // 2
+    used = frame[top:top + height - height % factor, left:left + width - width % factor]
+    return cv2.resize(used, (used.shape[1] // factor, used.shape[0] // factor), interpolation=cv2.INTER_AREA)
 
 
 def _shorter_side_size(height: int, width: int, shorter: int) -> tuple[int, int]:
@@ -269,6 +293,8 @@ def _check_spec(spec: Preprocess) -> None:
         problems.append(f"crop {spec.crop} must not exceed resize {spec.resize}")
     if len(spec.mean) != 3 or len(spec.std) != 3:
         problems.append("mean and std need 3 values each (R, G, B)")
+    elif not all(math.isfinite(v) for v in (*spec.mean, *spec.std)):
+        problems.append(f"mean and std must be finite numbers, got mean {spec.mean}, std {spec.std}")
     elif min(spec.std) <= 0:
         problems.append(f"std values must be positive, got {spec.std}")
     for name, value, allowed in (
@@ -282,8 +308,10 @@ def _check_spec(spec: Preprocess) -> None:
     has_quant = spec.input_scale is not None and spec.input_zero_point is not None
     if integer_input and not has_quant:
         problems.append(f"an {spec.dtype} input needs input_scale and input_zero_point")
-    if has_quant and spec.input_scale <= 0:
-        problems.append(f"input_scale must be positive, got {spec.input_scale}")
+    if has_quant and not (math.isfinite(spec.input_scale) and spec.input_scale > 0):
+        problems.append(f"input_scale must be a positive finite number, got {spec.input_scale}")
+    if has_quant and (not isinstance(spec.input_zero_point, int) or not -128 <= spec.input_zero_point <= 255):
+        problems.append(f"input_zero_point must be a whole number in -128..255, got {spec.input_zero_point!r}")
     if problems:
         raise PreprocessError("invalid preprocessing: " + "; ".join(problems))
 

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from .artifact import atomic_path
+from .written import mark_written, refuse_to_overwrite
 from .cameras import CAMERA_SIZES, OPENERS, CameraRequest, VideoError, camera_size_for, open_v4l2  # noqa: F401
 from .runtime.classifier import Classifier, Prediction
 
@@ -164,6 +165,9 @@ def annotate(frame: np.ndarray, prediction: Prediction, fps: float) -> np.ndarra
     return out
 
 
+VIDEO_OUTPUTS = ("annotated.mp4", "frames.csv", "frames.json")
+
+
 class _Outputs:
     """Annotated video and per-frame CSV/JSON; nothing appears under its final name half-written."""
 
@@ -197,6 +201,7 @@ class _Outputs:
             payload = {"summary": {**asdict(summary), "classified_share": summary.classified_share},
                        "frames": [asdict(row) for row in self.rows]}
             tmp.write_text(json.dumps(payload, indent=1) + "\n")
+        mark_written(self.out_dir, VIDEO_OUTPUTS)
 
     def discard(self) -> None:
         if self._writer is not None:
@@ -227,6 +232,8 @@ def classify_video(
         raise VideoError(f"--max-frames must be at least 1, got {max_frames}")
     if show_every < 1:
         raise VideoError(f"--show-every must be at least 1, got {show_every}")
+    if out_dir is not None:  # before the camera opens: a user's annotated.mp4 is never replaced
+        refuse_to_overwrite(Path(out_dir), VIDEO_OUTPUTS, "--out")
     capture = open_source(source, classifier.preprocess.resize, camera_size, fourcc, fps)
     fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
     outputs = _Outputs(Path(out_dir), fps) if out_dir is not None else None

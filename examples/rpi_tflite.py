@@ -6,11 +6,12 @@
     python examples/rpi_tflite.py out/resnet18_rpi5_int8 photo.jpg
 """
 
+import os
 import sys
 
 import cv2
 
 import edgeres
 
-classifier = edgeres.Classifier(sys.argv[1], threads=4)  # LiteRT + XNNPACK, chosen from .tflite
+classifier = edgeres.Classifier(sys.argv[1], threads=os.cpu_count())  # LiteRT + XNNPACK (.tflite); 4 on a Pi
 print(classifier.predict(cv2.imread(sys.argv[2]), topk=1)[0])

@@ -50,7 +50,7 @@ def test_convert_npu_then_classifier_matches_pytorch(monkeypatch, capsys, checkp
     assert "Wrote" in out and "QDQ around every op" in out
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
         "report.json", "report.md", "report.png", "resnet18_npu_int8"]
-    assert sorted(p.name for p in artifact.parent.iterdir()) == [
+    assert sorted(p.name for p in artifact.parent.iterdir()) == [".edgeres-set",
         "report.json", "resnet18_npu_int8.edgeres.json", "resnet18_npu_int8.golden.npz", "resnet18_npu_int8.onnx"]
     classifier = Classifier(artifact)
     images = [path for path, _ in digits.test_images()][::3]

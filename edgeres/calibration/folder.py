@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-import cv2
 import numpy as np
 
 from ..errors import CalibrationError
+from ..images import read_image  # noqa: F401  (calibration's reader: unreadable images are skipped)
 from ..preprocess import Preprocess
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -37,17 +37,6 @@ class CalibrationSet:
 
     def __len__(self) -> int:
         return len(self.crops)
-
-
-def read_image(path: Path) -> np.ndarray | None:
-    """A BGR uint8 image, or None if the file cannot be decoded."""
-    try:
-        data = np.fromfile(path, dtype=np.uint8)  # works for non-ASCII paths, unlike imread
-    except OSError:
-        return None
-    if data.size == 0:
-        return None
-    return cv2.imdecode(data, cv2.IMREAD_COLOR)
 
 
 def find_images(folder: Path) -> list[Path]:

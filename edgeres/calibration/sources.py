@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from ..errors import CalibrationError
+from ..files import GiB, SMALL_TEXT_LIMIT, checked, npz_headers, read_text
 from ..preprocess import Preprocess
 from .folder import DEFAULT_CALIB_SIZE, CalibrationSet, Progress, crop_paths, no_progress, read_image_folder, sample_paths
 
@@ -107,29 +108,42 @@ def read_arrays(source: str, preprocess: Preprocess, *, size: int, seed: int = 0
     })
 
 
+ARRAY_LIMIT = 8 * GiB  # a calibration array of uint8 frames: 300 frames of 1080p are 1.9 GB
+
+
 def _load_array(path: Path) -> np.ndarray:
-    if not path.is_file():
+    """The images array; an .npy is mapped, not read, and an .npz member is judged by its header first."""
+    if not path.exists() and not path.is_symlink():
         raise CalibrationError(f"calibration array {path} does not exist")
+    checked(path, ARRAY_LIMIT, "calibration array", CalibrationError)
+    if path.suffix.lower() == ".npz":
+        headers = npz_headers(path, ARRAY_LIMIT, "calibration array", CalibrationError)
+        keys = list(headers)
+        if "images" not in keys and len(keys) != 1:
+            raise CalibrationError(f"{path.name} holds arrays {', '.join(keys)}; name the images array 'images'")
+        shape, dtype = headers["images" if "images" in keys else keys[0]]
+        if int(np.prod(shape)) * np.dtype(dtype).itemsize > ARRAY_LIMIT:
+            raise CalibrationError(f"{path.name}'s images inflate to more than {ARRAY_LIMIT >> 30} GiB; give "
+                                   "fewer images, or a folder of image files")
     try:
-        loaded = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as error:
+        loaded = np.load(path, allow_pickle=False, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as error:
         raise CalibrationError(f"{path} is not a readable numpy file: {error}") from None
     if isinstance(loaded, np.ndarray):
         return loaded
     with loaded:
         keys = list(loaded.keys())
-        if "images" in keys or len(keys) == 1:
-            return loaded["images" if "images" in keys else keys[0]]
-    raise CalibrationError(f"{path.name} holds arrays {', '.join(keys)}; name the images array 'images'")
+        return loaded["images" if "images" in keys else keys[0]]
 
 
 def read_path_list(source: str, preprocess: Preprocess, *, size: int, seed: int = 0, every=None,
                    progress: Progress = no_progress) -> CalibrationSet:
     """A text file with one image path per line (relative to the file's folder); '#' starts a comment."""
     path = Path(source)
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise CalibrationError(f"calibration list {path} does not exist")
-    lines = [line.split("#", 1)[0].strip() for line in path.read_text(errors="replace").splitlines()]
+    text = read_text(path, SMALL_TEXT_LIMIT, "calibration list", CalibrationError, errors="replace")
+    lines = [line.split("#", 1)[0].strip() for line in text.splitlines()]
     paths = [(path.parent / line) for line in lines if line]
     if not paths:
         raise CalibrationError(f"calibration list {path} names no images")

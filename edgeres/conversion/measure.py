@@ -60,9 +60,12 @@ def judge(logits: np.ndarray, reference: np.ndarray, truth: np.ndarray | None) -
     from ..evaluate import mean_kl
 
     labelled = truth is not None
+    # a row with a NaN or inf is wrong whatever its argmax says: it can neither agree nor be right
+    answers = np.where(np.isfinite(logits).all(1), logits.argmax(1), -1)
+    finite = bool(np.isfinite(logits).all())
     return Judged(
-        accuracy=float((logits.argmax(1) == truth).mean()) if labelled else None,
+        accuracy=float((answers == truth).mean()) if labelled else None,
         fp32_accuracy=float((reference.argmax(1) == truth).mean()) if labelled else None,
-        agreement=float((logits.argmax(1) == reference.argmax(1)).mean()),
-        mean_kl=mean_kl(reference, logits), images=len(logits),
+        agreement=float((answers == reference.argmax(1)).mean()),
+        mean_kl=mean_kl(reference, logits) if finite else float("inf"), images=len(logits),
     )

@@ -7,6 +7,10 @@ beside the set and swaps the two folders with one atomic rename (Linux's
 renameat2 RENAME_EXCHANGE): at any moment OUT/<name>/ holds the previous set or the new
 one. A lock per name makes a second convert into the same set refuse at once; staging
 folders left by a killed run are removed by the next one.
+
+Only a set edgeres wrote is ever replaced: OUT/<name>/ must be absent, empty, or a set
+(its manifest lists every file in it; a set from before manifests is recognised by its
+records). A folder of anything else is the user's, and the conversion refuses to touch it.
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ import errno
 import fcntl
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
 from ..errors import ConversionError
 
 STAGING, OLD, LOCK = ".edgeres-staging-", ".edgeres-old-", ".edgeres-lock-"
+MANIFEST = ".edgeres-set"  # one file name a line: the files of the set, as committed
 RENAME_EXCHANGE = 2
 SPACE_MARGIN = 1 << 20
 
@@ -43,6 +49,7 @@ class OutputSet:
                                   "or choose another --name")
         self._lock = _acquire(self.out_dir / f"{LOCK}{self.name}", self.final)
         _clean_up(self.out_dir, self.name, self.final)
+        refuse_foreign(self.final, "--name")
         self.staging.mkdir()
         return self
 
@@ -67,7 +74,10 @@ class OutputSet:
 
     def commit(self, then: tuple[tuple[Path, Path], ...] = ()) -> Path:
         """Swap the staged set in; then rename each prepared (temporary, final) pair, which needs no space."""
+        files = sorted(path.name for path in self.staging.iterdir())
+        (self.staging / MANIFEST).write_text("".join(f"{name}\n" for name in files))
         _sync(self.staging)
+        refuse_foreign(self.final, "--name")  # again: the user may have put files there meanwhile
         if self.final.exists():
             _exchange(self.staging, self.final)
             shutil.rmtree(self.staging, ignore_errors=True)  # now the previous set
@@ -76,6 +86,53 @@ class OutputSet:
         for temporary, final in then:
             os.replace(temporary, final)
         return self.final
+
+
+def refuse_foreign(folder: Path, option: str) -> None:
+    """Raise unless `folder` is absent, empty, or a set edgeres wrote (nothing else in it)."""
+    if folder.is_symlink():
+        raise ConversionError(f"{folder} is a link; edgeres writes a set only into a folder of its own: "
+                              f"choose another {option} or --out")
+    if not folder.is_dir():
+        return
+    foreign = foreign_entries(folder)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ConversionError(f"{folder} holds files edgeres did not write ({shown}); nothing was changed. "
+                              f"Choose another {option} or --out, or move them away")
+
+
+def foreign_entries(folder: Path) -> list[str]:
+    """What in `folder` is not part of an edgeres set: everything, unless a manifest or the records say it is."""
+    entries = sorted(entry.name + ("/" if entry.is_dir() and not entry.is_symlink() else "")
+                     for entry in folder.iterdir())
+    if not entries:
+        return []
+    manifest = folder / MANIFEST
+    if manifest.is_file() and not manifest.is_symlink():
+        from ..files import SMALL_TEXT_LIMIT, read_text
+
+        listed = set(read_text(manifest, SMALL_TEXT_LIMIT, "set manifest", ConversionError).splitlines())
+        return [name for name in entries if name != MANIFEST and name not in listed]
+    stems = _recorded_stems(folder)
+    return [name for name in entries if not stems or not (name == "report.json" or
+                                                          any(name.startswith(f"{stem}.") for stem in stems))]
+
+
+def _recorded_stems(folder: Path) -> list[str]:
+    """Artifact names of the readable records in a set written before manifests."""
+    from ..artifact import SIDECAR_SUFFIX, read_record_file
+    from ..errors import EdgeresError
+
+    stems = []
+    for sidecar in folder.glob(f"*{SIDECAR_SUFFIX}"):
+        try:
+            if not sidecar.is_symlink():
+                read_record_file(sidecar)
+                stems.append(sidecar.name[: -len(SIDECAR_SUFFIX)])
+        except EdgeresError:
+            continue
+    return stems
 
 
 def _acquire(lock_path: Path, final: Path) -> int:
@@ -158,3 +215,40 @@ def temporary_beside(final: Path) -> Iterator[Path]:
         yield tmp
     finally:
         tmp.unlink(missing_ok=True)
+
+
+SCRATCH_PREFIX = "edgeres-"
+
+
+@contextlib.contextmanager
+def scratch_folder() -> Iterator[Path]:
+    """A temporary folder for one conversion's work (exports, attempts), named after this process.
+
+    A conversion killed by SIGKILL or the OOM killer cannot remove its own (about 90 MB for a
+    ResNet18); the next conversion removes every one whose process is gone.
+    """
+    remove_abandoned_scratch()
+    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") as folder:
+        yield Path(folder)
+
+
+def remove_abandoned_scratch(root: Path | None = None) -> None:
+    root = Path(root or tempfile.gettempdir())
+    for folder in root.glob(f"{SCRATCH_PREFIX}*-*"):
+        pid = folder.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+        try:
+            owned = folder.lstat().st_uid == os.getuid() and folder.is_dir() and not folder.is_symlink()
+        except OSError:
+            continue
+        if owned and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True

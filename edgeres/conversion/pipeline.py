@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -18,7 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..artifact import ArtifactRecord, sidecar_path
+from ..artifact import ArtifactRecord, check_companions, sha256_of, sidecar_path
 from ..calibration import CalibrationSet, read_calibration
 from ..calibration.folder import DEFAULT_CALIB_SIZE, Progress, no_progress
 from ..errors import CalibrationError, EdgeresError, TargetError, VerificationError
@@ -26,12 +25,15 @@ from ..golden import GOLDEN_COUNT, golden_record, golden_bytes
 from ..logs import set_verbose
 from ..models import LoadedModel
 from ..preprocess import Preprocess
+from ..exporters.onnx_tools import MAX_OPSET, MIN_OPSET
 from ..quantization.ranges import METHODS
+from ..runtime.base import check_threads
 from ..quantization.simulate import logits
 from ..targets import REGISTRY, get_target, resolve_target
 from ..targets.base import PRECISIONS, Built, BuiltArtifact, ConvertJob, Target
 from .measure import EvalSet, artifact_logits, judge
-from .output import OutputSet
+from ..written import mark_written
+from .output import OutputSet, scratch_folder
 from .verify import compare_logits, enforce, other_modes
 
 # Without calibration images, exports are checked on seeded random images.
@@ -98,6 +100,10 @@ class ConvertOptions:
             raise EdgeresError(f"--min-agreement is a fraction between 0 and 1, got {self.min_agreement:g}")
         if self.max_kept < 0:
             raise EdgeresError(f"--max-kept cannot be negative, got {self.max_kept}")
+        check_threads(self.threads)
+        if not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise EdgeresError(f"--opset must be between {MIN_OPSET} and {MAX_OPSET} (what this ONNX exporter "
+                               f"writes), got {self.opset}")
 
 
 def check_name(name: str) -> str:
@@ -131,6 +137,10 @@ def convert(model: LoadedModel, options: ConvertOptions, *, progress: Progress =
             log: Callable[[str], None] = print) -> ConvertResult:
     """Convert `model` for `options.target`, verify it through its runtime, write it as one set."""
     set_verbose(options.verbose)
+    if options.report:
+        from .report import check_report_files
+
+        check_report_files(Path(options.out_dir))
     target, profile = resolve_target(options.target)
     check_target_options(target, options)
     spec = Preprocess.imagenet(options.imgsz)
@@ -142,7 +152,7 @@ def convert(model: LoadedModel, options: ConvertOptions, *, progress: Progress =
                      calibration=calibration if options.precision == "int8" else None, opset=options.opset,
                      dynamic_batch=options.dynamic_batch, preset=options.preset, log=log)
     context = _Context(model, options, target, profile, spec, calibration, data, job, log)
-    with tempfile.TemporaryDirectory(prefix="edgeres-") as scratch, OutputSet(Path(options.out_dir), stem) as output:
+    with scratch_folder() as scratch, OutputSet(Path(options.out_dir), stem) as output:
         if options.precision == "int8":
             built, search = _search_int8(context, Path(scratch))
         else:
@@ -187,17 +197,18 @@ def evaluation_set(model: LoadedModel, options: ConvertOptions, spec: Preprocess
                    calibration: CalibrationSet | None) -> EvalSet:
     """The labelled --val images; else the calibration images (agreement only); else seeded random images."""
     from ..evaluate import read_labelled_folder
-    from ..calibration.folder import read_image
     from ..errors import EvaluationError
+    from ..images import ImageError, decode_image
 
     if options.val is not None:
         images = read_labelled_folder(options.val, model.labels)
         step = max(1, len(images.paths) // MAX_EVAL_IMAGES)  # an even spread over the classes
         crops, truth = [], []
         for path, label in zip(images.paths[::step][:MAX_EVAL_IMAGES], images.classes[::step][:MAX_EVAL_IMAGES]):
-            image = read_image(path)
-            if image is None:
-                raise EvaluationError(f"{path} in --val is not a readable image; remove it or replace it")
+            try:
+                image = decode_image(path)
+            except ImageError as error:
+                raise EvaluationError(f"--val: {error}; remove it or replace it") from None
             crops.append(spec.resize_and_crop(image))
             truth.append(label)
         return EvalSet(crops, np.array(truth), "validation")
@@ -286,8 +297,10 @@ def _finish(context: _Context, built: Built, search: dict | None, output: Output
         verification.update(other_modes(artifact.path, artifact.preprocess, reference_crops, reference))
         golden = golden_record(golden_frames, golden_reference, expected, _stem(artifact.path),
                                asdict(context.target.tolerance))
-        record = _record(context, artifact, verification, golden, search)
+        companions = {path.name: sha256_of(path) for path in artifact.files[1:]}
+        record = replace(_record(context, artifact, verification, golden, search), companions=companions or None)
         context.target.embed_record(artifact, record)
+        check_companions(artifact.path, record)  # embedding rewrote the IR's .bin: it must be the same bytes
         sidecar = sidecar_path(artifact.path)
         sidecar.write_text(record.to_json() + "\n")
         for path in (*artifact.files, sidecar):
@@ -305,6 +318,8 @@ def _finish(context: _Context, built: Built, search: dict | None, output: Output
         output.add((json.dumps({"artifacts": rows}, indent=2) + "\n").encode(), SET_REPORT)
         summary = folder_summary_files(output.out_dir, output.name, rows)
     final = output.commit(then=summary)
+    if summary:
+        mark_written(output.out_dir, [Path(path).name for _, path in summary])
     files = tuple(sorted(final.iterdir()))
     paths = [final / artifact.path.name for artifact in built.artifacts]
     met = search is None or search["met"]

@@ -11,10 +11,12 @@ import textwrap
 from pathlib import Path
 
 from ..benchmark import artifact_size, benchmark
+from ..written import refuse_to_overwrite
 from .measure import Judged
 
 SET_REPORT = "report.json"
 REPORT_JSON, REPORT_MD, REPORT_PNG = "report.json", "report.md", "report.png"
+REPORT_FILES = (REPORT_JSON, REPORT_MD, REPORT_PNG)
 LATENCY_RUNS = 30
 
 
@@ -53,10 +55,11 @@ def folder_summary_files(out_dir: Path, name: str, rows: list[dict]) -> tuple[tu
 
     Returns (temporary, final) pairs, renamed in only once the set itself is in place.
     """
+    check_report_files(out_dir)
     every = []
     for row_file in sorted(Path(out_dir).glob(f"*/{SET_REPORT}")):
         if row_file.parent.name != name and not row_file.parent.name.startswith("."):
-            every += json.loads(row_file.read_text()).get("artifacts", [])
+            every += _set_rows(row_file)
     every += rows
     prepared = []
     for final, write in ((REPORT_JSON, lambda p: p.write_text(json.dumps({"artifacts": every}, indent=2) + "\n")),
@@ -66,6 +69,49 @@ def folder_summary_files(out_dir: Path, name: str, rows: list[dict]) -> tuple[tu
         write(temporary)
         prepared.append((temporary, Path(out_dir) / final))
     return tuple(prepared)
+
+
+def check_report_files(out_dir: Path) -> None:
+    """The folder's report.json/md/png are edgeres' to replace, or absent (else an error, before any work)."""
+    refuse_to_overwrite(out_dir, REPORT_FILES, "--out", recognise=_is_ours)
+
+
+def _set_rows(row_file: Path) -> list[dict]:
+    """The rows of another set in the folder; a folder that is no edgeres set (or a damaged one) adds none."""
+    from ..errors import EdgeresError
+    from ..files import SMALL_TEXT_LIMIT, read_text
+    from .output import foreign_entries
+
+    try:
+        if foreign_entries(row_file.parent):
+            return []
+        rows = json.loads(read_text(row_file, SMALL_TEXT_LIMIT, "set report")).get("artifacts", [])
+    except (EdgeresError, ValueError, AttributeError, OSError):
+        return []
+    return [row for row in rows if isinstance(row, dict) and REPORT_ROW_KEYS <= set(row)]
+
+
+REPORT_ROW_KEYS = {"artifact", "precision", "size_mb", "eval_images", "eval_source", "accuracy", "fp32_accuracy",
+                   "agreement", "mean_kl", "latency_p50_ms", "fps", "kept_higher"}
+
+
+def _is_ours(path: Path) -> bool:
+    """A report file edgeres wrote before it kept a list of what it writes."""
+    from ..errors import EdgeresError
+    from ..files import SMALL_TEXT_LIMIT, read_text
+
+    try:
+        if path.name == REPORT_PNG:
+            return _is_ours(path.with_name(REPORT_JSON))  # written together
+        text = read_text(path, SMALL_TEXT_LIMIT, "report", errors="replace")
+    except EdgeresError:
+        return False
+    if path.name == REPORT_MD:
+        return text.startswith("# edgeres conversion report")
+    try:
+        return isinstance(json.loads(text).get("artifacts"), list)
+    except (ValueError, AttributeError):
+        return False
 
 
 def _percent(value: float | None) -> str:

@@ -22,6 +22,11 @@ _ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "fl
                 onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT8: "int8"}
 
 
+# torch.export's ONNX exporter writes opset 18 and converts up to what the onnx package defines;
+# beyond that it falls back without a word, so the written opset is checked too (export_fp32).
+MIN_OPSET, MAX_OPSET = 18, onnx.defs.onnx_opset_version()
+
+
 class ExportCache:
     """One FP32 ONNX export per float model, reused by every attempt of one conversion."""
 
@@ -53,6 +58,10 @@ def export_fp32(module: torch.nn.Module, input_shape: tuple[int, ...], path: Pat
             raise ConversionError(f"PyTorch could not export the model to ONNX: {error}") from None
     program.save(str(path))
     model = onnx.load(str(path))
+    written = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), None)
+    if written != opset:
+        raise ConversionError(f"the ONNX exporter wrote opset {written} where --opset {opset} was asked for; "
+                              f"give --opset {written}, or an opset this PyTorch can write")
     mean_pools_to_global_pools(model)
     name_after_modules(model)
     for node in model.graph.node:

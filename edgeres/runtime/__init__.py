@@ -10,6 +10,7 @@ from importlib import import_module
 from pathlib import Path
 
 from ..errors import ArtifactError, DeviceError, EdgeresError
+from ..files import MODEL_LIMIT, checked
 from .base import PRECISION_MODES, Backend
 
 BACKENDS: dict[str, str] = {
@@ -40,7 +41,14 @@ def open_backend(path: Path, threads: int | None = None, device: str | None = No
     Conversion checks artifacts through this function and Classifier runs them through it, so
     what was verified is what a device runs.
     """
+    checked(path, MODEL_LIMIT, "artifact")
     cls = backend_class(path)
+    check_precision(cls, path, precision)
+    return cls(path, threads, device, precision)
+
+
+def check_precision(cls: type[Backend], path: Path, precision: str | None) -> None:
+    """A mode that `cls` can be asked for at all (whether this host has it, the backend says when it loads)."""
     if precision is not None and precision not in PRECISION_MODES:
         raise EdgeresError(f"precision must be one of {', '.join(PRECISION_MODES)}, got {precision!r}")
     if precision is not None and precision not in cls.execution_precisions:
@@ -49,7 +57,6 @@ def open_backend(path: Path, threads: int | None = None, device: str | None = No
             f"choose. Execution modes are OpenVINO's ({', '.join(PRECISION_MODES)}, where the CPU has them): "
             "leave out the precision, or convert for the precision you want"
         )
-    return cls(path, threads, device, precision)
 
 
 def resolve_artifact(path: Path) -> Path:

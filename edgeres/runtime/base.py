@@ -65,3 +65,16 @@ CACHE_ENV = "EDGERES_CACHE_DIR"
 
 def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "edgeres")
+
+
+def cpus_here() -> int:
+    return os.cpu_count() or 1
+
+
+def check_threads(threads: int | None) -> None:
+    """Threads a runtime may be given: 1 up to the CPUs present. More only slows it down, and a huge
+    count goes straight into a runtime's thread pool, which can take every process id there is."""
+    from ..errors import EdgeresError
+
+    if threads is not None and not 1 <= threads <= cpus_here():
+        raise EdgeresError(f"threads must be between 1 and {cpus_here()} (the CPUs here), got {threads}")

@@ -8,10 +8,11 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..artifact import ArtifactRecord, read_sidecar, sidecar_path
+from ..artifact import ArtifactRecord, check_companions, read_sidecar, sidecar_path
 from ..errors import ArtifactError, EdgeresError
 from ..preprocess import Preprocess
 from . import open_backend, resolve_artifact
+from .base import check_threads
 
 
 @dataclass(frozen=True)
@@ -43,12 +44,10 @@ class Classifier:
         self.path = resolve_artifact(Path(path))
         if tensorrt_engine:  # a jetson ONNX: build its engine once, beside it, and run that
             self.path = _engine_for(self.path)
-        if not self.path.is_file():
-            raise ArtifactError(f"artifact {self.path} does not exist")
-        if threads is not None and threads < 1:
-            raise EdgeresError(f"threads must be at least 1, got {threads}")
+        check_threads(threads)
         self._backend = open_backend(self.path, threads, device, precision)
         self.record = self._find_record()
+        check_companions(self.path, self.record)
         try:
             self.preprocess = Preprocess.from_dict(self.record.preprocess)
         except EdgeresError as error:
@@ -108,14 +107,15 @@ class Classifier:
 
     def logits(self, frame: np.ndarray) -> np.ndarray:
         """Float32 logits (classes,) for one BGR frame."""
-        return self._backend.run(self.preprocess(frame)[None])[0]
+        return self._finite(self._backend.run(self.preprocess(frame)[None]))[0]
 
     def logits_batch(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         inputs = self.preprocess.batch(frames) if len(frames) else None
         if inputs is None:
             return np.zeros((0, len(self.labels)), np.float32)
         step = self._backend.max_batch or len(inputs)
-        return np.concatenate([self._backend.run(inputs[i : i + step]) for i in range(0, len(inputs), step)])
+        return self._finite(np.concatenate([self._backend.run(inputs[i : i + step])
+                                            for i in range(0, len(inputs), step)]))
 
     def predict(self, frame: np.ndarray, topk: int = 5) -> list[Prediction]:
         """The `topk` most probable classes for one BGR frame, most probable first."""
@@ -136,7 +136,14 @@ class Classifier:
         else:
             rows = (self._backend.run(item[None])[0] for item in inputs)
         for row in rows:
-            yield self._top(row, topk)
+            yield self._top(self._finite(row), topk)
+
+    def _finite(self, logits: np.ndarray) -> np.ndarray:
+        """Logits a probability can be made of: a NaN or inf score is the model's failure, never an answer."""
+        if not np.isfinite(logits).all():
+            raise ArtifactError(f"{self.path.name} gave non-finite scores (NaN or inf) for this input: its weights "
+                                "or its runtime are broken; run `edgeres verify` on it, or convert it again")
+        return logits
 
     def _top(self, logits: np.ndarray, topk: int) -> list[Prediction]:
         if topk < 1:

@@ -6,7 +6,11 @@ backend runs the same program here (and in `edgeres verify`/`eval`) with the sam
 
 from __future__ import annotations
 
+import os
+import re
 import struct
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import ClassVar
@@ -15,10 +19,40 @@ import numpy as np
 
 from ..artifact import PTE_RECORD_MARKER, PTE_RECORD_METHOD, ArtifactRecord, parse_embedded
 from ..errors import ArtifactError, BackendUnavailableError, DeviceError, install_hint
+from ..files import MODEL_LIMIT, open_checked, read_bytes
 from ..logs import quiet
 
 
 PTE_JSON_START = b'{"arch":'  # the record's first key (ArtifactRecord's first field), as compact_json writes it
+PTE_IDENTIFIER = re.compile(rb"ET\d\d")  # the flatbuffer's file identifier at bytes 4-8: ET12 for this ExecuTorch
+_probed: dict[tuple, None] = {}  # files a child process loaded without crashing, by identity and change time
+
+
+def probe_load(path: Path) -> None:
+    """Load the program in a child process first: ExecuTorch's loader aborts the whole process (a C++
+    exception through C) on some malformed files, which no try/except here could catch."""
+    with open_checked(path, MODEL_LIMIT, "ExecuTorch program") as stream:
+        head = stream.read(8)
+        info = os.fstat(stream.fileno())
+    if len(head) < 8 or not PTE_IDENTIFIER.fullmatch(head[4:8]):
+        raise ArtifactError(f"{path} is not an ExecuTorch program: its header lacks the ExecuTorch identifier "
+                            "(ET12); the file is damaged or of another kind")
+    key = (os.path.realpath(path), info.st_ino, info.st_size, info.st_mtime_ns)
+    if key in _probed:
+        return
+    code = ("import sys\nfrom executorch.runtime import Runtime\n"
+            "Runtime.get().load_program(sys.argv[1]).load_method('forward')")
+    try:
+        done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=600,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise ArtifactError(f"{path}: ExecuTorch did not finish loading it in 10 minutes; the file is damaged") from None
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip() and "cpuinfo" not in line]
+        how = f"killed by signal {-done.returncode}" if done.returncode < 0 else f"exit {done.returncode}"
+        raise ArtifactError(f"{path} is not a loadable ExecuTorch program: loading it crashed ExecuTorch ({how}: "
+                            f"{lines[-1] if lines else 'no message'}); the file is damaged or not a .pte")
+    _probed[key] = None
 
 
 class ExecuTorchBackend:
@@ -40,6 +74,7 @@ class ExecuTorchBackend:
                 from executorch.runtime import Runtime
         except ImportError:
             raise BackendUnavailableError(f".pte artifacts need ExecuTorch's runtime: {install_hint('mobile')}") from None
+        probe_load(path)
         try:
             with quiet():
                 self._program = Runtime.get().load_program(str(path))
@@ -64,7 +99,7 @@ class ExecuTorchBackend:
         """Found in the file's bytes: the record method's constant is a flatbuffer string (a
         little-endian length, then the JSON padded with spaces), and the JSON starts with its
         first key. Each candidate must parse as a whole record."""
-        data = path.read_bytes()
+        data = read_bytes(path, MODEL_LIMIT, "ExecuTorch program")
         start = data.find(PTE_JSON_START)
         while start >= 4:
             length = struct.unpack_from("<I", data, start - 4)[0]

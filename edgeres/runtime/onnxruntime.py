@@ -10,6 +10,7 @@ import numpy as np
 
 from ..artifact import METADATA_KEY, ArtifactRecord, parse_embedded
 from ..errors import ArtifactError, BackendUnavailableError, DeviceError, install_hint
+from ..files import MODEL_LIMIT, read_bytes
 from ..numerics import cpu_flags as _cpu_flags
 from .base import cache_root
 
@@ -87,7 +88,7 @@ class OnnxRuntimeBackend:
     @staticmethod
     def read_record(path: Path) -> ArtifactRecord | None:
         try:
-            text = _metadata_props(path.read_bytes()).get(METADATA_KEY)
+            text = _metadata_props(read_bytes(path, MODEL_LIMIT, "ONNX model")).get(METADATA_KEY)
         except (IndexError, ValueError, UnicodeDecodeError):  # not a ModelProto
             return None
         return None if text is None else parse_embedded(text, path)

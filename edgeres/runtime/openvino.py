@@ -12,7 +12,8 @@ from typing import ClassVar, Iterable, Iterator
 import numpy as np
 
 from ..artifact import METADATA_KEY, ArtifactRecord, parse_embedded
-from ..errors import ArtifactError, BackendUnavailableError, DeviceError, install_hint
+from ..errors import ArtifactError, BackendUnavailableError, DeviceError, ModeUnavailableError, install_hint
+from ..files import MODEL_LIMIT, RECORD_LIMIT, checked, read_bytes
 from .base import PRECISION_MODES, cache_root
 
 
@@ -42,6 +43,7 @@ with no_telemetry():
         ov = None
 
 VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO")
+IR_XML_LIMIT = 4 * RECORD_LIMIT  # the graph's XML (a ResNet50's is under 1 MB) with its record and model_info
 MODEL_INFO_KEY = "model_info"  # where OpenVINO Model API looks for how to run an IR
 CROP_KEY = "edgeres_crop_inside"  # an IR that takes a larger square and crops it in the graph
 
@@ -49,11 +51,12 @@ CROP_KEY = "edgeres_crop_inside"  # an IR that takes a larger square and crops i
 # PRECISION_MODES by OpenVINO's names, and what a device lists in OPTIMIZATION_CAPABILITIES for each
 OPENVINO_TYPES = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 CAPABILITIES = {"fp32": "FP32", "bf16": "BF16", "fp16": "FP16"}
-NEEDED_FOR = {"bf16": "AVX512-BF16 or AMX (Intel Xeon 4th gen and later, AMD Zen 4 and later)",
-              "fp16": "AVX512-FP16 or AMX-FP16 (Intel Xeon 6), or an ARM CPU with fp16 arithmetic"}
+NEEDED_FOR = {"bf16": "AVX512-BF16, AMX or AVX2-VNNI-INT16 (Intel Xeon 4th gen and later, AMD Zen 4 and later, "
+                      "Intel Core Ultra 200)",
+              "fp16": "AVX512-FP16 (Intel Xeon 4th gen and later) or an ARM CPU with fp16 arithmetic"}
 
 
-def compile_config(precision: str, threads: int | None, hint: str) -> dict:
+def compile_config(precision: str | None, threads: int | None, hint: str) -> dict:
     """OpenVINO compile settings for running an IR's float layers in `precision` (one of PRECISION_MODES).
 
     Unless told, OpenVINO runs float layers in the device's fastest type: bf16 on CPUs with
@@ -61,7 +64,9 @@ def compile_config(precision: str, threads: int | None, hint: str) -> dict:
     its rt_info runtime_options), so the hint is always given: every IR, fp32, fp16 weights
     or int8, runs in the mode it was verified in, whatever the host.
     """
-    config = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": OPENVINO_TYPES[precision]}
+    config = {"PERFORMANCE_HINT": hint}
+    if precision in OPENVINO_TYPES:  # None: a device without fp32 (an NPU), left to its own precision
+        config["INFERENCE_PRECISION_HINT"] = OPENVINO_TYPES[precision]
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     return config
@@ -103,7 +108,7 @@ class OpenVinoBackend:
         self._device = _resolve_device(self._core, device)
         self._path = path
         self._threads = threads
-        self._precision = _offered(self._core, self._device, precision or PRECISION_MODES[0], path)
+        self._precision = _offered(self._core, self._device, precision, path)
         _fit_input_to_crop(self._model, path)
         self._compiled = self._compile("LATENCY")
         # One infer request runs one inference at a time ("Infer Request is busy"), so each
@@ -123,9 +128,11 @@ class OpenVinoBackend:
             compiled = self._core.compile_model(self._model, self._device, config)
         except RuntimeError as error:
             raise DeviceError(f"OpenVINO could not compile {self._path.name} for {self._device}: "
-                              f"{str(error).strip().splitlines()[-1]}") from None
+                              f"{_reason(error)}") from None
         compiled_in = _compiled_precision(compiled)
-        if compiled_in not in (None, self._precision):  # a plugin that overrides the hint: say so, never run silently
+        if self._precision is None:  # a device without fp32 (an NPU): its own precision, as it reports it
+            self._precision = compiled_in or f"{self._device}'s own"
+        elif compiled_in not in (None, self._precision):  # a plugin that overrides the hint: never run silently
             raise DeviceError(f"OpenVINO compiled {self._path.name} for {self._device} in {compiled_in}, not the "
                               f"{self._precision} asked for; this OpenVINO does not honour the precision hint")
         return compiled
@@ -141,7 +148,8 @@ class OpenVinoBackend:
         import xml.etree.ElementTree as ElementTree
 
         try:
-            entry = ElementTree.parse(path).getroot().find(f"rt_info/{METADATA_KEY}")
+            root = ElementTree.fromstring(read_bytes(path, IR_XML_LIMIT, "OpenVINO IR"))
+            entry = root.find(f"rt_info/{METADATA_KEY}")
         except ElementTree.ParseError:
             return None
         return None if entry is None or "value" not in entry.attrib else parse_embedded(entry.attrib["value"], path)
@@ -249,14 +257,16 @@ def _settle(request) -> None:
 
 def _read_classifier(core, path: Path):
     weights = path.with_suffix(".bin")
-    if not weights.is_file():
+    if not weights.exists() and not weights.is_symlink():
         raise ArtifactError(
             f"{weights.name} is missing beside {path.name}: an OpenVINO IR is two files, copy both together"
         )
+    checked(path, IR_XML_LIMIT, "OpenVINO IR")
+    checked(weights, MODEL_LIMIT, "OpenVINO weights")
     try:
         model = core.read_model(str(path))
     except RuntimeError as error:
-        raise ArtifactError(f"{path} is not a readable OpenVINO IR: {str(error).strip().splitlines()[-1]}") from None
+        raise ArtifactError(f"{path} is not a readable OpenVINO IR: {_reason(error)}") from None
     inputs, outputs = model.inputs, model.outputs
     ranks = ([p.get_partial_shape().rank.get_length() for p in inputs],
              [p.get_partial_shape().rank.get_length() for p in outputs])
@@ -287,26 +297,51 @@ def _fit_input_to_crop(model, path: Path) -> None:
         model.reshape({0: ov.PartialShape([shape[0], int(text), int(text), shape[3]])})
     except RuntimeError as error:
         raise ArtifactError(f"{path.name}: OpenVINO cannot reshape its input to the crop {text}: "
-                            f"{str(error).strip().splitlines()[-1]}; convert it again") from None
+                            f"{_reason(error)}; convert it again") from None
 
 
-def _offered(core, device: str, precision: str, path: Path) -> str:
+def _offered(core, device: str, precision: str | None, path: Path) -> str | None:
+    """The mode to compile for: `precision` where the device offers it, else ModeUnavailableError.
+
+    None (the default) is fp32 on every device that computes in fp32; a device that does not (an
+    NPU lists FP16 and INT8 only) runs in its own precision, which is read back after compiling.
+    """
     offered = _precisions_of(core, device)
+    if precision is None:
+        return PRECISION_MODES[0] if PRECISION_MODES[0] in offered else None
     if precision in offered:
         return precision
     name = core.get_property("CPU", "FULL_DEVICE_NAME") if device == "CPU" else device
-    needs = f" ({precision} needs {NEEDED_FOR[precision]})" if precision in NEEDED_FOR else ""
-    raise DeviceError(f"{path.name} cannot run in {precision} on {name}: OpenVINO offers {', '.join(offered)} "
-                      f"here{needs}; choose one of those, or leave the precision out for fp32")
+    needs = f"; {precision} needs {NEEDED_FOR[precision]}" if precision in NEEDED_FOR else ""
+    raise ModeUnavailableError(f"{path.name} cannot run in {precision} on {name}: OpenVINO offers "
+                               f"{', '.join(offered)} here{needs}",
+                               reason=f"{name} offers {', '.join(offered)} to OpenVINO{needs}")
 
 
 def _compiled_precision(compiled) -> str | None:
-    """The mode OpenVINO says it compiled for; None where the device does not say (AUTO, MULTI, HETERO)."""
+    """The mode OpenVINO says it compiled for. Virtual devices (AUTO, MULTI, HETERO) say it per device
+    in DEVICE_PROPERTIES; where devices disagree, the first that differs from the others is returned."""
     try:
-        name = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        found = [compiled.get_property("INFERENCE_PRECISION_HINT")]
     except RuntimeError:
+        try:
+            per_device = compiled.get_property("DEVICE_PROPERTIES")
+        except RuntimeError:
+            return None
+        found = [properties.get("INFERENCE_PRECISION_HINT") for properties in per_device.values()
+                 if isinstance(properties, dict)]
+    names = {value.get_type_name() for value in found if hasattr(value, "get_type_name")}
+    if not names:
         return None
-    return next((mode for mode, type_name in OPENVINO_TYPES.items() if type_name == name), name)
+    modes = sorted(next((mode for mode, type_name in OPENVINO_TYPES.items() if type_name == name), name)
+                   for name in names)
+    return modes[0] if len(modes) == 1 else "+".join(modes)
+
+
+def _reason(error: Exception) -> str:
+    """OpenVINO's message without its trace: the last line that says something (AUTO ends with ';')."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if len(line.strip(" ;")) > 1]
+    return lines[-1] if lines else type(error).__name__
 
 
 def _resolve_device(core, device: str | None) -> str:

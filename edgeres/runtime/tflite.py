@@ -13,6 +13,7 @@ import numpy as np
 
 from ..artifact import METADATA_KEY, ArtifactRecord, parse_embedded
 from ..errors import ArtifactError, BackendUnavailableError, DeviceError, install_hint
+from ..files import MODEL_LIMIT, read_bytes
 from ..logs import native_output_silenced
 
 try:
@@ -192,7 +193,7 @@ class TfliteBackend:
 
     @staticmethod
     def read_record(path: Path) -> ArtifactRecord | None:
-        text = read_metadata(path.read_bytes())
+        text = read_metadata(read_bytes(path, MODEL_LIMIT, "TFLite model"))
         return None if text is None else parse_embedded(text, path)
 
     @property

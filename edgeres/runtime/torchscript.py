@@ -15,6 +15,7 @@ import numpy as np
 
 from ..artifact import LITE_RECORD_FILE, ArtifactRecord, parse_embedded
 from ..errors import ArtifactError, BackendUnavailableError, DeviceError
+from ..files import MODEL_LIMIT, RECORD_LIMIT, checked, read_zip_member
 
 
 class LiteInterpreterBackend:
@@ -49,11 +50,18 @@ class LiteInterpreterBackend:
     @staticmethod
     def read_record(path: Path) -> ArtifactRecord | None:
         """The record in the archive's extra files (where PyTorch Mobile's loaders read extra files)."""
+        checked(path, MODEL_LIMIT, "TorchScript Lite model")
         if not zipfile.is_zipfile(path):
             return None  # a flatbuffer-format lite model: the sidecar carries the record
         with zipfile.ZipFile(path) as archive:
             name = next((n for n in archive.namelist() if n.endswith(f"/extra/{LITE_RECORD_FILE}")), None)
-            return None if name is None else parse_embedded(archive.read(name).decode("utf-8"), path)
+            if name is None:
+                return None
+            data = read_zip_member(archive, name, RECORD_LIMIT, f"the record inside {path.name}")
+        try:
+            return parse_embedded(data.decode("utf-8"), path)
+        except UnicodeDecodeError:
+            raise ArtifactError(f"the edgeres record inside {path} is not UTF-8 text; convert again") from None
 
     @property
     def max_batch(self) -> int | None:

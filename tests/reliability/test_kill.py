@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from edgeres.artifact import sidecar_path
+from edgeres.conversion.output import MANIFEST
 from edgeres.golden import check_golden
 from edgeres.runtime.classifier import Classifier
 
@@ -35,8 +36,9 @@ def _convert(checkpoint: Path, out: Path, labels: Path) -> subprocess.Popen:
 def _assert_consistent(set_folder: Path) -> str:
     """The set opens and verifies as one; returns the id of the conversion that made it."""
     artifact = set_folder / "model.v1.onnx"
-    assert sorted(p.name for p in set_folder.iterdir()) == sorted(
-        ["model.v1.onnx", "model.v1.edgeres.json", "model.v1.golden.npz", "report.json"])
+    files = sorted(p.name for p in set_folder.iterdir() if p.name != MANIFEST)
+    assert files == sorted(["model.v1.onnx", "model.v1.edgeres.json", "model.v1.golden.npz", "report.json"])
+    assert (set_folder / MANIFEST).read_text().split() == files  # the manifest lists the set, and only it
     classifier = Classifier(artifact)
     assert json.loads(sidecar_path(artifact).read_text())["golden"] == classifier.record.golden
     assert check_golden(classifier).passed

@@ -90,7 +90,7 @@ def test_every_mode_is_asked_for_by_name() -> None:
 @pytest.mark.parametrize("capabilities, modes", [
     (["FP32", "INT8", "BIN", "EXPORT_IMPORT"], ("fp32",)),  # AVX2, AVX-512 VNNI without BF16
     (["FP32", "BF16", "INT8", "BIN", "EXPORT_IMPORT"], ("fp32", "bf16")),  # Zen 4, Cooper Lake
-    (["FP32", "BF16", "FP16", "INT8", "BIN", "EXPORT_IMPORT"], ("fp32", "bf16", "fp16")),  # Xeon 6 (AMX-FP16)
+    (["FP32", "BF16", "FP16", "INT8", "BIN", "EXPORT_IMPORT"], ("fp32", "bf16", "fp16")),  # Sapphire Rapids and later (AVX512-FP16)
     (["FP32", "FP16", "INT8", "EXPORT_IMPORT"], ("fp32", "fp16")),  # ARM
 ])
 def test_modes_follow_the_devices_capabilities(capabilities, modes) -> None:

@@ -116,7 +116,7 @@ def test_int8_without_calibration_is_refused(model, tmp_path: Path) -> None:
     ({"calib_method": "median"}, "--calib-method must be one of auto, minmax, mean-minmax"),
     ({"imgsz": 8}, "--imgsz must be between 32 and 1024"),
     ({"imgsz": 100000}, "--imgsz must be between 32 and 1024"),
-    ({"opset": 12}, "opset 18 or newer"),
+    ({"opset": 12}, "--opset must be between 18 and"),
 ])
 def test_bad_options(model, tmp_path: Path, options: dict, message: str) -> None:
     with pytest.raises(EdgeresError, match=message):
