@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
@@ -178,7 +179,13 @@ def _loads(text: str) -> Any:
     def refuse(constant: str) -> None:
         raise ValueError(f"{constant} is not a number a record may hold")
 
-    return json.loads(text, parse_constant=refuse)
+    def finite(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):  # 1e999 parses to inf
+            refuse(text)
+        return value
+
+    return json.loads(text, parse_constant=refuse, parse_float=finite)
 
 
 def parse_embedded(text: str, where: Path) -> ArtifactRecord:

@@ -16,6 +16,7 @@ from typing import Sequence
 from .errors import EdgeresError
 
 FRAME_SHAPE = (480, 640, 3)  # a VGA camera frame
+MAX_RUNS = 100_000  # a few minutes for a ResNet18 on a Pi; more is a typo
 
 
 @dataclass
@@ -38,8 +39,8 @@ class BenchmarkResult:
 def benchmark(artifacts: Sequence[Path], *, threads: int | None = None, warmup: int = 10, runs: int = 100,
               progress=None, precision: str | None = None) -> list[BenchmarkResult]:
     """Classifier.predict on a 640x480 BGR frame (preprocessing included), per artifact, each in its own process."""
-    if warmup < 0 or runs < 1:
-        raise EdgeresError(f"--warmup must be 0 or more and --runs at least 1, got {warmup} and {runs}")
+    if not (0 <= warmup <= MAX_RUNS and 1 <= runs <= MAX_RUNS):
+        raise EdgeresError(f"--warmup must be 0 to {MAX_RUNS} and --runs 1 to {MAX_RUNS}, got {warmup} and {runs}")
     from .runtime import backend_class, check_precision, resolve_artifact
 
     artifacts = [resolve_artifact(Path(path)) for path in artifacts]

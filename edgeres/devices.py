@@ -7,6 +7,7 @@ A profile names its target and the defaults it implies, each with its reason:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import re
 from importlib import resources
 from typing import Any
 
@@ -47,6 +48,8 @@ def profile_names() -> list[str]:
 
 def load_profile(name: str) -> DeviceProfile | None:
     """The profile called `name`, or None if there is none."""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,63}", name):  # a profile name, never a path
+        return None
     entry = resources.files("edgeres.profiles") / f"{name}.toml"
     if not entry.is_file():
         return None

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .artifact import ArtifactRecord, TensorSpec, atomic_path, read_sidecar, sha256_of, sidecar_path, write_sidecar
 from .errors import ArtifactError, BackendUnavailableError, ConversionError
+from .files import MODEL_LIMIT, read_bytes
 from .written import mark_written, refuse_to_overwrite
 
 INSTALL_TENSORRT = (
@@ -128,7 +129,8 @@ def _network_flags(trt) -> int:
 
 
 def _load_timing_cache(trt, config, path: Path | None):
-    data = Path(path).read_bytes() if path is not None and Path(path).is_file() else b""
+    exists = path is not None and (Path(path).exists() or Path(path).is_symlink())
+    data = read_bytes(Path(path), MODEL_LIMIT, "TensorRT timing cache", ConversionError) if exists else b""
     cache = config.create_timing_cache(data)
     config.set_timing_cache(cache, ignore_mismatch=False)
     return cache

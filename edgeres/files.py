@@ -117,6 +117,21 @@ def read_zip_member(archive: zipfile.ZipFile, name: str, limit: int, what: str,
     return data
 
 
+def check_inflated_size(path: Path, limit: int, what: str, error: type[EdgeresError] = ArtifactError) -> None:
+    """A zip archive (a torch checkpoint, a .ptl) whose members inflate past `limit` is refused from its
+    directory, before a loader inflates them; a file that is no zip passes (its size was checked)."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            total = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError) as failure:
+        raise error(f"{what} {path} is a damaged zip archive ({failure})") from None
+    if total > limit:
+        raise error(f"{what} {path} inflates to {_size(total)}, more than the {_size(limit)} such a file can hold; "
+                    "it was made to exhaust memory, or is damaged")
+
+
 HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 

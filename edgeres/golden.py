@@ -165,7 +165,8 @@ def _agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float((a.argmax(1) == b.argmax(1)).mean())
 
 
-MAX_GOLDEN_SAMPLES = 1024  # edgeres writes GOLDEN_COUNT; a record claiming far more is not one of ours
+MAX_GOLDEN_SAMPLES = 64  # edgeres writes GOLDEN_COUNT; a record claiming far more is not one of ours
+MAX_GOLDEN_BYTES = 64 << 20  # whatever the record says: 16 frames at a 1024 crop are 48 MiB
 
 
 def _load(path: Path, info: dict, crop: int, classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -180,6 +181,9 @@ def _load(path: Path, info: dict, crop: int, classes: int) -> tuple[np.ndarray, 
     expected_shapes = {"frames": ((samples, crop, crop, 3), np.uint8), "reference": ((samples, classes), np.float32),
                        "expected": ((samples, classes), np.float32)}
     limit = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in expected_shapes.values())
+    if limit > MAX_GOLDEN_BYTES:
+        raise ArtifactError(f"the record says its golden file holds {limit >> 20} MiB of samples, more than the "
+                            f"{MAX_GOLDEN_BYTES >> 20} MiB edgeres writes; the record was edited: convert again")
     headers = npz_headers(path, limit + (1 << 20), "golden file")
     for name, (shape, dtype) in expected_shapes.items():
         if name not in headers or headers[name] != (shape, np.dtype(dtype)):

@@ -9,16 +9,21 @@ limit is refused with its size. A classifier looks at a 224-pixel crop: nothing 
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
-import cv2
+MAX_PIXELS = 64_000_000  # decoded at most: 192 MB of BGR; a 64 MP camera's full frame
+# OpenCV's own cap for every format, headers this module cannot read included (TIFF, JPEG 2000, ...);
+# it reads the variable at its first decode, so it is set before cv2 is imported here.
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
+
+import cv2  # noqa: E402
 import numpy as np
 
 from .errors import EdgeresError
 from .files import IMAGE_LIMIT, read_bytes
 
-MAX_PIXELS = 64_000_000  # decoded at most: 192 MB of BGR; a 64 MP camera's full frame
 JPEG_REDUCED = ((2, cv2.IMREAD_REDUCED_COLOR_2), (4, cv2.IMREAD_REDUCED_COLOR_4), (8, cv2.IMREAD_REDUCED_COLOR_8))
 
 
@@ -41,6 +46,9 @@ def decode_image(path: Path) -> np.ndarray:
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error as error:  # OpenCV's own limits (CV_IO_MAX_IMAGE_PIXELS) and decoder failures
+        if "CV_IO_MAX_IMAGE_PIXELS" in str(error):
+            raise ImageError(f"image {path} has more than the {MAX_PIXELS // 1_000_000} megapixels edgeres "
+                             "decodes; downscale it first") from None
         raise ImageError(f"image {path} cannot be decoded: {_last_line(error)}") from None
     if image is None:
         raise ImageError(f"image {path} cannot be decoded; is it a corrupt or non-image file?")
@@ -78,6 +86,9 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
         if data[position] != 0xFF:
             return None
         marker = data[position + 1]
+        if marker == 0xFF:  # fill bytes before a marker (libjpeg skips them too)
+            position += 1
+            continue
         if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a length
             position += 2
             continue

@@ -17,7 +17,7 @@ import torchvision
 
 from .artifact import sha256_of
 from .errors import ArchitectureError, CheckpointError, WeightsNotFoundError
-from .files import CHECKPOINT_LIMIT, checked
+from .files import CHECKPOINT_LIMIT, check_inflated_size, checked
 from .labels import check_label_count, default_labels, read_labels
 
 # Blocks per stage and block type: enough to tell every torchvision ResNet apart.
@@ -147,6 +147,7 @@ def _read_state_dict(path: Path, trust_checkpoint: bool) -> dict[str, torch.Tens
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a folder; give the checkpoint file inside it")
     checked(path, CHECKPOINT_LIMIT, "checkpoint", CheckpointError)
+    check_inflated_size(path, CHECKPOINT_LIMIT, "checkpoint", CheckpointError)
     if _is_torchscript(path):
         try:
             return dict(torch.jit.load(str(path), map_location="cpu").state_dict())

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from .artifact import atomic_path
+from .files import VIDEO_LIMIT, checked
 from .written import mark_written, refuse_to_overwrite
 from .cameras import CAMERA_SIZES, OPENERS, CameraRequest, VideoError, camera_size_for, open_v4l2  # noqa: F401
 from .runtime.classifier import Classifier, Prediction
@@ -74,6 +75,8 @@ def open_source(source: str | int, resize: int | None = None, camera_size: tuple
     if "://" not in text and not _is_path(text):
         raise VideoError(f"video source {text} does not exist; give a file, a camera (0, /dev/video0, picamera, "
                          "csi:0) or a stream URL")
+    if "://" not in text:  # a file: a named pipe or a device would block OpenCV's reader for good
+        checked(Path(text), VIDEO_LIMIT, "video", VideoError)
     capture = cv2.VideoCapture(text)
     if not capture.isOpened():
         raise VideoError(f"cannot open video source {text!r}: not a video OpenCV can decode")

@@ -30,8 +30,8 @@ def refuse_to_overwrite(folder: Path, names: Iterable[str], option: str,
                         recognise: Callable[[Path], bool] = lambda path: False) -> None:
     """Raise EdgeresError if one of `names` exists in `folder` and edgeres did not write it."""
     folder = Path(folder)
-    if folder.is_symlink() or folder.exists() and not folder.is_dir():
-        raise EdgeresError(f"{option} {folder} is not a folder of its own (a file or a link); give a folder")
+    if folder.exists() and not folder.is_dir():  # a link to a folder (a data disk) is that folder
+        raise EdgeresError(f"{option} {folder} is a file; give a folder")
     if not folder.is_dir():
         return
     ours = written_here(folder)

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from ..errors import CalibrationError
-from ..files import GiB, SMALL_TEXT_LIMIT, checked, npz_headers, read_text
+from ..files import GiB, SMALL_TEXT_LIMIT, VIDEO_LIMIT, checked, npz_headers, read_text
 from ..preprocess import Preprocess
 from .folder import DEFAULT_CALIB_SIZE, CalibrationSet, Progress, crop_paths, no_progress, read_image_folder, sample_paths
 
@@ -52,6 +52,8 @@ def read_video(source: str, preprocess: Preprocess, *, size: int, seed: int = 0,
     For a file `every` defaults to spreading the frames over the whole video.
     """
     camera, live = source.isdigit(), source.isdigit() or "://" in source
+    if not live:  # a file: a named pipe or a device would block OpenCV's reader for good
+        checked(Path(source), VIDEO_LIMIT, "calibration video", CalibrationError)
     capture = cv2.VideoCapture(int(source) if camera else source)
     if not capture.isOpened():
         what = f"camera {source}" if camera else f"video {source}"

@@ -20,7 +20,9 @@ import ctypes
 import errno
 import fcntl
 import os
+import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -29,6 +31,9 @@ from ..errors import ConversionError
 
 STAGING, OLD, LOCK = ".edgeres-staging-", ".edgeres-old-", ".edgeres-lock-"
 MANIFEST = ".edgeres-set"  # one file name a line: the files of the set, as committed
+# What a set written before manifests holds for each artifact stem: exactly these names, nothing else.
+SET_SUFFIXES = (".onnx", ".xml", ".bin", ".tflite", ".pte", ".ptl", ".engine", ".edgeres.json", ".golden.npz",
+                ".calib.cache")
 RENAME_EXCHANGE = 2
 SPACE_MARGIN = 1 << 20
 
@@ -115,8 +120,8 @@ def foreign_entries(folder: Path) -> list[str]:
         listed = set(read_text(manifest, SMALL_TEXT_LIMIT, "set manifest", ConversionError).splitlines())
         return [name for name in entries if name != MANIFEST and name not in listed]
     stems = _recorded_stems(folder)
-    return [name for name in entries if not stems or not (name == "report.json" or
-                                                          any(name.startswith(f"{stem}.") for stem in stems))]
+    ours = {"report.json"} | {f"{stem}{suffix}" for stem in stems for suffix in SET_SUFFIXES}
+    return [name for name in entries if name not in ours or (folder / name).is_dir()]
 
 
 def _recorded_stems(folder: Path) -> list[str]:
@@ -136,7 +141,13 @@ def _recorded_stems(folder: Path) -> list[str]:
 
 
 def _acquire(lock_path: Path, final: Path) -> int:
-    handle = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        handle = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as error:  # a link planted at the lock's name: never written through
+        raise ConversionError(f"{lock_path} is not edgeres' lock file ({error.strerror}); remove it") from None
+    if not stat.S_ISREG(os.fstat(handle).st_mode):
+        os.close(handle)
+        raise ConversionError(f"{lock_path} is not edgeres' lock file (not a regular file); remove it")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -151,9 +162,11 @@ def _acquire(lock_path: Path, final: Path) -> int:
 
 def _clean_up(out_dir: Path, name: str, final: Path) -> None:
     """Staging folders of killed runs go; a set caught between two renames is put back."""
+    own = re.compile(rf"({re.escape(STAGING)}|{re.escape(OLD)}){re.escape(name)}-\d+")  # not set "name-x"'s
     for path in out_dir.glob(f"{STAGING}{name}-*"):
-        shutil.rmtree(path, ignore_errors=True)
-    for path in sorted(out_dir.glob(f"{OLD}{name}-*")):
+        if own.fullmatch(path.name) and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+    for path in sorted(p for p in out_dir.glob(f"{OLD}{name}-*") if own.fullmatch(p.name) and not p.is_symlink()):
         if not final.exists():
             os.rename(path, final)
         else:
@@ -218,37 +231,45 @@ def temporary_beside(final: Path) -> Iterator[Path]:
 
 
 SCRATCH_PREFIX = "edgeres-"
+SCRATCH_MARKER = ".edgeres-scratch"  # inside each scratch folder, locked while its conversion runs
+SCRATCH_NAME = re.compile(rf"{re.escape(SCRATCH_PREFIX)}\d+-[a-z0-9_]{{8}}")  # mkdtemp's 8-character suffix
 
 
 @contextlib.contextmanager
 def scratch_folder() -> Iterator[Path]:
-    """A temporary folder for one conversion's work (exports, attempts), named after this process.
+    """A temporary folder for one conversion's work (exports, attempts), locked while it runs.
 
     A conversion killed by SIGKILL or the OOM killer cannot remove its own (about 90 MB for a
-    ResNet18); the next conversion removes every one whose process is gone.
+    ResNet18); the next conversion removes every one whose lock nobody holds any more (a lock,
+    not a process id: ids differ between containers that share a TMPDIR).
     """
     remove_abandoned_scratch()
     with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") as folder:
-        yield Path(folder)
+        handle = os.open(Path(folder) / SCRATCH_MARKER, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield Path(folder)
+        finally:
+            os.close(handle)
 
 
 def remove_abandoned_scratch(root: Path | None = None) -> None:
+    """Remove edgeres' scratch folders whose conversion is gone: named as edgeres names them, holding its
+    marker, and with nobody holding the marker's lock. Anything else in TMPDIR is not edgeres'."""
     root = Path(root or tempfile.gettempdir())
-    for folder in root.glob(f"{SCRATCH_PREFIX}*-*"):
-        pid = folder.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+    for folder in root.glob(f"{SCRATCH_PREFIX}*"):
+        if not SCRATCH_NAME.fullmatch(folder.name) or folder.is_symlink() or not folder.is_dir():
+            continue
         try:
-            owned = folder.lstat().st_uid == os.getuid() and folder.is_dir() and not folder.is_symlink()
+            if folder.lstat().st_uid != os.getuid():
+                continue
+            handle = os.open(folder / SCRATCH_MARKER, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError:
             continue
-        if owned and pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # its conversion still runs
+        finally:
+            os.close(handle)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -9,6 +9,7 @@ record, golden samples, companion files and report row are staged and moved in a
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -92,6 +93,10 @@ class ConvertOptions:
         if self.precision == "int8" and self.calib is None:
             raise CalibrationError("--int8 needs calibration images: add --calib DIR (a folder of images, "
                                    "or a video, camera index, .npy/.npz or list of image paths)")
+        if self.max_drop is not None and not math.isfinite(self.max_drop):
+            raise EdgeresError(f"--max-drop must be a number of percentage points, got {self.max_drop}")
+        if not math.isfinite(self.min_agreement):
+            raise EdgeresError(f"--min-agreement must be a fraction between 0 and 1, got {self.min_agreement}")
         if self.max_drop is not None and self.max_drop < 0:
             raise EdgeresError(f"--max-drop is in percentage points and cannot be negative, got {self.max_drop:g}")
         if self.max_drop is not None and self.val is None:
@@ -409,5 +414,12 @@ def check_target_options(target: Target, options: ConvertOptions) -> None:
 
 
 def torch_logits(module: torch.nn.Module, inputs: np.ndarray, batch: int = 32) -> np.ndarray:
-    """PyTorch's logits for model inputs (N, 3, H, W), normalised as the model expects."""
-    return logits(module, inputs, batch)
+    """PyTorch's logits for model inputs (N, 3, H, W), normalised as the model expects; finite, or the
+    model itself is broken (finite weights can still overflow), which no export should be blamed for."""
+    from ..errors import CheckpointError
+
+    found = logits(module, inputs, batch)
+    if not np.isfinite(found).all():
+        raise CheckpointError("the PyTorch model itself gives non-finite logits (NaN or inf) on these images: its "
+                              "weights overflow float32; it cannot be converted or judged. Check the training")
+    return found

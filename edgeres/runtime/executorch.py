@@ -89,7 +89,12 @@ class ExecuTorchBackend:
         """The record its constant method returns (.pte files from before it existed have none)."""
         if PTE_RECORD_METHOD not in self._program.method_names:
             return None
-        text = self._program.load_method(PTE_RECORD_METHOD).execute([])[0]
+        try:
+            with quiet():
+                text = self._program.load_method(PTE_RECORD_METHOD).execute([])[0]
+        except Exception as error:  # a damaged constant: ExecuTorch's own error types, or a bad string
+            raise ArtifactError(f"{self._path}: its record method cannot be read ({type(error).__name__}); the file "
+                                "is damaged: convert again") from None
         if not isinstance(text, str) or text.startswith(PTE_RECORD_MARKER):
             return None  # never filled: a conversion that stopped before its record was written
         return parse_embedded(text, self._path)

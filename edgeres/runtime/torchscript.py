@@ -15,7 +15,7 @@ import numpy as np
 
 from ..artifact import LITE_RECORD_FILE, ArtifactRecord, parse_embedded
 from ..errors import ArtifactError, BackendUnavailableError, DeviceError
-from ..files import MODEL_LIMIT, RECORD_LIMIT, checked, read_zip_member
+from ..files import MODEL_LIMIT, RECORD_LIMIT, check_inflated_size, checked, read_zip_member
 
 
 class LiteInterpreterBackend:
@@ -38,6 +38,7 @@ class LiteInterpreterBackend:
         if threads:
             torch.set_num_threads(threads)
         self._torch = torch
+        check_inflated_size(path, MODEL_LIMIT, "TorchScript Lite model")
         try:
             self._module = _load_for_lite_interpreter(str(path))
         except Exception as error:  # torch raises its own untyped errors for a bad file

@@ -391,18 +391,57 @@ def test_an_ir_whose_weights_were_swapped_is_refused_before_it_runs(converted, t
         Classifier(artifact)
 
 
-def test_a_killed_conversions_scratch_is_removed_by_the_next(tmp_path: Path) -> None:
-    from edgeres.conversion.output import SCRATCH_PREFIX, remove_abandoned_scratch
+def test_a_killed_conversions_scratch_is_removed_by_the_next_and_nothing_else(tmp_path: Path) -> None:
+    import fcntl
 
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    abandoned = tmp_path / f"{SCRATCH_PREFIX}{dead.pid}-abc"
-    running = tmp_path / f"{SCRATCH_PREFIX}{os.getpid()}-def"
-    unrelated = tmp_path / "edgeres-notes"
-    for folder in (abandoned, running, unrelated):
-        (folder / "attempt-0").mkdir(parents=True)
-    remove_abandoned_scratch(tmp_path)
-    assert not abandoned.exists() and running.exists() and unrelated.exists()
+    from edgeres.conversion.output import SCRATCH_MARKER, remove_abandoned_scratch
+
+    def scratch(name: str, marker: bool = True) -> Path:
+        (tmp_path / name / "attempt-0").mkdir(parents=True)
+        if marker:
+            (tmp_path / name / SCRATCH_MARKER).write_text("")
+        return tmp_path / name
+
+    abandoned, running = scratch("edgeres-4242-abcd_123"), scratch("edgeres-4243-efgh_456")
+    holiday, unmarked = scratch("edgeres-2024-holiday"), scratch("edgeres-4244-ijkl_789", marker=False)
+    with open(running / SCRATCH_MARKER) as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # its conversion still runs
+        remove_abandoned_scratch(tmp_path)
+    assert not abandoned.exists()
+    assert running.exists() and holiday.exists() and unmarked.exists()  # a user's folders are never edgeres'
+
+
+def test_the_sets_of_similar_names_and_planted_links_are_left_alone(tmp_path: Path) -> None:
+    from edgeres.conversion.output import OLD, STAGING, OutputSet
+    from edgeres.errors import ConversionError
+
+    other_staging, other_old = tmp_path / f"{STAGING}m-x-424242", tmp_path / f"{OLD}m-x-434343"
+    for folder in (other_staging, other_old):
+        folder.mkdir()
+    with OutputSet(tmp_path, "m") as staged:
+        staged.add(b"model", "m.onnx")
+        staged.commit()
+    assert other_staging.exists() and other_old.exists()  # set "m-x"'s, not "m"'s
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / ".edgeres-lock-photos").symlink_to(tmp_path / "notes.txt")
+    with pytest.raises(ConversionError, match="is not edgeres' lock file"):
+        with OutputSet(tmp_path, "photos"):
+            pass
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_an_old_set_is_recognised_only_by_the_exact_names_a_set_holds(tmp_path: Path) -> None:
+    from edgeres.conversion.output import foreign_entries
+
+    work = tmp_path / "model"
+    work.mkdir()
+    record = {"arch": "resnet18", "num_classes": 2, "labels": ["a", "b"], "preprocess": {}, "precision": "fp32",
+              "target": "onnx", "format": "onnx", "inputs": [], "outputs": [], "schema_version": 1}
+    (work / "model.edgeres.json").write_text(json.dumps(record))
+    for name in ("model.onnx", "model.golden.npz", "model.pth", "model.py", "model.notes.txt"):
+        (work / name).write_bytes(b"x")
+    (work / "model.backup").mkdir()
+    assert foreign_entries(work) == ["model.backup/", "model.notes.txt", "model.pth", "model.py"]
 
 
 @pytest.mark.slow
