@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import __version__
+from .version import __version__
 from .errors import ArtifactError
 from .labels import repeated_labels
 

@@ -35,6 +35,16 @@ NO_GSTREAMER = (
 )
 
 
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """--camera-size WIDTHxHEIGHT, checked before any model loads: a typo should cost nothing."""
+    if text is None:
+        return None
+    found = re.fullmatch(r"([0-9]{1,5})[xX]([0-9]{1,5})", text.strip())
+    if not found or 0 in (int(found[1]), int(found[2])):
+        raise EdgeresError(f"--camera-size must be WIDTHxHEIGHT such as 640x480, got {text!r}")
+    return int(found[1]), int(found[2])
+
+
 def camera_size_for(resize: int, native: tuple[int, int]) -> tuple[int, int]:
     """The smallest common capture size of the camera's own aspect ratio that still covers the resize.
 

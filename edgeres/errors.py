@@ -78,10 +78,18 @@ class EvaluationError(EdgeresError):
 def install_hint(extra: str) -> str:
     """How to add an extra: edgeres is not on PyPI, so pip installing edgeres by name would fetch
     someone else's package or nothing; it is installed from its wheel or its repository."""
-    from . import __version__
+    from .version import __version__
 
     return (f"pip install 'edgeres-{__version__}-py3-none-any.whl[{extra}]' with the wheel (the README's "
             f"Install), or pip install -e '.[{extra}]' in the repository")
+
+
+# The packages only conversion (or the demo's data) needs, and the extra that installs each.
+EXTRA_OF_MODULE = {
+    **dict.fromkeys(("torch", "torchvision", "onnx", "onnxscript", "nncf", "litert_torch", "ai_edge_quantizer",
+                     "matplotlib", "executorch"), "convert"),
+    "sklearn": "demo", "skimage": "demo", "cv2": "opencv",
+}
 
 
 # OpenCV is not a dependency of the core: a Jetson has JetPack's own (with GStreamer), which a pip wheel in the same venv would shadow. Everywhere else an extra brings it.
@@ -90,3 +98,25 @@ NO_OPENCV = (
     f"{install_hint('opencv')}. On a Jetson use JetPack's own OpenCV instead: make the venv with "
     "--system-site-packages"
 )
+
+
+def import_failure(error: ImportError) -> str:
+    """One line for an ImportError: the extra to install where a package is missing, else what broke."""
+    package = (error.name or "").split(".")[0]
+    extra = EXTRA_OF_MODULE.get(package)
+    if extra is None or not isinstance(error, ModuleNotFoundError) or installed(package):
+        return (f"unexpected ImportError: {error}. Run again with --verbose for the traceback; installed packages "
+                "that do not import together often mean a version mismatch (see pyproject.toml)")
+    if package == "cv2":
+        return NO_OPENCV
+    return (f"{package} is not installed, and this command needs edgeres' [{extra}] extra: {install_hint(extra)}. "
+            "A device that only runs artifacts needs just its runtime's extra")
+
+
+def installed(package: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False

@@ -14,7 +14,7 @@ import numpy as np
 from .calibration.folder import Progress, find_images, no_progress
 from .errors import EvaluationError
 from .images import ImageError, decode_image
-from .runtime.classifier import softmax_rows
+from .metrics import agreement, mean_kl
 
 BATCH = 32
 
@@ -87,18 +87,12 @@ def metrics(logits: np.ndarray, truth: np.ndarray, class_names: Sequence[str],
     for index in np.unique(truth):
         result.per_class[class_names[index]] = float(correct[truth == index].mean())
     if reference is not None:
-        result.agreement = float((reference.argmax(1) == top5[:, 0]).mean())
+        result.agreement = agreement(reference, logits)
         result.mean_kl = mean_kl(reference, logits)
     return result
 
 
-def mean_kl(reference: np.ndarray, logits: np.ndarray) -> float:
-    """Mean KL(reference || logits) of the class probabilities."""
-    p, q = softmax_rows(reference.astype(np.float64)), softmax_rows(logits.astype(np.float64))
-    return float(np.mean(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=1)))
-
-
-def artifact_logits(classifier, paths: Sequence[Path], progress: Progress = no_progress) -> np.ndarray:
+def classifier_logits(classifier, paths: Sequence[Path], progress: Progress = no_progress) -> np.ndarray:
     """Logits of every image through `classifier`, preprocessing included."""
     rows = []
     batches = [paths[i : i + BATCH] for i in range(0, len(paths), BATCH)]
@@ -110,7 +104,6 @@ def artifact_logits(classifier, paths: Sequence[Path], progress: Progress = no_p
 def checkpoint_logits(checkpoint: Path, arch: str, preprocess_spec: dict, labels: Sequence[str],
                       paths: Sequence[Path], progress: Progress = no_progress) -> np.ndarray:
     """Logits of the PyTorch checkpoint, preprocessed as the artifacts are (NCHW, normalised)."""
-    from .conversion.pipeline import torch_logits
     from .models import load_model
     from .preprocess import Preprocess
 
@@ -119,7 +112,7 @@ def checkpoint_logits(checkpoint: Path, arch: str, preprocess_spec: dict, labels
     rows = []
     batches = [paths[i : i + BATCH] for i in range(0, len(paths), BATCH)]
     for batch in progress(batches, f"Evaluating {Path(checkpoint).name}", len(batches)):
-        rows.append(torch_logits(model.module, spec.batch([_read(path) for path in batch])))
+        rows.append(model.logits(spec.batch([_read(path) for path in batch])))
     return np.concatenate(rows)
 
 
@@ -149,7 +142,7 @@ def evaluate_artifacts(artifacts: Sequence[Path], data: Path, reference: Path | 
             raise EvaluationError(f"{classifier.path.name} has {classifier.record.num_classes} classes, "
                                   f"{classifiers[0].path.name} has {first.num_classes}; evaluate them separately")
     images = read_labelled_folder(data, first.labels)
-    logits = {c.path.name: artifact_logits(c, images.paths, progress) for c in classifiers}
+    logits = {c.path.name: classifier_logits(c, images.paths, progress) for c in classifiers}
     reference_logits, reference_name = _reference(reference, classifiers, logits if precision is None else {},
                                                   images, progress)
     results = {name: metrics(rows, images.classes, images.class_names, reference_logits)
@@ -176,4 +169,4 @@ def _reference(reference: Path | None, classifiers, logits: dict, images: Labell
         return rows, f"{Path(reference).name} (PyTorch)"
     if Path(reference).name in logits:
         return logits[Path(reference).name], Path(reference).name
-    return artifact_logits(Classifier(reference), images.paths, progress), Path(reference).name
+    return classifier_logits(Classifier(reference), images.paths, progress), Path(reference).name

@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import ArtifactError
 from .files import npz_headers
+from .metrics import agreement, allowed_error, largest_logit, max_abs_difference, tolerance_breach
 
 GOLDEN_SUFFIX = ".golden.npz"
 GOLDEN_COUNT = 16
@@ -86,24 +87,18 @@ def check_golden(classifier) -> GoldenCheck:
     frames, reference, expected = _load(_golden_file(classifier.path, info), info, classifier.preprocess.crop,
                                         len(classifier.labels))
     logits = classifier.logits_batch(list(frames)).astype(np.float64)
-    scale = float(np.abs(reference).max()) or 1.0
+    scale = largest_logit(reference)
     result = GoldenCheck(
         samples=len(frames),
-        top1_vs_reference=_agreement(logits, reference), max_abs_vs_reference=float(np.abs(logits - reference).max()),
-        top1_vs_expected=_agreement(logits, expected), max_abs_vs_expected=float(np.abs(logits - expected).max()),
+        top1_vs_reference=agreement(reference, logits), max_abs_vs_reference=max_abs_difference(reference, logits),
+        top1_vs_expected=agreement(expected, logits), max_abs_vs_expected=max_abs_difference(expected, logits),
         scale=scale, failures=[],
     )
     rule, tolerance = judged_as(classifier.record.precision, classifier.execution_precision), _tolerance(
         info, classifier.path)
-    result.clear_flips = _clear_flips(logits, reference, 2 * _allowed_error(rule, tolerance, scale))
-    result.failures = _failures(result, rule, tolerance, conversion_top1=_agreement(expected, reference))
+    result.clear_flips = _clear_flips(logits, reference, 2 * allowed_error(rule, tolerance, scale))
+    result.failures = _failures(result, rule, tolerance, conversion_top1=agreement(reference, expected))
     return result
-
-
-def _allowed_error(rule: str, tolerance: dict, scale: float) -> float:
-    if rule == "fp32":
-        return tolerance["fp32_max_abs"] * max(1.0, scale / tolerance.get("fp32_scale", 100.0))
-    return tolerance["fp16_max_rel"] * scale if rule == "fp16" else 0.0
 
 
 def _clear_flips(logits: np.ndarray, reference: np.ndarray, margin: float) -> int:
@@ -139,13 +134,9 @@ def judged_as(precision: str, mode: str) -> str:
 
 def _failures(check: GoldenCheck, precision: str, tolerance: dict, conversion_top1: float) -> list[str]:
     failures = []
-    allowed = _allowed_error("fp32", tolerance, check.scale)
-    if precision == "fp32" and not check.max_abs_vs_reference <= allowed:
-        failures.append(f"logits differ from the FP32 reference by {check.max_abs_vs_reference:.2e} "
-                        f"(allowed {allowed:.0e})")
-    if precision == "fp16" and check.max_abs_vs_reference / check.scale > tolerance["fp16_max_rel"]:
-        failures.append(f"logits differ from the FP32 reference by {check.max_abs_vs_reference / check.scale:.1%} "
-                        f"of the largest logit (allowed {tolerance['fp16_max_rel']:.0%})")
+    breach = tolerance_breach(precision, tolerance, check.max_abs_vs_reference, check.scale)
+    if breach:
+        failures.append(f"logits differ from the FP32 reference by {breach}")
     if precision == "int8":
         needed = min(tolerance["int8_top1"], conversion_top1)
         if check.top1_vs_reference < needed:
@@ -159,10 +150,6 @@ def _failures(check: GoldenCheck, precision: str, tolerance: dict, conversion_to
         failures.append(f"top-1 agrees with the FP32 reference on only {check.top1_vs_reference:.0%} of the samples "
                         f"({check.clear_flips} of them with a clear lead)")
     return failures
-
-
-def _agreement(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a.argmax(1) == b.argmax(1)).mean())
 
 
 MAX_GOLDEN_SAMPLES = 64  # edgeres writes GOLDEN_COUNT; a record claiming far more is not one of ours

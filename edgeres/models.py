@@ -12,29 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 import torchvision
 
 from .artifact import sha256_of
+from .architectures import ARCHITECTURES, IMAGENET_WEIGHTS
 from .errors import ArchitectureError, CheckpointError, WeightsNotFoundError
 from .files import CHECKPOINT_LIMIT, check_inflated_size, checked
 from .labels import check_label_count, default_labels, read_labels
 
-# Blocks per stage and block type: enough to tell every torchvision ResNet apart.
-ARCHITECTURES: dict[str, tuple[tuple[int, int, int, int], str]] = {
-    "resnet18": ((2, 2, 2, 2), "basic"),
-    "resnet34": ((3, 4, 6, 3), "basic"),
-    "resnet50": ((3, 4, 6, 3), "bottleneck"),
-    "resnet101": ((3, 4, 23, 3), "bottleneck"),
-    "resnet152": ((3, 8, 36, 3), "bottleneck"),
-}
-IMAGENET_WEIGHTS = {
-    "resnet18": "ResNet18_Weights.IMAGENET1K_V1",
-    "resnet34": "ResNet34_Weights.IMAGENET1K_V1",
-    "resnet50": "ResNet50_Weights.IMAGENET1K_V2",
-    "resnet101": "ResNet101_Weights.IMAGENET1K_V2",
-    "resnet152": "ResNet152_Weights.IMAGENET1K_V2",
-}
 _NESTED_KEYS = ("state_dict", "model", "model_state_dict", "net")
 _DOWNLOAD_TIMEOUT_S = 20
 
@@ -51,6 +38,24 @@ class LoadedModel:
     @property
     def num_classes(self) -> int:
         return len(self.labels)
+
+    def logits(self, inputs: np.ndarray) -> np.ndarray:
+        """Its logits for model inputs (N, 3, H, W), normalised as it expects; finite, or the model itself
+        is broken (finite weights can still overflow), which no export should be blamed for."""
+        found = module_logits(self.module, inputs)
+        if not np.isfinite(found).all():
+            raise CheckpointError("the PyTorch model itself gives non-finite logits (NaN or inf) on these images: "
+                                  "its weights overflow float32; it cannot be converted or judged. Check the training")
+        return found
+
+
+def module_logits(module: torch.nn.Module, inputs: np.ndarray, batch: int = 64) -> np.ndarray:
+    """A module's outputs for inputs (N, ...), `batch` at a time, without autograd."""
+    outputs = []
+    with torch.inference_mode():
+        for start in range(0, len(inputs), batch):
+            outputs.append(module(torch.from_numpy(inputs[start : start + batch])).numpy())
+    return np.concatenate(outputs)
 
 
 def load_model(

@@ -9,6 +9,7 @@ first run pays for training (digits about 15 s, the hard models about 2.5 min on
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import cv2
@@ -145,3 +146,27 @@ def hard_model(fixture_cache: Path):
         return loaded[name]
 
     return get
+
+
+# Helpers every CLI test uses: import them from here (tests is a package).
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """`edgeres ARGS...` in this process: (exit code, stdout, stderr)."""
+    from edgeres.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["edgeres", *map(str, args)])
+    monkeypatch.setenv("COLUMNS", "200")
+    try:
+        main()
+        code = 0
+    except SystemExit as exit:
+        code = exit.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_red_line(code: int, err: str, message: str) -> None:
+    """Exit 1 with `message` in one red line at the end, and no traceback."""
+    assert code == 1
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: ") and message in lines[-1], err

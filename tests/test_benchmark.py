@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import assert_one_red_line, run_cli
+from tests.conftest import assert_one_red_line, run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -13,29 +13,9 @@ import numpy as np
 import pytest
 
 from edgeres.artifact import sidecar_path
-from edgeres.cli import main
 from edgeres.errors import install_hint
-from edgeres.conversion.pipeline import torch_logits
 from edgeres.runtime.classifier import Classifier
-
-
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["edgeres", *map(str, args)])
-    monkeypatch.setenv("COLUMNS", "200")
-    try:
-        main()
-        code = 0
-    except SystemExit as exit:
-        code = exit.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_one_red_line(code: int, err: str, message: str) -> None:
-    assert code == 1
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert lines[-1].startswith("error: ") and message in lines[-1], err
+from tests.conftest import assert_one_red_line, run_cli
 
 
 @pytest.mark.slow
@@ -56,7 +36,7 @@ def test_convert_npu_then_classifier_matches_pytorch(monkeypatch, capsys, checkp
     images = [path for path, _ in digits.test_images()][::3]
     ours = np.array([classifier.predict(cv2.imread(str(path)), topk=1)[0].index for path in images])
     inputs = np.stack([classifier.preprocess(cv2.imread(str(path))) for path in images])
-    theirs = torch_logits(model.module, inputs).argmax(1)
+    theirs = model.logits(inputs).argmax(1)
     assert (ours == theirs).mean() >= 0.98
 
 
@@ -145,13 +125,13 @@ def test_piped_tables_are_plain_and_whole(capsys) -> None:
     """Piped or redirected, a table is tab-separated lines: nothing cut to the width, no box drawing."""
     from rich.table import Table
 
-    from edgeres import cli
+    from edgeres import console
 
     table = Table(title="Wrote out/model.onnx")
     for column in ("artifact", "max |logit diff|"):
         table.add_column(column)
     table.add_row("resnet50_imagenet_finetuned_npu_int8_a16w8.onnx", "1.23e-05")
-    cli._show(table)
+    console.show(table)
     out = capsys.readouterr().out
     assert out.splitlines() == ["Wrote out/model.onnx", "artifact\tmax |logit diff|",
                                 "resnet50_imagenet_finetuned_npu_int8_a16w8.onnx\t1.23e-05"]
@@ -159,11 +139,11 @@ def test_piped_tables_are_plain_and_whole(capsys) -> None:
 
 def test_piped_lines_are_whole(capsys) -> None:
     """Log lines and messages to a pipe are not wrapped at the console's width (a path stays whole)."""
-    from edgeres.cli import _log, console
+    from edgeres import console
 
     message = "Report: " + "/very/long/folder" * 30 + "/report.png"
-    _log(message)
-    console.print(message)
+    console.log(message)
+    console.console.print(message)
     captured = capsys.readouterr()
     assert captured.err.strip() == message and captured.out.strip() == message
 
@@ -173,7 +153,7 @@ def test_cells_are_data_not_markup(capsys, monkeypatch) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from edgeres import cli
+    from edgeres import console
 
     def table() -> Table:
         made = Table()
@@ -182,11 +162,11 @@ def test_cells_are_data_not_markup(capsys, monkeypatch) -> None:
         made.add_row("zero [/x]")
         return made
 
-    cli._show(table())
+    console.show(table())
     assert capsys.readouterr().out.splitlines() == ["label", "one [b]", "zero [/x]"]
     terminal = Console(force_terminal=True, width=60, record=True)
-    monkeypatch.setattr(cli, "console", terminal)
-    cli._show(table())
+    monkeypatch.setattr(console, "console", terminal)
+    console.show(table())
     shown = terminal.export_text()
     assert "one [b]" in shown and "zero [/x]" in shown
 

@@ -31,7 +31,7 @@ def test_imagenet_demo_says_where_the_weights_go(monkeypatch, capsys, tmp_path: 
 
     import torch
 
-    from tests.test_cli import assert_one_red_line, run_cli
+    from tests.conftest import assert_one_red_line, run_cli
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr(torch.hub, "download_url_to_file",

@@ -46,7 +46,7 @@ def test_unknown_name_lists_targets_and_profiles() -> None:
 
 @pytest.mark.slow
 def test_convert_for_a_profile(monkeypatch, capsys, checkpoint: Path, tmp_path: Path) -> None:
-    from tests.test_cli import run_cli
+    from tests.conftest import run_cli
 
     code, out, err = run_cli(monkeypatch, capsys, "convert", checkpoint, "--target", "rpi4", "--imgsz", "32",
                              "--out", tmp_path)
@@ -60,7 +60,7 @@ def test_convert_for_a_profile(monkeypatch, capsys, checkpoint: Path, tmp_path: 
 @pytest.mark.parametrize("profile, suffix", [("jetson-orin-nano", ".onnx"), ("x86-amx", ".xml")])
 def test_new_profiles_convert_and_record_their_recommendations(monkeypatch, capsys, checkpoint: Path,
                                                                tmp_path: Path, profile: str, suffix: str) -> None:
-    from tests.test_cli import run_cli
+    from tests.conftest import run_cli
 
     code, out, err = run_cli(monkeypatch, capsys, "convert", checkpoint, "--target", profile, "--imgsz", "32",
                              "--out", tmp_path)

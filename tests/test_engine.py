@@ -19,7 +19,7 @@ from edgeres.artifact import read_sidecar
 from edgeres.engine import build_engine, builder_flags, engine_path_for
 from edgeres.errors import ArtifactError, BackendUnavailableError
 from edgeres.runtime.classifier import Classifier
-from tests.test_cli import assert_one_red_line, run_cli
+from tests.conftest import assert_one_red_line, run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import pytest
 
 from edgeres.errors import EvaluationError
 from edgeres.evaluate import metrics, read_labelled_folder
-from tests.test_cli import assert_one_red_line, run_cli
+from tests.conftest import assert_one_red_line, run_cli
 
 LABELS = ["cat", "dog", "fox"]
 

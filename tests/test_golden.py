@@ -6,14 +6,13 @@ import shutil
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 
 from edgeres.errors import ArtifactError
 from edgeres.golden import check_golden, golden_path, judged_as
 from edgeres.preprocess import Preprocess
 from edgeres.runtime.classifier import Classifier
-from tests.test_cli import assert_one_red_line, run_cli
+from tests.conftest import assert_one_red_line, run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edgeres.numerics import NUMERIC_FLAGS, cpu_flags, describe, host_numerics
+from edgeres.cpu import NUMERIC_FLAGS, cpu_flags
+from edgeres.numerics import describe, host_numerics
 from edgeres.runtime.onnxruntime import int8_kernels_saturate
 
 

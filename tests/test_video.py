@@ -79,7 +79,7 @@ def test_bad_limits(classifier, clip) -> None:
 
 
 def test_cli_video(monkeypatch, capsys, converted, clip, tmp_path: Path) -> None:
-    from tests.test_cli import assert_one_red_line, run_cli
+    from tests.conftest import assert_one_red_line, run_cli
 
     artifact = converted("x86", "int8").path
     code, out, err = run_cli(monkeypatch, capsys, "video", artifact, "--source", clip[0], "--headless",
@@ -144,9 +144,9 @@ def test_camera_is_asked_for_the_smallest_size_covering_the_resize(monkeypatch) 
 
 @pytest.mark.parametrize("text", ["640", "640x", "x480", "0x480", "\u00b2x1", "640x480x3", "-640x480"])
 def test_camera_size_must_be_width_x_height(text: str) -> None:
-    from edgeres.cli import _size
+    from edgeres.cameras import parse_size
     from edgeres.errors import EdgeresError
 
     with pytest.raises(EdgeresError, match="WIDTHxHEIGHT"):
-        _size(text)
-    assert _size("640x480") == (640, 480) and _size("1280X720") == (1280, 720)
+        parse_size(text)
+    assert parse_size("640x480") == (640, 480) and parse_size("1280X720") == (1280, 720)

@@ -34,6 +34,7 @@ import torch
 
 from edgeres.calibration.folder import find_images, read_image
 from edgeres.demo import DEMO_IMGSZ, DIGIT_LABELS, digits_dataset, train_digits_resnet
+from edgeres.metrics import accuracy, agreement
 from edgeres.photoset import FIXTURES, photo_set, train_photo_resnet
 from edgeres.preprocess import Preprocess
 
@@ -183,13 +184,13 @@ def main(argv: list[str] | None = None) -> int:
         val, truth = _load(fixture.val_dir, fixture.labels, spec)
         with torch.inference_mode():
             reference = model.module(torch.from_numpy(val)).numpy()
-        fp32 = float((reference.argmax(1) == truth).mean())
+        fp32 = accuracy(reference, truth)
         row = {"fixture": fixture.name, "fp32_top1": fp32, "val_images": len(val), "methods": {}}
         print(f"{fixture.name}: FP32 top-1 {fp32:.2%} on {len(val)} held-out images", flush=True)
         if not args.no_peers:
             for name, logits in peers(fixture, model.module).items():
-                row["methods"][name] = {"drop_points": 100 * (fp32 - float((logits.argmax(1) == truth).mean())),
-                                        "agreement": float((logits.argmax(1) == reference.argmax(1)).mean())}
+                row["methods"][name] = {"drop_points": 100 * (fp32 - accuracy(logits, truth)),
+                                        "agreement": agreement(reference, logits)}
                 _print(name, row["methods"][name])
         with tempfile.TemporaryDirectory() as out:
             for target in args.targets:

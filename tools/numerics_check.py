@@ -54,13 +54,13 @@ def converted_set(cache: Path, targets: list[str]) -> tuple[object, list[Path], 
 
 def measure(model, paths: list[Path], frames: list[np.ndarray]) -> list[dict]:
     from edgeres.errors import DeviceError
+    from edgeres.metrics import compare_logits
     from edgeres.preprocess import Preprocess
-    from edgeres.quantization.simulate import logits as torch_logits
     from edgeres.runtime import backend_class
     from edgeres.runtime.classifier import Classifier
 
     spec = Preprocess.imagenet(32)
-    reference = torch_logits(model.module, spec.tensors([spec.resize_and_crop(frame) for frame in frames]))
+    reference = model.logits(spec.tensors([spec.resize_and_crop(frame) for frame in frames]))
     rows = []
     for path in paths:
         modes = backend_class(path).execution_precisions  # () where the artifact alone decides
@@ -72,13 +72,11 @@ def measure(model, paths: list[Path], frames: list[np.ndarray]) -> list[dict]:
                 rows.append({**row, "runtime": backend_class(path).name, "precision": "",
                              "skipped": str(error)})
                 continue
-            logits = classifier.logits_batch(frames).astype(np.float64)
-            difference = np.abs(logits - reference)
+            found = compare_logits(reference, classifier.logits_batch(frames), "")
             rows.append({**row, "runtime": classifier.backend_name, "precision": classifier.record.precision,
                          "mode": classifier.execution_precision if modes else "as built", "images": len(frames),
-                         "top1_agreement": float((logits.argmax(1) == reference.argmax(1)).mean()),
-                         "max_abs_logit_diff": float(difference.max()),
-                         "max_rel_logit_diff": float(difference.max() / np.abs(reference).max())})
+                         **{key: found[key] for key in ("top1_agreement", "max_abs_logit_diff",
+                                                        "max_rel_logit_diff")}})
     return rows
 
 

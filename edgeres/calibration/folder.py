@@ -10,11 +10,11 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from ..errors import CalibrationError
+from . import DEFAULT_CALIB_SIZE
 from ..images import read_image  # noqa: F401  (calibration's reader: unreadable images are skipped)
 from ..preprocess import Preprocess
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-DEFAULT_CALIB_SIZE = 300
 
 # progress(iterable, description, total) -> the same items; the CLI passes rich's track.
 Progress = Callable[[Iterable[Any], str, int], Iterable[Any]]
@@ -41,6 +41,22 @@ class CalibrationSet:
 
 def find_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def expand_folders(paths: Sequence[Path]) -> list[Path]:
+    """Image files as given, each folder replaced by the images found in it (recursively)."""
+    from ..errors import EdgeresError
+
+    found = []
+    for path in paths:
+        if path.is_dir():
+            inside = find_images(path)
+            if not inside:
+                raise EdgeresError(f"folder {path} holds no images ({' '.join(IMAGE_SUFFIXES)})")
+            found += inside
+        else:
+            found.append(path)
+    return found
 
 
 def read_image_folder(

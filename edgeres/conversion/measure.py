@@ -1,4 +1,4 @@
-"""Running an artifact the way a device does, for every check the pipeline makes.
+"""Running an artifact the way a device does, and the images every artifact is judged on.
 
 One runner for verification, the accuracy bar, golden samples and the report: the
 runtime backend that `edgeres.Classifier` would pick for the file, fed by the artifact's
@@ -13,7 +13,10 @@ from typing import Sequence
 
 import numpy as np
 
+from ..calibration.folder import CalibrationSet
 from ..logs import quiet
+from ..metrics import Judged, judge
+from ..models import LoadedModel
 from ..preprocess import Preprocess
 from ..runtime import open_backend
 
@@ -35,37 +38,56 @@ def artifact_logits(path: Path, spec: Preprocess, crops: Sequence[np.ndarray], t
 
 @dataclass
 class EvalSet:
-    """Crops an artifact is judged on (resized and cropped once), with their true classes when known."""
+    """Crops an artifact is judged on (resized and cropped once), with their true classes when known,
+    and the FP32 model's logits on them: computed once per conversion."""
 
     crops: list[np.ndarray]
     truth: np.ndarray | None
     source: str  # "validation", "calibration" or "random"
+    reference: np.ndarray
+
+    def judge(self, logits: np.ndarray) -> Judged:
+        return judge(logits, self.reference, self.truth)
+
+    def describe(self) -> str:
+        return f"{len(self.crops)} {self.source} images"
 
 
-@dataclass
-class Judged:
-    accuracy: float | None
-    fp32_accuracy: float | None
-    agreement: float
-    mean_kl: float
-    images: int
-
-    @property
-    def drop_points(self) -> float | None:
-        return None if self.accuracy is None else 100 * (self.fp32_accuracy - self.accuracy)
+MAX_EVAL_IMAGES = 1000
+RANDOM_IMAGES = 8  # without calibration images, exports are checked on seeded random images
 
 
-def judge(logits: np.ndarray, reference: np.ndarray, truth: np.ndarray | None) -> Judged:
-    """An artifact's logits against FP32's on the same crops."""
-    from ..evaluate import mean_kl
+def evaluation_set(model: LoadedModel, spec: Preprocess, val: Path | None, calibration: CalibrationSet | None,
+                   seed: int) -> EvalSet:
+    """The labelled --val images; else the calibration images (agreement only); else seeded random images."""
+    if val is not None:
+        crops, truth = _labelled_crops(val, model.labels, spec)
+        source = "validation"
+    elif calibration is not None:
+        crops, truth, source = calibration.crops, None, "calibration"
+    else:
+        crops, truth, source = random_crops(spec, seed), None, "random"
+    return EvalSet(crops, truth, source, model.logits(spec.tensors(crops)))
 
-    labelled = truth is not None
-    # a row with a NaN or inf is wrong whatever its argmax says: it can neither agree nor be right
-    answers = np.where(np.isfinite(logits).all(1), logits.argmax(1), -1)
-    finite = bool(np.isfinite(logits).all())
-    return Judged(
-        accuracy=float((answers == truth).mean()) if labelled else None,
-        fp32_accuracy=float((reference.argmax(1) == truth).mean()) if labelled else None,
-        agreement=float((answers == reference.argmax(1)).mean()),
-        mean_kl=mean_kl(reference, logits) if finite else float("inf"), images=len(logits),
-    )
+
+def _labelled_crops(folder: Path, labels: list[str], spec: Preprocess) -> tuple[list[np.ndarray], np.ndarray]:
+    from ..errors import EvaluationError
+    from ..evaluate import read_labelled_folder
+    from ..images import ImageError, decode_image
+
+    images = read_labelled_folder(folder, labels)
+    step = max(1, len(images.paths) // MAX_EVAL_IMAGES)  # an even spread over the classes
+    crops, truth = [], []
+    for path, label in zip(images.paths[::step][:MAX_EVAL_IMAGES], images.classes[::step][:MAX_EVAL_IMAGES]):
+        try:
+            image = decode_image(path)
+        except ImageError as error:
+            raise EvaluationError(f"--val: {error}; remove it or replace it") from None
+        crops.append(spec.resize_and_crop(image))
+        truth.append(label)
+    return crops, np.array(truth)
+
+
+def random_crops(spec: Preprocess, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (spec.crop, spec.crop, 3), dtype=np.uint8) for _ in range(RANDOM_IMAGES)]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..benchmark import artifact_size, benchmark
 from ..written import refuse_to_overwrite
-from .measure import Judged
+from ..metrics import Judged
 
 SET_REPORT = "report.json"
 REPORT_JSON, REPORT_MD, REPORT_PNG = "report.json", "report.md", "report.png"
@@ -143,17 +143,27 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+ATTEMPT_COLUMNS = ("#", "ranges", "bias corr.", "kept out of INT8", "agreement", "top-1 drop (pt)", "MB", "bar")
+
+
+def attempt_cells(search: dict) -> list[list[str]]:
+    """The INT8 attempts as table cells (ATTEMPT_COLUMNS): the report's table and the CLI's."""
+    cells = []
+    for index, attempt in enumerate(search["attempts"]):
+        drop = "n/a" if attempt["drop_points"] is None else f"{attempt['drop_points']:+.2f}"
+        bar = ("met" if attempt["met"] else "missed") + (" (kept)" if index == search["chosen"] else "")
+        cells.append([str(index), attempt["range_method"], "yes" if attempt["bias_correction"] else "no",
+                      ", ".join(attempt["kept_higher"]) or "-", f"{attempt['agreement']:.2%}", drop,
+                      f"{attempt['size_mb']:.1f}", bar])
+    return cells
+
+
 def _search_lines(row: dict) -> list[str]:
     search = row["search"]
     lines = [f"## {row['artifact']}: INT8 attempts ({'bar met' if search['met'] else 'bar NOT met'}; "
              f"evaluated on {search['evaluated_on']})", "",
-             "| # | ranges | bias corr. | kept out of INT8 | agreement | top-1 drop (pt) | MB | chosen |",
-             "|---:|---|---|---|---:|---:|---:|---|"]
-    for index, attempt in enumerate(search["attempts"]):
-        drop = "n/a" if attempt["drop_points"] is None else f"{attempt['drop_points']:+.2f}"
-        lines.append(f"| {index} | {attempt['range_method']} | {'yes' if attempt['bias_correction'] else 'no'} | "
-                     f"{', '.join(attempt['kept_higher']) or '-'} | {attempt['agreement']:.2%} | {drop} | "
-                     f"{attempt['size_mb']:.1f} | {'yes' if index == search['chosen'] else ''} |")
+             "| " + " | ".join(ATTEMPT_COLUMNS) + " |", "|---:|---|---|---|---:|---:|---:|---|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in attempt_cells(search)]
     if search["sensitivity_top"]:
         lines += ["", "Most sensitive layers (simulated KL gained by keeping each out of INT8): "
                   + ", ".join(f"{name} {gain:.1e}" for name, gain in search["sensitivity_top"][:8])]

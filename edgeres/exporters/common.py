@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 
+# torch.export's ONNX exporter writes opset 18 at least: the default, and the widest support on devices
+MIN_OPSET = 18
+
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 

@@ -22,9 +22,9 @@ _ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "fl
                 onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT8: "int8"}
 
 
-# torch.export's ONNX exporter writes opset 18 and converts up to what the onnx package defines;
-# beyond that it falls back without a word, so the written opset is checked too (export_fp32).
-MIN_OPSET, MAX_OPSET = 18, onnx.defs.onnx_opset_version()
+# torch.export's ONNX exporter converts up to what the onnx package defines; beyond that it falls
+# back without a word, so the written opset is checked too (export_fp32).
+MAX_OPSET = onnx.defs.onnx_opset_version()
 
 
 class ExportCache:

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from .points import layers
 from .ranges import Range
-from .simulate import Grid, asymmetric, fake_quantize, logits, quantize_weight
+from ..models import module_logits
+from .simulate import Grid, asymmetric, fake_quantize, quantize_weight
 
 BATCH = 32
 IMAGES = 128  # a mean shift settles within a hundred images (NNCF's fast bias correction uses 100)
@@ -43,7 +44,7 @@ def correct_biases(module: torch.nn.Module, ranges: dict[str, Range], inputs: np
                for layer in chosen]
     inputs = inputs[:IMAGES]
     try:
-        logits(module, inputs, BATCH)  # run for the hooks
+        module_logits(module, inputs, BATCH)  # run for the hooks
     finally:
         for handle in handles:
             handle.remove()

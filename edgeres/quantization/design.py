@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..metrics import accuracy, agreement, mean_kl
 from .corrections import correct_biases
 from .points import fold_batchnorm, layers
 from .ranges import AUTO_METHODS, Range, choose, minmax
-from .simulate import ALL_PLACEMENTS, GRIDS, agreement, kl_from, logits, simulated
+from ..models import module_logits
+from .simulate import ALL_PLACEMENTS, GRIDS, simulated
 from .statistics import collect
 
 SENSITIVITY_IMAGES = 64
@@ -62,7 +64,8 @@ class QuantizationDesign:
 
     def __init__(self, module: torch.nn.Module, calibration: np.ndarray, evaluation: np.ndarray,
                  truth: np.ndarray | None = None, placement: frozenset[str] = ALL_PLACEMENTS,
-                 grid: str = "asymmetric") -> None:
+                 grid: str = "asymmetric", reference: np.ndarray | None = None) -> None:
+        """`reference`: the FP32 logits on `evaluation`, where the caller has them already."""
         self.folded = fold_batchnorm(module)
         self.calibration = calibration
         self.evaluation, self.truth = evaluation, truth
@@ -72,7 +75,7 @@ class QuantizationDesign:
             memo["stats"] = collect(self.folded, calibration)
         self.stats = memo["stats"]
         self.layer_names = [layer.name for layer in layers(self.folded)]
-        self.reference = logits(self.folded, evaluation)
+        self.reference = module_logits(self.folded, evaluation) if reference is None else reference
         # bias correction measures the shift on the target's grid, so plans are per grid
         self._plans: dict[tuple[str, bool], QuantizationPlan] = memo.setdefault(("plans", grid), {})
         self._simulated: dict[tuple, Simulated] = memo.setdefault(("simulated", placement, grid, _digest(evaluation)),
@@ -103,11 +106,9 @@ class QuantizationDesign:
         inputs, reference = self.evaluation[:subset], self.reference[:subset]
         with simulated(plan.module, plan.ranges, placement=self.placement, higher=set(plan.higher),
                        grid=GRIDS[self.grid]):
-            quantized = logits(plan.module, inputs)
-        accuracy = None
-        if self.truth is not None:
-            accuracy = float((quantized.argmax(1) == self.truth[:subset]).mean())
-        return Simulated(agreement(reference, quantized), kl_from(reference, quantized), accuracy)
+            quantized = module_logits(plan.module, inputs)
+        top1 = None if self.truth is None else accuracy(quantized, self.truth[:subset])
+        return Simulated(agreement(reference, quantized), mean_kl(reference, quantized), top1)
 
     def best_plan(self, methods: tuple[str, ...] = AUTO_METHODS,
                   corrections: tuple[bool, ...] = (True, False)) -> tuple[QuantizationPlan, list[dict]]:

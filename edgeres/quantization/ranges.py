@@ -10,12 +10,26 @@ always keeps min/max: clipping the largest logit would change the answer.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
-if TYPE_CHECKING:  # statistics imports torch; the CLI lists the methods on a device without it
-    from .statistics import PointStats
+
+@dataclass
+class PointStats:
+    """What calibration saw at one activation point, which its range is chosen from."""
+
+    low: float
+    high: float
+    sample: np.ndarray  # a seeded random sample of the values seen
+    mean_low: float = 0.0  # the mean over images of each image's min (and max): NNCF's default statistic
+    mean_high: float = 0.0
+
+    @property
+    def unsigned(self) -> bool:
+        return self.low >= 0.0
+
 
 METHODS = ("minmax", "mean-minmax", "percentile", "entropy", "mse")
 PERCENTILE = 99.99

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..metrics import Judged
 from .design import QuantizationDesign, QuantizationPlan
 
 LADDER = (1, 2, 4, 8, 16, 32)
@@ -38,16 +39,10 @@ class Bar:
 
 
 @dataclass
-class Measured:
-    agreement: float
-    accuracy: float | None
-    fp32_accuracy: float | None
-    mean_kl: float
-    size_mb: float
+class Measured(Judged):
+    """An attempt's artifact, judged against FP32 for real, and its size."""
 
-    @property
-    def drop(self) -> float | None:
-        return None if self.accuracy is None else 100 * (self.fp32_accuracy - self.accuracy)
+    size_mb: float = 0.0
 
 
 @dataclass
@@ -61,7 +56,7 @@ class Attempt:
         m = self.measured
         return {"range_method": self.plan.method, "bias_correction": self.plan.bias_correction,
                 "kept_higher": list(self.plan.higher), "agreement": m.agreement, "accuracy": m.accuracy,
-                "drop_points": m.drop, "mean_kl": m.mean_kl, "size_mb": m.size_mb, "met": self.met}
+                "drop_points": m.drop_points, "mean_kl": m.mean_kl, "size_mb": m.size_mb, "met": self.met}
 
 
 @dataclass
@@ -120,9 +115,9 @@ def _first_plan(design: QuantizationDesign, method: str | None, bias_correction:
 
 def _run(attempt, plan: QuantizationPlan, bar: Bar, log: Callable[[str], None]) -> Attempt:
     measured, built = attempt(plan)
-    met = bar.met(measured.agreement, measured.drop)
+    met = bar.met(measured.agreement, measured.drop_points)
     kept = ", ".join(plan.higher) if plan.higher else "nothing"
-    drop = "" if measured.drop is None else f", {measured.drop:+.2f} points top-1"
+    drop = "" if measured.drop_points is None else f", {measured.drop_points:+.2f} points top-1"
     log(f"INT8 with {kept} kept out: agreement {measured.agreement:.2%}{drop} "
         f"({'meets' if met else 'misses'} the bar)")
     return Attempt(plan, measured, met, built)
@@ -134,6 +129,6 @@ def _preference(attempt: Attempt, bar: Bar) -> tuple:
     if attempt.met:
         return (1, -len(attempt.plan.higher), m.agreement)
     shortfall = max(0.0, bar.min_agreement - m.agreement)
-    if bar.max_drop is not None and m.drop is not None:
-        shortfall += max(0.0, m.drop - bar.max_drop) / 100
+    if bar.max_drop is not None and m.drop_points is not None:
+        shortfall += max(0.0, m.drop_points - bar.max_drop) / 100
     return (0, -shortfall, -len(attempt.plan.higher))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 from typing import Callable, Iterator
 
-import numpy as np
 import torch
 
 from .points import Layer, blocks, layers
@@ -103,23 +102,3 @@ def _input_quantizer(value_range: Range, grid: Grid):
 
 def _output_quantizer(value_range: Range, grid: Grid):
     return lambda _, __, output: fake_quantize(output, value_range, grid)
-
-
-def logits(module: torch.nn.Module, inputs: np.ndarray, batch: int = 64) -> np.ndarray:
-    """The module's outputs for inputs (N, ...), `batch` at a time, without autograd."""
-    outputs = []
-    with torch.inference_mode():
-        for start in range(0, len(inputs), batch):
-            outputs.append(module(torch.from_numpy(inputs[start : start + batch])).numpy())
-    return np.concatenate(outputs)
-
-
-def kl_from(reference: np.ndarray, candidate: np.ndarray) -> float:
-    """Mean KL(reference || candidate) of the softmax probabilities."""
-    log_p = torch.log_softmax(torch.from_numpy(reference).double(), dim=1)
-    log_q = torch.log_softmax(torch.from_numpy(candidate).double(), dim=1)
-    return float((log_p.exp() * (log_p - log_q)).sum(dim=1).mean())
-
-
-def agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
-    return float((reference.argmax(1) == candidate.argmax(1)).mean())

@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from .points import INPUT, blocks, layers
-from .simulate import logits
+from .ranges import PointStats
+from ..models import module_logits
 
 SAMPLES_PER_POINT = 1 << 18  # values kept per point for range searches; min and max are exact
 BATCH = 32
-
-
-@dataclass
-class PointStats:
-    low: float
-    high: float
-    sample: np.ndarray  # a seeded random sample of the values seen
-    mean_low: float = 0.0  # the mean over images of each image's min (and max): NNCF's default statistic
-    mean_high: float = 0.0
-
-    @property
-    def unsigned(self) -> bool:
-        return self.low >= 0.0
 
 
 def collect(module: torch.nn.Module, inputs: np.ndarray, seed: int = 0) -> dict[str, PointStats]:
@@ -46,7 +32,7 @@ def collect(module: torch.nn.Module, inputs: np.ndarray, seed: int = 0) -> dict[
 
     handles = _hooks(module, record)
     try:
-        logits(module, inputs, BATCH)  # run for the hooks
+        module_logits(module, inputs, BATCH)  # run for the hooks
     finally:
         for handle in handles:
             handle.remove()

@@ -71,3 +71,4 @@ def resolve_artifact(path: Path) -> Path:
     if not found:
         raise ArtifactError(f"{path} is a folder with no artifact in it (edgeres runs {', '.join(BACKENDS)} files)")
     raise ArtifactError(f"{path} holds several artifacts ({', '.join(p.name for p in found)}); name the file")
+

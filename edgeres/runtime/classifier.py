@@ -10,6 +10,7 @@ import numpy as np
 
 from ..artifact import ArtifactRecord, check_companions, read_sidecar, sidecar_path
 from ..errors import ArtifactError, EdgeresError
+from ..metrics import softmax
 from ..preprocess import Preprocess
 from . import open_backend, resolve_artifact
 from .base import check_threads
@@ -159,12 +160,6 @@ class Classifier:
         return f"Classifier({str(self.path)!r}, backend={self.backend_name}, {r.arch} {r.precision}, {len(self.labels)} classes)"
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits.astype(np.float64) - logits.max()
-    exp = np.exp(shifted)
-    return exp / exp.sum()
-
-
 def _engine_for(onnx_path: Path) -> Path:
     from ..artifact import read_sidecar, sha256_of
     from ..engine import build_engine, engine_path_for
@@ -176,9 +171,3 @@ def _engine_for(onnx_path: Path) -> Path:
         build_engine(onnx_path, engine)
     return engine
 
-
-def softmax_rows(logits: np.ndarray) -> np.ndarray:
-    """Softmax of each row of (N, classes) logits."""
-    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)

@@ -11,7 +11,7 @@ import numpy as np
 from ..artifact import METADATA_KEY, ArtifactRecord, parse_embedded
 from ..errors import ArtifactError, BackendUnavailableError, DeviceError, install_hint
 from ..files import MODEL_LIMIT, read_bytes
-from ..numerics import cpu_flags as _cpu_flags
+from ..cpu import cpu_flags as _cpu_flags
 from .base import cache_root
 
 try:

@@ -1,7 +1,4 @@
-"""The target registry: a name -> the class that converts for it, imported lazily.
-
-Adding a target is one new module and one line here.
-"""
+"""Targets by name: the class that converts for each, imported lazily (the rows are in registry.py)."""
 
 from __future__ import annotations
 
@@ -10,21 +7,13 @@ from importlib import import_module
 from ..devices import DeviceProfile, load_profile, profile_names
 from ..errors import TargetError
 from .base import Target
-
-REGISTRY: dict[str, str] = {
-    "onnx": "edgeres.targets.onnx:OnnxTarget",
-    "npu": "edgeres.targets.npu:NpuTarget",
-    "x86": "edgeres.targets.openvino:OpenVinoTarget",
-    "rpi": "edgeres.targets.tflite:TfliteTarget",
-    "jetson": "edgeres.targets.jetson:JetsonTarget",
-    "mobile": "edgeres.targets.mobile:MobileTarget",
-}
+from .registry import REGISTRY
 
 
 def get_target(name: str) -> Target:
     if name not in REGISTRY:
         raise TargetError(f"unknown target {name!r}; choose one of {', '.join(REGISTRY)}")
-    module_name, class_name = REGISTRY[name].split(":")
+    module_name, class_name = REGISTRY[name].where.split(":")
     return getattr(import_module(module_name), class_name)()
 
 

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, ClassVar, Protocol
 
 from ..artifact import ArtifactRecord, TensorSpec
+from .registry import REGISTRY, Accepts
 
 if TYPE_CHECKING:  # not at import: the CLI's --help lists the targets on a device without OpenCV
     from ..calibration import CalibrationSet
     from ..preprocess import Preprocess
 
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)
@@ -31,9 +31,11 @@ class Tolerance:
     fp32_scale: float = 100.0  # above it, fp32's allowance grows with the largest |logit| (float32 is relative)
 
     def fp32_allowed(self, largest_logit: float) -> float:
-        """fp32_max_abs, or as much relative to the largest |logit| where that is above fp32_scale:
-        float32 carries 7 digits, so logits around 1e4 differ by 1e-3 in any correct export."""
-        return self.fp32_max_abs * max(1.0, largest_logit / self.fp32_scale)
+        from dataclasses import asdict
+
+        from ..metrics import allowed_error
+
+        return allowed_error("fp32", asdict(self), largest_logit)
 
 
 @dataclass(frozen=True)
@@ -77,17 +79,14 @@ class Built:
 class Target(Protocol):
     name: ClassVar[str]
     summary: ClassVar[str]
-    precisions: ClassVar[tuple[str, ...]]
+    precisions: tuple[str, ...]  # its registry row's (Accepts)
+    presets: tuple[str, ...]  # quantization presets it accepts, () for none
     layout: ClassVar[str]  # NCHW or NHWC input
     tolerance: ClassVar[Tolerance]
-    presets: ClassVar[tuple[str, ...]]  # quantization presets it accepts, () for none
     # Where its INT8 graph quantizes activations besides every layer's input (see quantization.simulate),
     # and what a layer kept out of INT8 becomes.
     placement: ClassVar[frozenset[str]]
     higher_precision: ClassVar[str]
-
-    def check_options(self, precision: str, *, dynamic_batch: bool, opset: int) -> None:
-        """Raise TargetError for options this target does not accept (before any work is done)."""
 
     def input_spec(self, model_spec: Preprocess) -> Preprocess:
         """The artifact's input, derived from the PyTorch model's (same resize and crop)."""
@@ -100,3 +99,22 @@ class Target(Protocol):
 
     def embed_record(self, artifact: BuiltArtifact, record: ArtifactRecord) -> None:
         """Write the record inside the artifact's file, where its format has room (in place)."""
+
+
+class TargetBase:
+    """What every target shares: what it accepts, read from its registry row, and the common tolerance."""
+
+    name: ClassVar[str]
+    tolerance: ClassVar[Tolerance] = Tolerance()
+
+    @property
+    def accepts(self) -> Accepts:
+        return REGISTRY[self.name].accepts
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        return self.accepts.precisions
+
+    @property
+    def presets(self) -> tuple[str, ...]:
+        return self.accepts.presets

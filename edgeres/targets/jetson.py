@@ -24,8 +24,8 @@ import onnx
 import onnx.numpy_helper
 
 from ..exporters.onnx_tools import module_of
-from ..errors import ConversionError, TargetError
-from .base import PRECISIONS, ConvertJob, Tolerance
+from ..errors import ConversionError
+from .base import ConvertJob
 from .npu import QDQ_OPS, _check, _consumers, _producers, apply_rules
 from .onnx import OnnxTarget
 
@@ -38,8 +38,6 @@ WEIGHTED_OPS = ("Conv", "Gemm")
 class JetsonTarget(OnnxTarget):
     name: ClassVar[str] = "jetson"
     summary: ClassVar[str] = "ONNX for TensorRT on a Jetson: FP16, or INT8 with TensorRT's QDQ rules (+ TRT 8 cache)"
-    precisions: ClassVar[tuple[str, ...]] = PRECISIONS
-    tolerance: ClassVar[Tolerance] = Tolerance()
     # Only each layer's input is quantized here (TensorRT fuses the rest into the int8 kernels);
     # a layer without Q/DQ runs in FP16 (or FP32) in TensorRT.
     placement: ClassVar[frozenset[str]] = frozenset()
@@ -52,11 +50,6 @@ class JetsonTarget(OnnxTarget):
     # Inputs of weighted ops and pools; the residual Add is left to TensorRT, which fuses it into
     # the conv before it when that conv's output is not quantized and the other input is.
     ort_op_types: ClassVar[list[str] | None] = ["Conv", "Gemm", "MaxPool", "GlobalAveragePool"]
-
-    def check_options(self, precision: str, *, dynamic_batch: bool, opset: int) -> None:
-        if dynamic_batch:
-            raise TargetError("jetson engines are built for a static batch of 1 here: drop --dynamic-batch")
-        super().check_options(precision, dynamic_batch=dynamic_batch, opset=opset)
 
     def check_graph(self, model: onnx.ModelProto, job: ConvertJob, plan) -> list[dict]:
         if job.precision != "int8":

@@ -22,31 +22,24 @@ import torch
 from ..artifact import (LITE_RECORD_FILE, PTE_RECORD_METHOD, ArtifactRecord, TensorSpec, compact_json,
                         pte_record_placeholder)
 from ..exporters.common import INPUT_NAME, OUTPUT_NAME
-from ..errors import BackendUnavailableError, ConversionError, TargetError, install_hint
+from ..errors import BackendUnavailableError, ConversionError, install_hint
 from ..logs import quiet
 from ..preprocess import Preprocess
 from ..quantization import executorch_backend
 from ..quantization.simulate import ALL_PLACEMENTS
-from .base import Built, BuiltArtifact, ConvertJob, Tolerance
+from .base import Built, BuiltArtifact, ConvertJob, TargetBase
 
 LITE_SUFFIX = "_lite"
 LITE_DEPRECATION = ("PyTorch's lite interpreter (.ptl) is deprecated upstream; prefer the ExecuTorch .pte "
                     "for new apps, keep the .ptl for apps that already load TorchScript")
 
 
-class MobileTarget:
+class MobileTarget(TargetBase):
     name: ClassVar[str] = "mobile"
     summary: ClassVar[str] = "Phones: ExecuTorch .pte with XNNPACK (recommended) and TorchScript Lite .ptl"
-    precisions: ClassVar[tuple[str, ...]] = ("fp32", "int8")
     layout: ClassVar[str] = "NCHW"
-    tolerance: ClassVar[Tolerance] = Tolerance()
-    presets: ClassVar[tuple[str, ...]] = ()
     placement: ClassVar[frozenset[str]] = ALL_PLACEMENTS
     higher_precision: ClassVar[str] = "float XNNPACK ops (.pte), float modules (.ptl)"
-
-    def check_options(self, precision: str, *, dynamic_batch: bool, opset: int) -> None:
-        if dynamic_batch:
-            raise TargetError("mobile artifacts take a batch of 1 (a camera frame): drop --dynamic-batch")
 
     def input_spec(self, model_spec: Preprocess) -> Preprocess:
         return model_spec

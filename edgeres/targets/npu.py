@@ -1,8 +1,8 @@
 """NPUs: INT8 ONNX in QDQ form, shaped the way NPU compilers want it.
 
 Vendor compilers (Qualcomm QNN, Rockchip RKNN, Hailo, AMD Ryzen AI, ...) take a QDQ
-ONNX and map each quantized op onto the accelerator; an op left in float, a dynamic
-axis or an old opset makes them fall back to the CPU or refuse the model. The rules
+ONNX and map each quantized op onto the accelerator; an op left in float or a dynamic
+axis makes them fall back to the CPU or refuse the model. The rules
 are checked on the final graph and the conversion fails if one is broken.
 """
 
@@ -12,29 +12,21 @@ from typing import Callable, ClassVar
 
 import onnx
 
-from ..errors import ConversionError, TargetError
+from ..errors import ConversionError
 from ..quantization import onnx_backend
-from .base import ConvertJob, Tolerance
+from .base import ConvertJob
 from .onnx import OnnxTarget
 
-MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear need opset 13
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 
 
 class NpuTarget(OnnxTarget):
     name: ClassVar[str] = "npu"
     summary: ClassVar[str] = "INT8 QDQ ONNX for NPU compilers (static batch 1, every op quantized)"
-    precisions: ClassVar[tuple[str, ...]] = ("int8",)
-    tolerance: ClassVar[Tolerance] = Tolerance()
     # An op left in float falls back to the CPU or is refused: a sensitive layer gets 16-bit activations
     # with int8 weights (A16W8), which NPU compilers (QNN, ...) and ONNX Runtime run.
     higher_precision: ClassVar[str] = "16-bit activations, int8 weights (A16W8)"
     kept_as: ClassVar[str] = onnx_backend.INT16
-
-    def check_options(self, precision: str, *, dynamic_batch: bool, opset: int) -> None:
-        if dynamic_batch:
-            raise TargetError("NPU compilers need a static batch-1 shape: drop --dynamic-batch")
-        super().check_options(precision, dynamic_batch=dynamic_batch, opset=opset)
 
     def check_graph(self, model: onnx.ModelProto, job: ConvertJob, plan) -> list[dict]:
         return apply_rules(NPU_RULES, model, job, "NPU rules", "NPU rule")
@@ -84,12 +76,6 @@ def check_static_batch1(model: onnx.ModelProto, kept: frozenset[str] = frozenset
     return _check("static batch-1 inputs and outputs", problems, "all static, batch 1")
 
 
-def check_opset(model: onnx.ModelProto, kept: frozenset[str] = frozenset()) -> dict:
-    version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    problems = [f"opset {version} < {MIN_OPSET}"] if version < MIN_OPSET else []
-    return _check(f"opset {MIN_OPSET} or newer", problems, f"opset {version}")
-
-
 def check_no_dynamic_shapes(model: onnx.ModelProto, kept: frozenset[str] = frozenset()) -> dict:
     inferred = onnx.shape_inference.infer_shapes(model)
     problems = []
@@ -125,7 +111,6 @@ def check_qdq_everywhere(model: onnx.ModelProto, kept: frozenset[str] = frozense
 
 NPU_RULES: tuple[Callable[[onnx.ModelProto], dict], ...] = (
     check_static_batch1,
-    check_opset,
     check_no_dynamic_shapes,
     check_qdq_everywhere,
 )

@@ -13,16 +13,13 @@ from ..preprocess import Preprocess
 from ..quantization import onnx_backend
 from ..quantization.points import fold_batchnorm
 from ..quantization.simulate import ALL_PLACEMENTS
-from .base import PRECISIONS, Built, BuiltArtifact, ConvertJob, Tolerance
+from .base import Built, BuiltArtifact, ConvertJob, TargetBase
 
 
-class OnnxTarget:
+class OnnxTarget(TargetBase):
     name: ClassVar[str] = "onnx"
     summary: ClassVar[str] = "ONNX for ONNX Runtime on any CPU (fp32, fp16, int8 QDQ)"
-    precisions: ClassVar[tuple[str, ...]] = PRECISIONS
     layout: ClassVar[str] = "NCHW"
-    tolerance: ClassVar[Tolerance] = Tolerance()
-    presets: ClassVar[tuple[str, ...]] = ()
     placement: ClassVar[frozenset[str]] = ALL_PLACEMENTS
     higher_precision: ClassVar[str] = "float"
     kept_as: ClassVar[str] = onnx_backend.FLOAT  # how ONNX Runtime keeps a layer out of INT8
@@ -32,9 +29,6 @@ class OnnxTarget:
 
     def __init__(self) -> None:
         self._exports = onnx_tools.ExportCache()
-
-    def check_options(self, precision: str, *, dynamic_batch: bool, opset: int) -> None:
-        """Every option the pipeline has (its options check the opset against the exporter's range)."""
 
     def input_spec(self, model_spec: Preprocess) -> Preprocess:
         return model_spec

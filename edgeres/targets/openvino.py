@@ -30,26 +30,19 @@ from ..preprocess import Preprocess
 from ..quantization import onnx_backend, openvino_backend
 from ..quantization.simulate import BRANCHES
 from ..runtime.openvino import CROP_KEY, MODEL_INFO_KEY, no_telemetry, ov
-from .base import PRECISIONS, Built, BuiltArtifact, ConvertJob, Tolerance
-
-PRESETS = tuple(openvino_backend.PRESET_GRIDS)  # performance (the default), mixed
+from .base import Built, BuiltArtifact, ConvertJob, TargetBase
 
 
-class OpenVinoTarget:
+
+class OpenVinoTarget(TargetBase):
     name: ClassVar[str] = "x86"
     summary: ClassVar[str] = "OpenVINO IR for x86 CPUs (fp32, fp16 weights, int8 via NNCF)"
-    precisions: ClassVar[tuple[str, ...]] = PRECISIONS
     layout: ClassVar[str] = "NHWC"
-    tolerance: ClassVar[Tolerance] = Tolerance()
-    presets: ClassVar[tuple[str, ...]] = PRESETS
     placement: ClassVar[frozenset[str]] = frozenset({BRANCHES})  # NNCF leaves the logits in float
     higher_precision: ClassVar[str] = "float"
 
     def __init__(self) -> None:
         self._exports = onnx_tools.ExportCache()
-
-    def check_options(self, precision: str, *, dynamic_batch: bool, opset: int) -> None:
-        """OpenVINO accepts every option the pipeline has."""
 
     def input_spec(self, model_spec: Preprocess) -> Preprocess:
         """Raw pixels: the normalisation is inside the graph (see `_pixel_input`)."""

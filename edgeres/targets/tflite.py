@@ -18,11 +18,10 @@ import torch
 
 from ..artifact import METADATA_KEY, ArtifactRecord, TensorSpec
 from ..exporters import tflite_metadata, tflite_tools
-from ..errors import TargetError
 from ..preprocess import Preprocess
 from ..quantization import tflite_backend
 from ..quantization.simulate import ALL_PLACEMENTS
-from .base import PRECISIONS, Built, BuiltArtifact, ConvertJob, Tolerance
+from .base import Built, BuiltArtifact, ConvertJob, TargetBase
 
 
 class RawPixelResNet(torch.nn.Module):
@@ -51,22 +50,15 @@ class RawPixelResNet(torch.nn.Module):
         return self.module((pixels.permute(0, 3, 1, 2) - self.mean) / self.std)
 
 
-class TfliteTarget:
+class TfliteTarget(TargetBase):
     name: ClassVar[str] = "rpi"
     summary: ClassVar[str] = "TFLite/LiteRT for Raspberry Pi and ARM CPUs (fp32, fp16 weights, int8 full-integer)"
-    precisions: ClassVar[tuple[str, ...]] = PRECISIONS
     layout: ClassVar[str] = "NHWC"
-    tolerance: ClassVar[Tolerance] = Tolerance()
-    presets: ClassVar[tuple[str, ...]] = ()
     placement: ClassVar[frozenset[str]] = ALL_PLACEMENTS
     higher_precision: ClassVar[str] = "float ops (still inside XNNPACK)"
 
     def __init__(self) -> None:
         self._exports: dict[int, Path] = {}
-
-    def check_options(self, precision: str, *, dynamic_batch: bool, opset: int) -> None:
-        if dynamic_batch:
-            raise TargetError("TFLite models here have a static batch of 1: drop --dynamic-batch")
 
     def input_spec(self, model_spec: Preprocess) -> Preprocess:
         """Raw RGB pixels: the normalisation is inside the graph."""

@@ -82,10 +82,15 @@ def test_every_int8_target_survives_the_hard_model(hard_model, reference, tmp_pa
     result = convert(model, options, log=lambda message: None)  # AccuracyBarError if no attempt holds the floors
     search = result.search
     chosen = search["attempts"][search["chosen"]]
-    assert result.met and chosen["agreement"] >= FLOOR_AGREEMENT and chosen["drop_points"] <= FLOOR_DROP, chosen
-    assert len(search["attempts"]) <= 1 + 5 + 2  # first, the ladder (1, 2, 4, 8, 16 kept), two other range choices
-    # the artifact itself, through the runtime a device uses, agrees with PyTorch on the held-out images
-    logits, _, _ = reference(name)
+    assert result.record.quantization["design"]["kept_higher"] == chosen["kept_higher"]
+    # the artifact itself, through the runtime a device uses, agrees with PyTorch on the held-out images,
+    # as much as the search measured (the bar and the report take its numbers)
+    logits, truth, _ = reference(name)
     classifier = Classifier(result.path)
     quantized = np.stack([classifier.logits(read_image(path)) for path in find_images(data.val_dir)])
-    assert (quantized.argmax(1) == logits.argmax(1)).mean() >= FLOOR_AGREEMENT
+    agreement = (quantized.argmax(1) == logits.argmax(1)).mean()
+    drop = 100 * ((logits.argmax(1) == truth).mean() - (quantized.argmax(1) == truth).mean())
+    one_image = 1 / len(quantized)
+    assert agreement >= FLOOR_AGREEMENT
+    assert abs(chosen["agreement"] - agreement) <= one_image + 1e-9, (chosen, agreement)
+    assert abs(chosen["drop_points"] - drop) <= 100 * one_image + 1e-6, (chosen, drop)

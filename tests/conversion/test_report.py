@@ -10,7 +10,7 @@ import pytest
 
 from edgeres.demo import DEMO_IMGSZ
 from edgeres.conversion.report import markdown
-from tests.test_cli import run_cli
+from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import torch
 from edgeres.conversion.pipeline import AccuracyBarError, ConvertOptions, convert
 from edgeres.targets.npu import NpuTarget
 from edgeres.demo import DEMO_IMGSZ
-from tests.test_cli import assert_one_red_line, run_cli
+from tests.conftest import assert_one_red_line, run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 
 import numpy as np
@@ -15,10 +14,11 @@ from edgeres.preprocess import Preprocess
 from edgeres.quantization.corrections import _apply, correct_biases
 from edgeres.quantization.design import QuantizationDesign
 from edgeres.quantization.points import fold_batchnorm, layers, points
-from edgeres.quantization.ranges import METHODS, choose, fake_quantize
+from edgeres.quantization.ranges import METHODS, PointStats, choose, fake_quantize
 from edgeres.quantization.simulate import fake_quantize as fake_quantize_tensor
-from edgeres.quantization.simulate import GRIDS, logits, quantize_weight, simulated
-from edgeres.quantization.statistics import PointStats, collect
+from edgeres.models import module_logits as logits
+from edgeres.quantization.simulate import GRIDS, quantize_weight, simulated
+from edgeres.quantization.statistics import collect
 
 
 def random_resnet(arch: str = "resnet18", seed: int = 0) -> torch.nn.Module:

@@ -25,7 +25,7 @@ from edgeres.artifact import sidecar_path
 from edgeres.errors import ArtifactError, CheckpointError, EdgeresError
 from edgeres.golden import check_golden, golden_path
 from edgeres.runtime.classifier import Classifier
-from tests.test_cli import assert_one_red_line, run_cli
+from tests.conftest import assert_one_red_line, run_cli
 
 
 def _in_child(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -238,8 +238,8 @@ def test_a_checkpoint_with_a_number_that_is_not_one_is_refused_at_load(model, tm
 
 
 def test_a_comparison_with_a_non_finite_logit_fails() -> None:
-    from edgeres.conversion.measure import judge
-    from edgeres.conversion.verify import compare_logits, enforce
+    from edgeres.conversion.verify import enforce
+    from edgeres.metrics import compare_logits, judge
     from edgeres.errors import VerificationError
     from edgeres.targets.base import Tolerance
 

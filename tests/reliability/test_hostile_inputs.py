@@ -20,7 +20,7 @@ from edgeres.errors import ArtifactError, EdgeresError, LabelsError
 from edgeres.golden import check_golden, golden_path
 from edgeres.labels import read_labels
 from edgeres.runtime.classifier import Classifier
-from tests.test_cli import assert_one_red_line, run_cli
+from tests.conftest import assert_one_red_line, run_cli
 
 
 def _edit_sidecar(path: Path, change) -> None:

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from edgeres.artifact import read_sidecar
-from edgeres.conversion.pipeline import torch_logits
 from edgeres.preprocess import Preprocess
 from edgeres.runtime.classifier import Classifier
 from edgeres.targets import REGISTRY, get_target
@@ -31,7 +30,7 @@ def test_target_round_trip(target: str, precision: str, converted, model, held_o
     assert classifier.record == record  # the record embedded in the artifact is the sidecar's
     frames, _ = held_out  # all 450 held-out images: the first hundred are only two classes
     crops = [classifier.preprocess.resize_and_crop(frame) for frame in frames]
-    reference = torch_logits(model.module, Preprocess.imagenet(32).tensors(crops))
+    reference = model.logits(Preprocess.imagenet(32).tensors(crops))
     ours = classifier.logits_batch(frames)
     tolerance = get_target(target).tolerance
     if precision == "fp32":
@@ -64,4 +63,30 @@ def test_every_target_says_how_it_quantizes_and_keeps_layers_out() -> None:
         assert target.placement <= ALL_PLACEMENTS and target.higher_precision
         for preset in (None, *target.presets):
             assert target.activation_grid(SimpleNamespace(preset=preset)) in GRIDS
-        assert callable(target.build) and callable(target.embed_record)
+
+
+def test_the_presets_in_the_registry_are_the_quantizers() -> None:
+    from edgeres.quantization.openvino_backend import PRESET_GRIDS
+
+    assert get_target("x86").presets == tuple(PRESET_GRIDS)  # the registry row the CLI's help reads, and NNCF's
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_each_target_refuses_what_its_row_does_not_accept(name: str) -> None:
+    """Every option a target would ignore is refused, naming the targets that take it; what it takes passes."""
+    from edgeres.conversion.options import ConvertOptions, check_target_options
+    from edgeres.errors import TargetError
+
+    accepts = REGISTRY[name].accepts
+    options = {"opset": ({"opset": 19}, accepts.opset, "--opset is for targets made from an ONNX export"),
+               "dynamic": ({"dynamic_batch": True}, accepts.static_batch is None, "drop --dynamic-batch"),
+               "preset": ({"preset": "mixed"}, "mixed" in accepts.presets, "has no presets"),
+               "fp16": ({"precision": "fp16"}, "fp16" in accepts.precisions, f"target {name} makes")}
+    for given, taken, refusal in options.values():
+        base = {"precision": "int8", "calib": "calib"} if accepts.precisions == ("int8",) else {}
+        chosen = ConvertOptions(target=name, **{**base, **given})
+        if taken:
+            check_target_options(name, chosen)
+        else:
+            with pytest.raises(TargetError, match=refusal):
+                check_target_options(name, chosen)

@@ -12,7 +12,7 @@ import pytest
 from edgeres.errors import ConversionError
 from edgeres.targets import jetson
 from edgeres.targets.jetson import TENSORRT_RULES, activation_scales, read_calibration_cache
-from tests.test_cli import assert_one_red_line, run_cli
+from tests.conftest import assert_one_red_line, run_cli
 
 pytestmark = pytest.mark.slow
 

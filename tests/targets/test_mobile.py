@@ -10,7 +10,6 @@ import cv2
 import numpy as np
 import pytest
 
-from edgeres.conversion.pipeline import torch_logits
 from edgeres.golden import check_golden
 from edgeres.preprocess import Preprocess
 from edgeres.runtime.classifier import Classifier
@@ -28,7 +27,7 @@ def logits_and_reference(path, model, held_out, count: int = 450):
     classifier = Classifier(path)
     frames, _ = held_out
     crops = [classifier.preprocess.resize_and_crop(frame) for frame in frames[:count]]
-    reference = torch_logits(model.module, Preprocess.imagenet(32).tensors(crops))
+    reference = model.logits(Preprocess.imagenet(32).tensors(crops))
     return classifier, classifier.logits_batch(frames[:count]), reference
 
 

@@ -13,7 +13,6 @@ from edgeres.errors import ConversionError, TargetError
 from edgeres.targets.npu import (
     NpuTarget,
     check_no_dynamic_shapes,
-    check_opset,
     check_qdq_everywhere,
     check_static_batch1,
 )
@@ -30,7 +29,7 @@ def npu_model(converted) -> onnx.ModelProto:
 def test_all_rules_recorded_as_passed(converted) -> None:
     checks = converted("npu", "int8").record.checks
     assert [c["rule"] for c in checks] == [
-        "static batch-1 inputs and outputs", "opset 13 or newer", "no dynamic shapes", "QDQ around every op"]
+        "static batch-1 inputs and outputs", "no dynamic shapes", "QDQ around every op"]
     assert all(c["passed"] for c in checks)
 
 
@@ -47,12 +46,6 @@ def test_dynamic_batch_breaks_static_batch1(npu_model) -> None:
 def test_batch_of_two_breaks_static_batch1(npu_model) -> None:
     npu_model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
     assert "input has batch 2" in check_static_batch1(npu_model)["detail"]
-
-
-def test_old_opset_breaks_opset_rule(npu_model) -> None:
-    next(o for o in npu_model.opset_import if o.domain == "").version = 11
-    check = check_opset(npu_model)
-    assert not check["passed"] and check["detail"] == "opset 11 < 13"
 
 
 def test_dynamic_shapes_rule(converted) -> None:

@@ -45,7 +45,6 @@ def test_takes_raw_pixels_and_normalises_in_the_graph(converted, model, held_out
     Square frames: on others the square's own centring can round a pixel the other way.
     """
     from edgeres.preprocess import Preprocess
-    from edgeres.quantization.simulate import logits as torch_logits
 
     result = converted("x86", precision)
     spec = Preprocess.from_dict(result.record.preprocess)
@@ -56,7 +55,7 @@ def test_takes_raw_pixels_and_normalises_in_the_graph(converted, model, held_out
     squares = [spec.replace(crop=spec.resize).resize_and_crop(frame) for frame in frames]
     compiled = ov.Core().compile_model(str(result.path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     plain = np.concatenate([compiled(square[None])[0] for square in squares])
-    reference = torch_logits(model.module, Preprocess.imagenet(32).tensors(crops))
+    reference = model.logits(Preprocess.imagenet(32).tensors(crops))
     if precision == "fp32":
         assert np.abs(plain - reference).max() <= 1e-3
     else:

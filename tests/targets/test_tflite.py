@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from edgeres.exporters import tflite_tools
-from edgeres.conversion.pipeline import ConvertOptions, convert, torch_logits
+from edgeres.conversion.pipeline import ConvertOptions, convert
 from edgeres.errors import TargetError
 from edgeres.preprocess import Preprocess
 from edgeres.runtime.classifier import Classifier
@@ -25,7 +25,7 @@ def test_fp32_logits_match_pytorch(converted, model, held_out) -> None:
     classifier = Classifier(converted("rpi", "fp32").path)
     frames, _ = held_out
     crops = [classifier.preprocess.resize_and_crop(frame) for frame in frames[:64]]
-    reference = torch_logits(model.module, Preprocess.imagenet(32).tensors(crops))
+    reference = model.logits(Preprocess.imagenet(32).tensors(crops))
     assert np.abs(classifier.logits_batch(frames[:64]) - reference).max() < 1e-4
 
 

@@ -1,0 +1,90 @@
+"""INT8 by search: the quantization design's plans, each built by the target and judged for real."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..calibration.folder import CalibrationSet
+from ..errors import EdgeresError
+from ..models import LoadedModel
+from ..preprocess import Preprocess
+from ..quantization.design import QuantizationDesign, QuantizationPlan
+from ..quantization.search import Attempt, Bar, Measured, SearchResult, search
+from ..targets.base import Built, ConvertJob, Target
+from .measure import EvalSet, artifact_logits
+from .options import DEFAULT_MAX_DROP, ConvertOptions
+
+
+@dataclass
+class Int8Outcome:
+    """What the search tried and the attempt it kept."""
+
+    result: SearchResult
+    bar: Bar
+    evaluated_on: str
+
+    @property
+    def best(self) -> Attempt:
+        return self.result.best
+
+    @property
+    def first(self) -> Attempt:
+        return self.result.attempts[0]
+
+    @property
+    def built(self) -> Built:
+        return self.best.built
+
+    @property
+    def plan(self) -> QuantizationPlan:
+        return self.best.plan
+
+    @property
+    def met(self) -> bool:
+        return self.result.met
+
+    def summary(self) -> dict:
+        """The search as the record and the report keep it."""
+        result = self.result
+        return {"bar": asdict(self.bar), "evaluated_on": self.evaluated_on, "met": result.met,
+                "attempts": [attempt.row() for attempt in result.attempts], "simulated_choices": result.simulated,
+                "sensitivity_top": [[name, gain] for name, gain in result.sensitivity[:10]],
+                "chosen": result.attempts.index(result.best)}
+
+
+def search_int8(model: LoadedModel, options: ConvertOptions, target: Target, job: ConvertJob, spec: Preprocess,
+                calibration: CalibrationSet, data: EvalSet, scratch: Path, log: Callable[[str], None]) -> Int8Outcome:
+    log(f"Collecting activation statistics on {len(calibration)} calibration images")
+    design = QuantizationDesign(model.module, spec.tensors(calibration.crops), spec.tensors(data.crops), data.truth,
+                                target.placement, target.activation_grid(job), reference=data.reference)
+    _check_layers(options.keep, design.layer_names)
+    count = iter(range(1000))
+
+    def attempt(plan: QuantizationPlan) -> tuple[Measured, Built]:
+        built = target.build(job, plan, scratch / f"attempt-{next(count)}")
+        primary = built.artifacts[0]
+        judged = data.judge(artifact_logits(primary.path, primary.preprocess, data.crops))
+        size_mb = sum(path.stat().st_size for path in primary.files) / 1e6
+        return Measured(**asdict(judged), size_mb=size_mb), built
+
+    bar = accuracy_bar(options, data)
+    log(f"Accuracy bar: {bar.describe()} on {data.describe()}")
+    method = None if options.calib_method == "auto" else options.calib_method
+    result = search(design, attempt, bar, method=method, bias_correction=options.bias_correction,
+                    keep=tuple(options.keep), max_kept=options.max_kept, log=log)
+    return Int8Outcome(result, bar, data.describe())
+
+
+def accuracy_bar(options: ConvertOptions, data: EvalSet) -> Bar:
+    max_drop = options.max_drop
+    if max_drop is None and data.truth is not None:
+        max_drop = DEFAULT_MAX_DROP
+    return Bar(options.min_agreement, max_drop)
+
+
+def _check_layers(names: tuple[str, ...], layers: list[str]) -> None:
+    unknown = [name for name in names if name not in layers]
+    if unknown:
+        raise EdgeresError(f"no layer named {', '.join(unknown)} in the model; layers are {', '.join(layers)}")
