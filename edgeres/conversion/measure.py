@@ -7,9 +7,9 @@ own preprocessing spec.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -39,12 +39,23 @@ def artifact_logits(path: Path, spec: Preprocess, crops: Sequence[np.ndarray], t
 @dataclass
 class EvalSet:
     """Crops an artifact is judged on (resized and cropped once), with their true classes when known,
-    and the FP32 model's logits on them: computed once per conversion."""
+    and the FP32 model's logits on them: computed once per conversion, where something needs them."""
 
     crops: list[np.ndarray]
     truth: np.ndarray | None
     source: str  # "validation", "calibration" or "random"
-    reference: np.ndarray
+    fp32_logits: Callable[[list[np.ndarray]], np.ndarray] = field(repr=False)
+    _reference: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def reference(self) -> np.ndarray:
+        if self._reference is None:
+            self._reference = self.fp32_logits(self.crops)
+        return self._reference
+
+    def reference_of(self, count: int) -> np.ndarray:
+        """FP32's logits on the first `count` crops, without computing the rest where nothing did yet."""
+        return self.reference[:count] if self._reference is not None else self.fp32_logits(self.crops[:count])
 
     def judge(self, logits: np.ndarray) -> Judged:
         return judge(logits, self.reference, self.truth)
@@ -67,7 +78,7 @@ def evaluation_set(model: LoadedModel, spec: Preprocess, val: Path | None, calib
         crops, truth, source = calibration.crops, None, "calibration"
     else:
         crops, truth, source = random_crops(spec, seed), None, "random"
-    return EvalSet(crops, truth, source, model.logits(spec.tensors(crops)))
+    return EvalSet(crops, truth, source, lambda chosen: model.logits(spec.tensors(chosen)))
 
 
 def _labelled_crops(folder: Path, labels: list[str], spec: Preprocess) -> tuple[list[np.ndarray], np.ndarray]:

@@ -1,7 +1,7 @@
 """What a conversion is asked for, and every check made on it before any work is done.
 
-The defaults and ranges here are the CLI's too: its help and choices are built from them,
-and from each target's registry row (what the target accepts).
+The defaults and ranges here are the CLI's too: its help and choices are built from them.
+What each target accepts is its registry row's (edgeres.targets.registry), checked by the target.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..calibration import DEFAULT_CALIB_SIZE
-from ..errors import CalibrationError, EdgeresError, TargetError
+from ..errors import CalibrationError, EdgeresError
 from ..exporters.common import MIN_OPSET
 from ..quantization.ranges import METHODS
 from ..runtime.base import check_threads
-from ..targets.registry import PRECISIONS, REGISTRY, accepting
+from ..targets.registry import PRECISIONS
 
 MIN_IMGSZ, MAX_IMGSZ = 32, 1024  # above 1024 a ResNet's activations alone outgrow a device's memory
 DEFAULT_IMGSZ = 224
@@ -104,19 +104,3 @@ def check_name(name: str) -> str:
                            "'+' (no '/', no '..', not starting with a dot), e.g. --name resnet18_v2")
     return name
 
-
-def check_target_options(target: str, options: ConvertOptions) -> None:
-    """Refuse what the target's registry row does not accept, naming the targets that do."""
-    accepts = REGISTRY[target].accepts
-    if options.precision not in accepts.precisions:
-        hint = ": add --int8 --calib DIR" if accepts.precisions == ("int8",) else ""
-        raise TargetError(f"target {target} makes {', '.join(accepts.precisions)}, not {options.precision}{hint}")
-    if options.preset is not None and options.preset not in accepts.presets:
-        if accepts.presets:
-            raise TargetError(f"--preset must be one of {', '.join(accepts.presets)}, got {options.preset!r}")
-        raise TargetError(f"--preset is for target {', '.join(accepting('presets'))}; target {target} has no presets")
-    if options.dynamic_batch and accepts.static_batch:
-        raise TargetError(f"{accepts.static_batch}: drop --dynamic-batch")
-    if options.opset is not None and not accepts.opset:
-        raise TargetError(f"--opset is for targets made from an ONNX export ({', '.join(accepting('opset'))}); "
-                          f"target {target} is not: drop --opset")

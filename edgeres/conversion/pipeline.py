@@ -30,7 +30,7 @@ from ..targets.base import Built, BuiltArtifact, ConvertJob, Target
 from ..written import mark_written
 from .int8 import Int8Outcome, search_int8
 from .measure import EvalSet, artifact_logits, evaluation_set, random_crops
-from .options import DEFAULT_OPSET, ConvertOptions, check_name, check_target_options  # noqa: F401  (the API's)
+from .options import DEFAULT_OPSET, ConvertOptions, check_name  # noqa: F401  (check_name: the API's)
 from .output import OutputSet, scratch_folder
 from .verify import enforce, other_modes
 
@@ -65,7 +65,8 @@ def convert(model: LoadedModel, options: ConvertOptions, *, progress: Progress =
 
         check_report_files(Path(options.out_dir))
     target, profile = resolve_target(options.target)
-    check_target_options(target.name, options)
+    target.check_options(options.precision, dynamic_batch=options.dynamic_batch, opset=options.opset,
+                         preset=options.preset)
     spec = Preprocess.imagenet(options.imgsz)
     stem = options.name or f"{model.arch}_{profile.name if profile else target.name}_{options.precision}"
     calibration = _calibration(options, spec, progress, log)
@@ -116,7 +117,7 @@ def _reference_samples(context: _Context) -> tuple[list[np.ndarray], np.ndarray]
     logits on them: the evaluation set's own where they are its crops."""
     data = context.data
     if data.source != "validation":
-        return data.crops[:MAX_REFERENCE_SAMPLES], data.reference[:MAX_REFERENCE_SAMPLES]
+        return data.crops[:MAX_REFERENCE_SAMPLES], data.reference_of(MAX_REFERENCE_SAMPLES)
     crops = context.calibration.crops if context.calibration else random_crops(context.spec, context.options.seed)
     crops = crops[:MAX_REFERENCE_SAMPLES]
     return crops, context.model.logits(context.spec.tensors(crops))

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, ClassVar, Protocol
 
 from ..artifact import ArtifactRecord, TensorSpec
-from .registry import REGISTRY, Accepts
+from ..errors import TargetError
+from .registry import REGISTRY, Accepts, refusal
 
 if TYPE_CHECKING:  # not at import: the CLI's --help lists the targets on a device without OpenCV
     from ..calibration import CalibrationSet
@@ -79,14 +80,18 @@ class Built:
 class Target(Protocol):
     name: ClassVar[str]
     summary: ClassVar[str]
-    precisions: tuple[str, ...]  # its registry row's (Accepts)
-    presets: tuple[str, ...]  # quantization presets it accepts, () for none
+    precisions: ClassVar[tuple[str, ...]]  # from its registry row (Accepts)
+    presets: ClassVar[tuple[str, ...]]  # quantization presets it accepts, () for none
     layout: ClassVar[str]  # NCHW or NHWC input
     tolerance: ClassVar[Tolerance]
     # Where its INT8 graph quantizes activations besides every layer's input (see quantization.simulate),
     # and what a layer kept out of INT8 becomes.
     placement: ClassVar[frozenset[str]]
     higher_precision: ClassVar[str]
+
+    def check_options(self, precision: str, *, dynamic_batch: bool, opset: int | None,
+                      preset: str | None = None) -> None:
+        """Raise TargetError for options this target does not accept (before any work is done)."""
 
     def input_spec(self, model_spec: Preprocess) -> Preprocess:
         """The artifact's input, derived from the PyTorch model's (same resize and crop)."""
@@ -102,19 +107,21 @@ class Target(Protocol):
 
 
 class TargetBase:
-    """What every target shares: what it accepts, read from its registry row, and the common tolerance."""
+    """What every target shares: what it accepts, from its registry row, and the common tolerance."""
 
     name: ClassVar[str]
+    accepts: ClassVar[Accepts]
+    precisions: ClassVar[tuple[str, ...]]
+    presets: ClassVar[tuple[str, ...]]
     tolerance: ClassVar[Tolerance] = Tolerance()
 
-    @property
-    def accepts(self) -> Accepts:
-        return REGISTRY[self.name].accepts
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.accepts = REGISTRY[cls.name].accepts
+        cls.precisions, cls.presets = cls.accepts.precisions, cls.accepts.presets
 
-    @property
-    def precisions(self) -> tuple[str, ...]:
-        return self.accepts.precisions
-
-    @property
-    def presets(self) -> tuple[str, ...]:
-        return self.accepts.presets
+    def check_options(self, precision: str, *, dynamic_batch: bool, opset: int | None,
+                      preset: str | None = None) -> None:
+        why = refusal(self.name, precision, preset=preset, dynamic_batch=dynamic_batch, opset=opset)
+        if why:
+            raise TargetError(why)

@@ -42,6 +42,25 @@ REGISTRY: dict[str, Entry] = {
 }
 
 
+def refusal(name: str, precision: str, *, preset: str | None = None, dynamic_batch: bool = False,
+            opset: int | None = None) -> str | None:
+    """Why target `name` does not take these options, naming the targets that do; None where it takes them."""
+    accepts = REGISTRY[name].accepts
+    if precision not in accepts.precisions:
+        hint = ": add --int8 --calib DIR" if accepts.precisions == ("int8",) else ""
+        return f"target {name} makes {', '.join(accepts.precisions)}, not {precision}{hint}"
+    if preset is not None and preset not in accepts.presets:
+        if accepts.presets:
+            return f"--preset must be one of {', '.join(accepts.presets)}, got {preset!r}"
+        return f"--preset is for target {', '.join(accepting('presets'))}; target {name} has no presets"
+    if dynamic_batch and accepts.static_batch:
+        return f"{accepts.static_batch}: drop --dynamic-batch"
+    if opset is not None and not accepts.opset:
+        return (f"--opset is for targets made from an ONNX export ({', '.join(accepting('opset'))}); "
+                f"target {name} is not: drop --opset")
+    return None
+
+
 def accepting(option: str) -> list[str]:
     """The targets whose row takes `option` (opset, dynamic_batch, presets)."""
     taken = {"opset": lambda a: a.opset, "dynamic_batch": lambda a: a.static_batch is None,
