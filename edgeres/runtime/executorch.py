@@ -67,6 +67,40 @@ def probe_load(path: Path) -> None:
     _probed[key] = None
 
 
+def _program_loader():
+    """path -> a program with `method_names` and `load_method(name).execute(inputs)`: ExecuTorch's native
+    loader where it is where this edgeres knows it (executorch.runtime's wrapper imports the exporter
+    first, 10-30 s for every process that opens a .pte), else the public API."""
+    try:
+        from executorch.extension.pybindings import _C
+    except ImportError:
+        from executorch.runtime import Runtime
+
+        return Runtime.get().load_program
+    return lambda path: _NativeProgram(_C._load_program(path, enable_etdump=False, debug_buffer_size=0,
+                                                        data_path=None,
+                                                        program_verification=_C.Verification.InternalConsistency))
+
+
+class _NativeProgram:
+    """The native program as executorch.runtime.Program presents it."""
+
+    def __init__(self, program) -> None:
+        self._program = program
+        self.method_names = {program.get_method_name(index) for index in range(program.num_methods())}
+
+    def load_method(self, name: str) -> "_NativeMethod":
+        return _NativeMethod(self._program.load_method(name))
+
+
+class _NativeMethod:
+    def __init__(self, method) -> None:
+        self._method = method
+
+    def execute(self, inputs: list) -> list:
+        return self._method(inputs)
+
+
 class ExecuTorchBackend:
     name: ClassVar[str] = "executorch"
     execution_precisions: ClassVar[tuple[str, ...]] = ()  # runs as built
@@ -83,13 +117,13 @@ class ExecuTorchBackend:
             # importing executorch logs a torch deprecation and loading prints native cpuinfo
             # probes to stderr; `--verbose` (logs.set_verbose) lets them through
             with quiet():
-                from executorch.runtime import Runtime
+                load_program = _program_loader()
         except ImportError:
             raise BackendUnavailableError(f".pte artifacts need ExecuTorch's runtime: {install_hint('mobile')}") from None
         probe_load(path)
         try:
             with quiet():
-                self._program = Runtime.get().load_program(str(path))
+                self._program = load_program(str(path))
                 self._method = self._program.load_method("forward")
         except Exception as error:  # the runtime raises its own untyped errors; its reason goes to stderr
             raise ArtifactError(f"{path} is not a loadable ExecuTorch program: {error} (run again with --verbose "
