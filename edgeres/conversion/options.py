@@ -1,7 +1,7 @@
 """What a conversion is asked for, and every check made on it before any work is done.
 
 The defaults and ranges here are the CLI's too: its help and choices are built from them.
-What each target accepts is its registry row's (edgeres.targets.registry), checked by the target.
+What each target accepts is its registry row's (edgeres.targets.registry).
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..calibration import DEFAULT_CALIB_SIZE
-from ..errors import CalibrationError, EdgeresError
+from ..errors import CalibrationError, EdgeresError, TargetError
 from ..exporters.common import MIN_OPSET
 from ..quantization.ranges import METHODS
 from ..runtime.base import check_threads
-from ..targets.registry import PRECISIONS
+from ..targets import profile_of
+from ..targets.registry import PRECISIONS, refusal
 
 MIN_IMGSZ, MAX_IMGSZ = 32, 1024  # above 1024 a ResNet's activations alone outgrow a device's memory
 DEFAULT_IMGSZ = 224
@@ -76,6 +77,15 @@ class ConvertOptions:
             if not MIN_OPSET <= self.opset <= MAX_OPSET:
                 raise EdgeresError(f"--opset must be between {MIN_OPSET} and {MAX_OPSET} (what this ONNX exporter "
                                    f"writes), got {self.opset}")
+        self._check_target()
+
+    def _check_target(self) -> None:
+        """What the target's registry row does not take, refused before a model is even loaded."""
+        profile = profile_of(self.target)
+        why = refusal(profile.target if profile else self.target, self.precision, preset=self.preset,
+                      dynamic_batch=self.dynamic_batch, opset=self.opset)
+        if why:
+            raise TargetError(why)
 
     def _check_int8(self) -> None:
         if self.precision != "int8" and (self.keep or self.max_drop is not None):

@@ -19,12 +19,19 @@ def get_target(name: str) -> Target:
 
 def resolve_target(name: str) -> tuple[Target, DeviceProfile | None]:
     """A target name (onnx, rpi, ...) or a device profile name (rpi4, rpi5, ...)."""
+    profile = profile_of(name)
+    return get_target(profile.target if profile else name), profile
+
+
+def profile_of(name: str) -> DeviceProfile | None:
+    """The device profile `name` names, None for a target name; an error for neither (without importing
+    any converter, so options are checked before any work)."""
     if name in REGISTRY:
-        return get_target(name), None
+        return None
     profile = load_profile(name)
     if profile is None:
         raise TargetError(
             f"unknown target {name!r}; choose a target ({', '.join(REGISTRY)}) "
             f"or a device profile ({', '.join(profile_names())})"
         )
-    return get_target(profile.target), profile
+    return profile

@@ -83,12 +83,16 @@ def test_each_target_refuses_what_its_row_does_not_accept(name: str) -> None:
                "preset": ({"preset": "mixed"}, "mixed" in accepts.presets, "has no presets"),
                "fp16": ({"precision": "fp16"}, "fp16" in accepts.precisions, f"target {name} makes")}
     for given, taken, refusal in options.values():
-        base = {"precision": "int8", "calib": "calib"} if accepts.precisions == ("int8",) else {}
-        chosen = ConvertOptions(target=name, **{**base, **given})
+        chosen = {"target": name, "precision": "fp32", **({"precision": "int8", "calib": "calib"}
+                                                          if accepts.precisions == ("int8",) else {}), **given}
         check = lambda: get_target(name).check_options(  # noqa: E731
-            chosen.precision, dynamic_batch=chosen.dynamic_batch, opset=chosen.opset, preset=chosen.preset)
+            chosen["precision"], dynamic_batch=chosen.get("dynamic_batch", False), opset=chosen.get("opset"),
+            preset=chosen.get("preset"))
         if taken:
+            ConvertOptions(**chosen)
             check()
-        else:
-            with pytest.raises(TargetError, match=refusal):
-                check()
+            continue
+        with pytest.raises(TargetError, match=refusal):
+            ConvertOptions(**chosen)  # before any model is loaded
+        with pytest.raises(TargetError, match=refusal):
+            check()
