@@ -17,8 +17,8 @@ import typer
 from . import console
 from .architectures import ARCHITECTURES
 from .calibration import DEFAULT_CALIB_SIZE
-from .conversion.options import (CALIBRATION_METHODS, DEFAULT_IMGSZ, DEFAULT_MAX_DROP, DEFAULT_MAX_KEPT,
-                                 DEFAULT_MIN_AGREEMENT, DEFAULT_OPSET, MAX_IMGSZ, MIN_IMGSZ)
+from .conversion.options import (CALIBRATION_METHODS, DEFAULT_FINETUNE_MINUTES, DEFAULT_IMGSZ, DEFAULT_MAX_DROP,
+                                 DEFAULT_MAX_KEPT, DEFAULT_MIN_AGREEMENT, DEFAULT_OPSET, MAX_IMGSZ, MIN_IMGSZ)
 from .errors import EdgeresError, import_failure
 from .logs import set_verbose
 from .termination import Terminated, terminate, watch_for_sigterm
@@ -109,7 +109,8 @@ def convert(
     seed: Annotated[int, typer.Option(help="Seed for sampling calibration images.")] = 0,
     val: Annotated[Optional[Path], typer.Option(
         help="Labelled ImageFolder (DIR/<class>/images) that INT8 is judged on: the accuracy bar and the report "
-        "(default: agreement with FP32 on the calibration images).")] = None,
+        "(default: agreement with FP32 on a quarter of the calibration images, held back from quantization).")
+                                 ] = None,
     max_drop: Annotated[Optional[float], typer.Option(
         help=f"INT8 bar: at most this many top-1 percentage points lost on --val (default {DEFAULT_MAX_DROP:g} "
         "with --val).")] = None,
@@ -121,13 +122,28 @@ def convert(
     keep_float: Annotated[Optional[list[str]], typer.Option(
         "--keep-float", "--keep", help="INT8: keep this layer out of INT8 (repeatable), e.g. --keep fc: float "
         "where the target runs float, 16-bit activations on npu.")] = None,
+    finetune: Annotated[Optional[bool], typer.Option(
+        "--finetune/--no-finetune", help="INT8: quantization-aware fine-tuning (distillation from FP32 on the "
+        "calibration images, no labels needed). Default: only when no calibration-only attempt meets the bar; "
+        "--finetune: in any case; --no-finetune: never.")] = None,
+    finetune_minutes: Annotated[float, typer.Option(
+        help="INT8: time budget of the fine-tuning; the best state so far is kept (Ctrl-C too).")
+                                ] = DEFAULT_FINETUNE_MINUTES,
+    finetune_steps: Annotated[Optional[int], typer.Option(
+        help="INT8: fine-tuning steps of 32 images (default: 40 passes over the training images, at most 2000; "
+        "the time budget may end it first).")] = None,
+    train: Annotated[Optional[Path], typer.Option(
+        help="INT8: labelled ImageFolder (DIR/<class>/images) the fine-tuning learns from, adding the task loss "
+        "to distillation (default: the calibration images, unlabelled).")] = None,
     verbose: Verbose = False,
 ) -> None:
     """Convert a trained ResNet into a verified artifact for one target, and prove it.
 
     INT8 is searched until it meets the bar (--min-agreement, --max-drop): ranges chosen in
     simulation, then the most sensitive layers kept out of INT8, each attempt measured for
-    real. If none meets it, the best is kept, reported, and the command exits 1.
+    real; if none meets it, the closest is fine-tuned (quantization-aware) and measured
+    again. Without --val, a quarter of the calibration images is held back to judge on. If
+    no attempt meets the bar, the best is kept, reported, and the command exits 1.
 
     Ends with each artifact's accuracy against FP32, latency and size on this machine, also
     written to report.json, report.md and report.png in the output folder.
@@ -150,6 +166,8 @@ def convert(
         calib_method=calib_method, bias_correction=bias_correction, imgsz=imgsz, dynamic_batch=dynamic_batch,
         opset=opset, name=name, seed=seed, preset=preset, verbose=verbose, keep=tuple(keep_float or ()), val=val,
         max_drop=max_drop, min_agreement=min_agreement, max_kept=max_kept,
+        finetune={None: "auto", True: "always", False: "never"}[finetune], finetune_minutes=finetune_minutes,
+        finetune_steps=finetune_steps, train=train,
     )
     source = checkpoint.name if checkpoint is not None else f"torchvision's {weights} weights" if weights else None
     if source is None:

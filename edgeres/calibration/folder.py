@@ -24,6 +24,10 @@ def no_progress(items: Iterable[Any], description: str, total: int) -> Iterable[
     return items
 
 
+HELD_OUT_EVERY = 4  # a quarter of the calibration images judge INT8 where no --val is given
+MIN_TO_HOLD_OUT = 40  # below it, judging on 10 images would say little: all are used, and the record says so
+
+
 @dataclass
 class CalibrationSet:
     """Calibration images, resized and cropped (uint8 BGR, crop x crop x 3), and a summary.
@@ -37,6 +41,16 @@ class CalibrationSet:
 
     def __len__(self) -> int:
         return len(self.crops)
+
+    def held_out(self) -> tuple["CalibrationSet", "CalibrationSet | None"]:
+        """(the images quantization may use, every HELD_OUT_EVERY-th image, which it never sees), so that INT8
+        is judged on images that set no range and trained no weight; (self, None) when too few to spare."""
+        if len(self.crops) < MIN_TO_HOLD_OUT:
+            return self, None
+        held = self.crops[HELD_OUT_EVERY - 1::HELD_OUT_EVERY]
+        used = [crop for index, crop in enumerate(self.crops) if index % HELD_OUT_EVERY != HELD_OUT_EVERY - 1]
+        return (CalibrationSet(used, {**self.summary, "used": len(used), "held_out": len(held)}),
+                CalibrationSet(held, {**self.summary, "used": len(held)}))
 
 
 def find_images(folder: Path) -> list[Path]:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..calibration.folder import CalibrationSet
+from ..calibration.folder import CalibrationSet, Progress, no_progress
 from ..errors import EdgeresError
 from ..models import LoadedModel
 from ..preprocess import Preprocess
@@ -24,6 +24,12 @@ class Int8Outcome:
     result: SearchResult
     bar: Bar
     evaluated_on: str
+    finetune_runs: dict[int, dict] = field(default_factory=dict)  # id of a fine-tuned plan's module -> its run
+
+    @property
+    def finetune(self) -> dict | None:
+        """What the fine-tuning of the kept attempt did, if it was fine-tuned."""
+        return self.finetune_runs.get(id(self.plan.module)) if self.plan.finetuned else None
 
     @property
     def best(self) -> Attempt:
@@ -49,13 +55,15 @@ class Int8Outcome:
         """The search as the record and the report keep it."""
         result = self.result
         return {"bar": asdict(self.bar), "evaluated_on": self.evaluated_on, "met": result.met,
+                "finetune": self.finetune,
                 "attempts": [attempt.row() for attempt in result.attempts], "simulated_choices": result.simulated,
                 "sensitivity_top": [[name, gain] for name, gain in result.sensitivity[:10]],
                 "chosen": result.attempts.index(result.best)}
 
 
 def search_int8(model: LoadedModel, options: ConvertOptions, target: Target, job: ConvertJob, spec: Preprocess,
-                calibration: CalibrationSet, data: EvalSet, scratch: Path, log: Callable[[str], None]) -> Int8Outcome:
+                calibration: CalibrationSet, data: EvalSet, scratch: Path, log: Callable[[str], None],
+                track: Progress = no_progress) -> Int8Outcome:
     log(f"Collecting activation statistics on {len(calibration)} calibration images")
     design = QuantizationDesign(model.module, spec.tensors(calibration.crops), spec.tensors(data.crops), data.truth,
                                 target.placement, target.activation_grid(job), reference=data.reference)
@@ -72,9 +80,44 @@ def search_int8(model: LoadedModel, options: ConvertOptions, target: Target, job
     bar = accuracy_bar(options, data)
     log(f"Accuracy bar: {bar.describe()} on {data.describe()}")
     method = None if options.calib_method == "auto" else options.calib_method
+    remedy = None if options.finetune == "never" else _finetuner(design, options, spec, model, data, track, log)
     result = search(design, attempt, bar, method=method, bias_correction=options.bias_correction,
-                    keep=tuple(options.keep), max_kept=options.max_kept, log=log)
-    return Int8Outcome(result, bar, data.describe())
+                    keep=tuple(options.keep), max_kept=options.max_kept, log=log, finetune=remedy,
+                    always_finetune=options.finetune == "always")
+    return Int8Outcome(result, bar, data.describe(), remedy.runs if remedy else {})
+
+
+class _Finetuner:
+    """The search's last remedy: the design's fine-tuning, on the calibration images or --train."""
+
+    def __init__(self, design: QuantizationDesign, options: ConvertOptions, train, labels, source: str, track,
+                 log) -> None:
+        self.design, self.options, self.track, self.log = design, options, track, log
+        self.train, self.labels, self.source = train, labels, source
+        self.runs: dict[int, dict] = {}  # id of a fine-tuned plan's module -> what its run did
+
+    def __call__(self, plan: QuantizationPlan) -> QuantizationPlan:
+        options = self.options
+        budget = f"{options.finetune_steps} steps or " if options.finetune_steps else ""
+        self.log(f"Fine-tuning the closest plan (quantization-aware, on {self.source}; at most {budget}"
+                 f"{options.finetune_minutes:g} min; Ctrl-C keeps the best so far)")
+        tuned, run = self.design.finetuned(plan, seconds=60 * options.finetune_minutes, steps=options.finetune_steps,
+                                           train=self.train, labels=self.labels, seed=options.seed,
+                                           track=self.track, log=self.log)
+        self.runs[id(tuned.module)] = {**run.describe(), "data": self.source}
+        return tuned
+
+
+def _finetuner(design: QuantizationDesign, options: ConvertOptions, spec: Preprocess, model: LoadedModel,
+               data: EvalSet, track, log) -> _Finetuner:
+    if options.train is None:
+        return _Finetuner(design, options, None, None, f"{len(design.calibration)} calibration images, "
+                          "by distillation from FP32", track, log)
+    from .measure import labelled_crops
+
+    crops, truth = labelled_crops(options.train, model.labels, spec, "--train")
+    return _Finetuner(design, options, spec.tensors(crops), truth,
+                      f"{len(crops)} labelled --train images, by distillation from FP32 and their labels", track, log)
 
 
 def accuracy_bar(options: ConvertOptions, data: EvalSet) -> Bar:

@@ -43,7 +43,7 @@ class EvalSet:
 
     crops: list[np.ndarray]
     truth: np.ndarray | None
-    source: str  # "validation", "calibration" or "random"
+    source: str  # "validation", "held-out calibration", "calibration" or "random"
     fp32_logits: Callable[[list[np.ndarray]], np.ndarray] = field(repr=False)
     _reference: np.ndarray | None = field(default=None, repr=False)
 
@@ -69,11 +69,14 @@ RANDOM_IMAGES = 8  # without calibration images, exports are checked on seeded r
 
 
 def evaluation_set(model: LoadedModel, spec: Preprocess, val: Path | None, calibration: CalibrationSet | None,
-                   seed: int) -> EvalSet:
-    """The labelled --val images; else the calibration images (agreement only); else seeded random images."""
+                   seed: int, held_out: CalibrationSet | None = None) -> EvalSet:
+    """The labelled --val images; else calibration images held out from quantization, or the calibration
+    images themselves (agreement only); else seeded random images."""
     if val is not None:
-        crops, truth = _labelled_crops(val, model.labels, spec)
+        crops, truth = labelled_crops(val, model.labels, spec, "--val")
         source = "validation"
+    elif held_out is not None:
+        crops, truth, source = held_out.crops, None, "held-out calibration"
     elif calibration is not None:
         crops, truth, source = calibration.crops, None, "calibration"
     else:
@@ -81,7 +84,9 @@ def evaluation_set(model: LoadedModel, spec: Preprocess, val: Path | None, calib
     return EvalSet(crops, truth, source, lambda chosen: model.logits(spec.tensors(chosen)))
 
 
-def _labelled_crops(folder: Path, labels: list[str], spec: Preprocess) -> tuple[list[np.ndarray], np.ndarray]:
+def labelled_crops(folder: Path, labels: list[str], spec: Preprocess, option: str
+                   ) -> tuple[list[np.ndarray], np.ndarray]:
+    """Up to MAX_EVAL_IMAGES images of a labelled ImageFolder, spread over its classes, as crops."""
     from ..errors import EvaluationError
     from ..evaluate import read_labelled_folder
     from ..images import ImageError, decode_image
@@ -93,7 +98,7 @@ def _labelled_crops(folder: Path, labels: list[str], spec: Preprocess) -> tuple[
         try:
             image = decode_image(path)
         except ImageError as error:
-            raise EvaluationError(f"--val: {error}; remove it or replace it") from None
+            raise EvaluationError(f"{option}: {error}; remove it or replace it") from None
         crops.append(spec.resize_and_crop(image))
         truth.append(label)
     return crops, np.array(truth)

@@ -27,6 +27,9 @@ DEFAULT_MAX_DROP = 0.3  # top-1 points, with labelled --val images
 DEFAULT_MAX_KEPT = 16
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 CALIBRATION_METHODS = ("auto", *METHODS)
+FINETUNE_MODES = ("auto", "always", "never")  # auto: the search's last remedy, when calibration misses the bar
+DEFAULT_FINETUNE_MINUTES = 10.0
+MAX_FINETUNE_STEPS = 100_000
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,10 @@ class ConvertOptions:
     max_kept: int = DEFAULT_MAX_KEPT  # INT8: at most this many layers kept out of INT8 by the search
     report: bool = True  # measure latency and write report.json/md/png
     threads: int | None = None  # for the report's latency
+    finetune: str = "auto"  # INT8: quantization-aware fine-tuning (FINETUNE_MODES)
+    finetune_minutes: float = DEFAULT_FINETUNE_MINUTES  # its time budget; the best state so far is kept
+    finetune_steps: int | None = None  # None: a number of passes over the training images
+    train: Path | None = None  # labelled ImageFolder: fine-tuning adds the task loss on it
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -105,6 +112,23 @@ class ConvertOptions:
             raise EdgeresError(f"--min-agreement is a fraction between 0 and 1, got {self.min_agreement:g}")
         if self.max_kept < 0:
             raise EdgeresError(f"--max-kept cannot be negative, got {self.max_kept}")
+        self._check_finetune()
+
+    def _check_finetune(self) -> None:
+        if self.finetune not in FINETUNE_MODES:
+            raise EdgeresError(f"finetune must be one of {', '.join(FINETUNE_MODES)}, got {self.finetune!r}")
+        if self.precision != "int8" and (self.finetune == "always" or self.train is not None):
+            raise EdgeresError("--finetune and --train are for INT8: add --int8 --calib DIR")
+        if self.finetune == "never" and self.train is not None:
+            raise EdgeresError("--train is what fine-tuning learns from; it cannot go with --no-finetune")
+        if not (math.isfinite(self.finetune_minutes) and self.finetune_minutes > 0):
+            raise EdgeresError(f"--finetune-minutes must be a positive number of minutes, got {self.finetune_minutes}")
+        if self.finetune_steps is not None and not 1 <= self.finetune_steps <= MAX_FINETUNE_STEPS:
+            raise EdgeresError(f"--finetune-steps must be between 1 and {MAX_FINETUNE_STEPS}, got "
+                               f"{self.finetune_steps}")
+        if self.train is not None and not Path(self.train).is_dir():
+            raise EdgeresError(f"--train {self.train} is not a folder: give a labelled ImageFolder "
+                               "(DIR/<class>/images), as eval reads them")
 
 
 def check_name(name: str) -> str:

@@ -70,7 +70,13 @@ def convert(model: LoadedModel, options: ConvertOptions, *, progress: Progress =
     spec = Preprocess.imagenet(options.imgsz)
     stem = options.name or f"{model.arch}_{profile.name if profile else target.name}_{options.precision}"
     calibration = _calibration(options, spec, progress, log)
-    data = evaluation_set(model, spec, options.val, calibration, options.seed)
+    held = None
+    if options.precision == "int8" and options.val is None:
+        calibration, held = calibration.held_out()
+        log(f"Judging INT8 on {len(held)} calibration images held back from quantization (--val DIR: on labelled "
+            "images instead)" if held else f"Judging INT8 on the {len(calibration)} calibration images themselves: "
+            "too few to hold some back (give more, or --val DIR)")
+    data = evaluation_set(model, spec, options.val, calibration, options.seed, held_out=held)
     job = ConvertJob(module=model.module, arch=model.arch, labels=model.labels, preprocess=target.input_spec(spec),
                      model_preprocess=spec, precision=options.precision, stem=stem,
                      calibration=calibration if options.precision == "int8" else None,
@@ -79,7 +85,7 @@ def convert(model: LoadedModel, options: ConvertOptions, *, progress: Progress =
     context = _Context(model, options, target, profile, spec, calibration, data, job, log)
     with scratch_folder() as scratch, OutputSet(Path(options.out_dir), stem) as output:
         if options.precision == "int8":
-            search = search_int8(model, options, target, job, spec, calibration, data, Path(scratch), log)
+            search = search_int8(model, options, target, job, spec, calibration, data, Path(scratch), log, progress)
             built = search.built
         else:
             built, search = target.build(job, None, Path(scratch) / "build"), None
@@ -238,9 +244,13 @@ def _bar_failure(result: ConvertResult, options: ConvertOptions, data: EvalSet) 
     advice = []
     if kept < options.max_kept or options.max_kept == 0:
         advice.append(f"--max-kept above {options.max_kept}")
-    if len(data.crops) < 300 and data.source == "calibration":
+    if len(data.crops) < 300 and data.source != "validation":
         advice.append("more calibration images (--calib-size)")
     advice.append("a looser bar (--min-agreement, --max-drop)")
+    if options.finetune == "never":
+        advice.append("fine-tuning (leave out --no-finetune)")
+    elif search.get("finetune") and search["finetune"]["stopped"] == "time":
+        advice.append("a longer --finetune-minutes")
     advice.append("--fp16")
     return (f"no INT8 artifact met the bar ({tried} tried, up to {kept} layers kept out of INT8): the best, "
             f"{result.path.name}, agrees with FP32 on {best['agreement']:.2%}{drop}; it was kept and reported. "

@@ -152,7 +152,8 @@ def attempt_cells(search: dict) -> list[list[str]]:
     for index, attempt in enumerate(search["attempts"]):
         drop = "n/a" if attempt["drop_points"] is None else f"{attempt['drop_points']:+.2f}"
         bar = ("met" if attempt["met"] else "missed") + (" (kept)" if index == search["chosen"] else "")
-        cells.append([str(index), attempt["range_method"], "yes" if attempt["bias_correction"] else "no",
+        method = attempt["range_method"] + (", fine-tuned" if attempt.get("finetuned") else "")
+        cells.append([str(index), method, "yes" if attempt["bias_correction"] else "no",
                       ", ".join(attempt["kept_higher"]) or "-", f"{attempt['agreement']:.2%}", drop,
                       f"{attempt['size_mb']:.1f}", bar])
     return cells
@@ -167,6 +168,12 @@ def _search_lines(row: dict) -> list[str]:
     if search["sensitivity_top"]:
         lines += ["", "Most sensitive layers (simulated KL gained by keeping each out of INT8): "
                   + ", ".join(f"{name} {gain:.1e}" for name, gain in search["sensitivity_top"][:8])]
+    if search.get("finetune"):
+        run = search["finetune"]
+        curve = ", ".join(f"{p['agreement']:.1%}" for p in run["curve"] if p["agreement"] is not None)
+        lines += ["", f"Fine-tuned (quantization-aware) on {run['data']}: {run['steps']} of {run['planned_steps']} "
+                  f"steps in {run['seconds']:.0f} s (ended by {run['stopped']}); simulated held-out agreement along "
+                  f"the run: {curve or 'not measured'}"]
     if row.get("all_int8"):
         base = row["all_int8"]
         lines += ["", f"Cost of the layers kept out: {row['size_mb'] - base['size_mb']:+.2f} MB, "

@@ -12,6 +12,7 @@ import copy
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,6 +24,9 @@ from .ranges import AUTO_METHODS, Range, choose, minmax
 from ..models import module_logits
 from .simulate import ALL_PLACEMENTS, GRIDS, simulated
 from .statistics import collect
+
+if TYPE_CHECKING:
+    from .finetune import FinetuneRun
 
 SENSITIVITY_IMAGES = 64
 CHOICE_IMAGES = 256
@@ -38,16 +42,19 @@ class QuantizationPlan:
     method: str
     bias_correction: bool
     higher: tuple[str, ...] = ()  # layers kept in the target's higher precision
+    finetuned: bool = False  # weights, biases and ranges trained by quantization-aware fine-tuning
 
     def with_higher(self, higher: tuple[str, ...]) -> "QuantizationPlan":
-        return QuantizationPlan(self.module, self.ranges, self.method, self.bias_correction, tuple(higher))
+        return QuantizationPlan(self.module, self.ranges, self.method, self.bias_correction, tuple(higher),
+                                self.finetuned)
 
     def describe(self) -> dict:
         return {
             "algorithm": "edgeres: BatchNorm folded, per-tensor activation ranges by "
                          f"{self.method}{' + fast bias correction' if self.bias_correction else ''}, "
-                         "per-channel symmetric int8 weights",
-            "range_method": self.method, "bias_correction": self.bias_correction,
+                         "per-channel symmetric int8 weights"
+                         f"{', then quantization-aware fine-tuning' if self.finetuned else ''}",
+            "range_method": self.method, "bias_correction": self.bias_correction, "finetuned": self.finetuned,
             "points": len(self.ranges), "kept_higher": list(self.higher),
         }
 
@@ -78,8 +85,10 @@ class QuantizationDesign:
         self.reference = module_logits(self.folded, evaluation) if reference is None else reference
         # bias correction measures the shift on the target's grid, so plans are per grid
         self._plans: dict[tuple[str, bool], QuantizationPlan] = memo.setdefault(("plans", grid), {})
-        self._simulated: dict[tuple, Simulated] = memo.setdefault(("simulated", placement, grid, _digest(evaluation)),
+        self._simulated: dict[tuple, tuple[QuantizationPlan, Simulated]] = memo.setdefault(("simulated", placement, grid, _digest(evaluation)),
                                                                   {})
+        # one fine-tuning per grid and placement: targets that share them share the run
+        self._finetuned: dict[tuple, tuple] = memo.setdefault(("finetuned", placement, grid), {})
 
     def plan(self, method: str, bias_correction: bool, higher: tuple[str, ...] = ()) -> QuantizationPlan:
         key = (method, bias_correction)
@@ -97,10 +106,12 @@ class QuantizationDesign:
 
     def simulate(self, plan: QuantizationPlan, subset: int | None = None) -> Simulated:
         """The plan's INT8 model, simulated, against FP32 on the evaluation inputs (the first `subset`)."""
-        key = (plan.method, plan.bias_correction, plan.higher, subset)
+        # by identity of the weights and ranges (a fine-tuned plan has the same names); the plan is kept
+        # with its result, so those identities cannot be reused by another plan
+        key = (plan.higher, subset, id(plan.module), id(plan.ranges))
         if key not in self._simulated:
-            self._simulated[key] = self._simulate(plan, subset)
-        return self._simulated[key]
+            self._simulated[key] = (plan, self._simulate(plan, subset))
+        return self._simulated[key][1]
 
     def _simulate(self, plan: QuantizationPlan, subset: int | None) -> Simulated:
         inputs, reference = self.evaluation[:subset], self.reference[:subset]
@@ -121,6 +132,25 @@ class QuantizationDesign:
                               "simulated_agreement": result.agreement, "simulated_kl": result.kl})
         best = min(table, key=lambda row: (row["simulated_kl"], -row["simulated_agreement"]))
         return self.plan(best["range_method"], best["bias_correction"]), table
+
+    def finetuned(self, plan: QuantizationPlan, *, seconds: float, steps: int | None = None,
+                  train: np.ndarray | None = None, labels: np.ndarray | None = None, seed: int = 0,
+                  track=None, log=None) -> tuple[QuantizationPlan, "FinetuneRun"]:
+        """`plan` after quantization-aware fine-tuning on `train` (default: the calibration images), by
+        distillation from FP32 (and `labels`' task loss); the evaluation inputs only draw its curve."""
+        from .finetune import finetune
+
+        images = self.calibration if train is None else train
+        key = (plan.method, plan.bias_correction, plan.higher, seconds, steps, seed, _digest(images),
+               None if labels is None else _digest(labels), _digest(self.evaluation))
+        if key not in self._finetuned:
+            extra = {name: value for name, value in (("track", track), ("log", log)) if value is not None}
+            module, ranges, run = finetune(plan.module, plan.ranges, plan.higher, self.folded, images, self.evaluation,
+                                           self.reference, placement=self.placement, grid=self.grid, seconds=seconds,
+                                           steps=steps, labels=labels, seed=seed, **extra)
+            tuned = QuantizationPlan(module, ranges, plan.method, plan.bias_correction, plan.higher, finetuned=True)
+            self._finetuned[key] = (tuned, run)
+        return self._finetuned[key]
 
     def sensitivity(self, plan: QuantizationPlan) -> list[tuple[str, float]]:
         """Each layer, by how much keeping it out of INT8 brings the simulated model closer to FP32 (KL)."""

@@ -6,7 +6,8 @@ the bar, layers are ranked by how much keeping each out of INT8 helps (simulated
 top 1, 2, 4, 8, ... are kept in the target's higher precision, each attempt built and
 measured for real, until one meets the bar or the limit on kept layers is reached. If
 none does, the other range methods and bias corrections (next closest in simulation) are
-tried with the layers kept by the closest attempt.
+tried with the layers kept by the closest attempt. The last remedy, where the caller gives
+it, is quantization-aware fine-tuning of the closest attempt's plan.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ class Attempt:
         m = self.measured
         return {"range_method": self.plan.method, "bias_correction": self.plan.bias_correction,
                 "kept_higher": list(self.plan.higher), "agreement": m.agreement, "accuracy": m.accuracy,
-                "drop_points": m.drop_points, "mean_kl": m.mean_kl, "size_mb": m.size_mb, "met": self.met}
+                "drop_points": m.drop_points, "mean_kl": m.mean_kl, "size_mb": m.size_mb, "met": self.met,
+                "finetuned": self.plan.finetuned}
 
 
 @dataclass
@@ -73,8 +75,14 @@ class SearchResult:
 
 def search(design: QuantizationDesign, attempt: Callable[[QuantizationPlan], tuple[Measured, object]], bar: Bar, *,
            method: str | None = None, bias_correction: bool | None = None, keep: tuple[str, ...] = (),
-           max_kept: int = 16, log: Callable[[str], None] = print) -> SearchResult:
-    """Build INT8 artifacts until one meets `bar`; `attempt(plan)` builds one and measures it."""
+           max_kept: int = 16, log: Callable[[str], None] = print,
+           finetune: Callable[[QuantizationPlan], QuantizationPlan] | None = None,
+           always_finetune: bool = False) -> SearchResult:
+    """Build INT8 artifacts until one meets `bar`; `attempt(plan)` builds one and measures it.
+
+    `finetune(plan)`, the last remedy, gives a fine-tuned plan: tried when no calibration-only
+    attempt meets the bar, or in any case with `always_finetune`.
+    """
     plan, simulated = _first_plan(design, method, bias_correction, log)
     plan = plan.with_higher(keep)
     attempts = [_run(attempt, plan, bar, log)]
@@ -95,6 +103,9 @@ def search(design: QuantizationDesign, attempt: Callable[[QuantizationPlan], tup
             attempts.append(_run(attempt, other, bar, log))
             if attempts[-1].met:
                 break
+    if finetune is not None and (always_finetune or not any(a.met for a in attempts)):
+        closest = max(attempts, key=lambda a: _preference(a, bar))
+        attempts.append(_run(attempt, finetune(closest.plan), bar, log))
     best = max(attempts, key=lambda a: _preference(a, bar))
     return SearchResult(best, attempts, simulated, ranking)
 
@@ -118,7 +129,7 @@ def _run(attempt, plan: QuantizationPlan, bar: Bar, log: Callable[[str], None]) 
     met = bar.met(measured.agreement, measured.drop_points)
     kept = ", ".join(plan.higher) if plan.higher else "nothing"
     drop = "" if measured.drop_points is None else f", {measured.drop_points:+.2f} points top-1"
-    log(f"INT8 with {kept} kept out: agreement {measured.agreement:.2%}{drop} "
+    log(f"{'Fine-tuned ' if plan.finetuned else ''}INT8 with {kept} kept out: agreement {measured.agreement:.2%}{drop} "
         f"({'meets' if met else 'misses'} the bar)")
     return Attempt(plan, measured, met, built)
 

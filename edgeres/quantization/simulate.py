@@ -79,7 +79,7 @@ def simulated(module: torch.nn.Module, ranges: dict[str, Range], *, placement: f
                 continue
             target = named[layer.name]
             handles.append(target.register_forward_pre_hook(_input_quantizer(ranges[layer.input_point], grid)))
-            if _output_quantized(layer, placement):
+            if output_quantized(layer, placement):
                 handles.append(target.register_forward_hook(_output_quantizer(ranges[layer.name], grid)))
             if weights:
                 saved[layer.name] = target.weight.data
@@ -92,7 +92,7 @@ def simulated(module: torch.nn.Module, ranges: dict[str, Range], *, placement: f
             named[name].weight.data = weight
 
 
-def _output_quantized(layer: Layer, placement: frozenset[str]) -> bool:
+def output_quantized(layer: Layer, placement: frozenset[str]) -> bool:
     return (layer.feeds_add and BRANCHES in placement) or (layer.name == "fc" and LOGITS in placement)
 
 

@@ -56,7 +56,7 @@ def test_the_npu_cannot_rescue_int8_weights_and_says_so(sensitive_model, calib_d
     must try keeping fc, keep the best artifact and report that the bar was not met.
     """
     options = ConvertOptions(target="npu", precision="int8", out_dir=tmp_path, calib=calib_dir, calib_size=64,
-                             imgsz=DEMO_IMGSZ, val=digits.test_dir, report=False, max_kept=1)
+                             imgsz=DEMO_IMGSZ, val=digits.test_dir, report=False, max_kept=1, finetune="never")
     with pytest.raises(AccuracyBarError) as raised:
         convert(sensitive_model, options, log=lambda message: None)
     result = raised.value.result
@@ -75,9 +75,11 @@ def test_a_bar_that_cannot_be_met_keeps_the_best_and_exits_1(monkeypatch, capsys
     code, out, err = run_cli(monkeypatch, capsys, "convert", tmp_path / "sensitive.pt", "--target", "npu", "--int8",
                              "--calib", calib_dir, "--calib-size", "64", "--imgsz", DEMO_IMGSZ,
                              "--labels", digits.labels_file, "--val", digits.test_dir, "--max-kept", "0",
-                             "--out", tmp_path / "out")
+                             "--finetune-steps", "2", "--out", tmp_path / "out")
     assert_one_red_line(code, err, "no INT8 artifact met the bar")
     assert "--max-kept above 0" in err and "INT8 attempts" in out  # advice not yet tried; the table of attempts
+    # fine-tuning, the last remedy, was tried (two steps cannot repair fc's weights) and is in the table
+    assert "fine-tuned" in out and "Fine-tuning the closest plan" in err
     assert (tmp_path / "out" / "resnet18_npu_int8" / "resnet18_npu_int8.onnx").is_file()
     row = json.loads((tmp_path / "out" / "report.json").read_text())["artifacts"][0]
     assert row["search"]["met"] is False and row["search"]["attempts"][0]["agreement"] < 0.5
@@ -92,9 +94,45 @@ def test_a_bar_that_cannot_be_met_keeps_the_best_and_exits_1(monkeypatch, capsys
     (["--keep", "layer9", "--int8"], "no layer named layer9"),
     (["--min-agreement", "1.5", "--int8"], "--min-agreement is a fraction between 0 and 1"),
     (["--calib-method", "median", "--int8"], "--calib-method must be one of auto, minmax"),
+    (["--finetune"], "--finetune and --train are for INT8"),
+    (["--finetune-minutes", "0", "--int8"], "--finetune-minutes must be a positive number"),
+    (["--finetune-minutes", "nan", "--int8"], "--finetune-minutes must be a positive number"),
+    (["--finetune-steps", "0", "--int8"], "--finetune-steps must be between 1 and"),
+    (["--train", "VAL", "--no-finetune", "--int8"], "cannot go with --no-finetune"),
+    (["--train", "missing-folder", "--int8"], "--train missing-folder is not a folder"),
 ])
 def test_bad_search_options(monkeypatch, capsys, checkpoint, calib_dir, digits, tmp_path: Path, args, message) -> None:
     args = [str(digits.test_dir) if a == "VAL" else a for a in args]
     code, _, err = run_cli(monkeypatch, capsys, "convert", checkpoint, "--target", "onnx", "--calib", calib_dir,
                            "--calib-size", "20", "--imgsz", DEMO_IMGSZ, "--out", tmp_path, *args)
     assert_one_red_line(code, err, message)
+
+
+def test_fine_tuning_never_sees_the_images_int8_is_judged_on(monkeypatch, model, calib_dir, tmp_path: Path) -> None:
+    """Without --val a quarter of the calibration images is held back: neither the ranges nor the
+    fine-tuning see it, and the bar, the record and the report are judged on it."""
+    import numpy as np
+
+    from edgeres.quantization import finetune as finetune_module
+
+    seen = {}
+    original = finetune_module.finetune
+
+    def spy(module, ranges, higher, teacher, train, held_out, held_reference, **options):
+        seen["train"], seen["held_out"] = train, held_out
+        return original(module, ranges, higher, teacher, train, held_out, held_reference, **options)
+
+    monkeypatch.setattr(finetune_module, "finetune", spy)
+    options = ConvertOptions(target="onnx", precision="int8", out_dir=tmp_path, calib=calib_dir, calib_size=64,
+                             imgsz=DEMO_IMGSZ, report=False, finetune="always", finetune_steps=4, seed=3)
+    result = convert(model, options, log=lambda message: None)
+    search = result.search
+    assert search["evaluated_on"] == "16 held-out calibration images"
+    assert (result.record.calibration["used"], result.record.calibration["held_out"]) == (48, 16)
+    train, held = seen["train"].reshape(len(seen["train"]), -1), seen["held_out"].reshape(16, -1)
+    assert len(train) == 48 and not any(np.array_equal(row, other) for row in held for other in train)
+    tuned = [attempt for attempt in search["attempts"] if attempt["finetuned"]]
+    assert len(tuned) == 1  # --finetune: tried although the first attempt met the bar
+    if search["finetune"]:  # the fine-tuned attempt was the one kept
+        assert search["finetune"]["steps"] == 4 and result.record.quantization["design"]["finetuned"]
+    assert search["attempts"][0]["finetuned"] is False

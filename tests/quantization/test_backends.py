@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 def plan_of(model, calib_dir):
     """The plan the pipeline applied to an artifact, recomputed from the same calibration images."""
     spec = Preprocess.imagenet(DEMO_IMGSZ)
-    crops = read_image_folder(calib_dir, spec, size=200).crops
+    crops = read_image_folder(calib_dir, spec, size=200).held_out()[0].crops  # the quarter held back sets nothing
     design = QuantizationDesign(model.module, spec.tensors(crops), spec.tensors(crops))
 
     def get(record):
@@ -41,11 +41,52 @@ def _activation_scales(model: onnx.ModelProto) -> dict[str, tuple[float, int]]:
             for node in model.graph.node if node.op_type == "QuantizeLinear" and node.input[0] not in constants}
 
 
+@pytest.fixture(scope="module")
+def tuned(model, calib_dir, tmp_path_factory):
+    """A fine-tuned plan whose weights and ranges differ from calibration's, and tuned_built(target): the
+    artifact each target's own tool makes of it, as the pipeline's search would."""
+    from edgeres.targets import resolve_target
+    from edgeres.targets.base import ConvertJob
+
+    spec = Preprocess.imagenet(DEMO_IMGSZ)
+    used, held = read_image_folder(calib_dir, spec, size=200).held_out()
+    design = QuantizationDesign(model.module, spec.tensors(used.crops), spec.tensors(held.crops))
+    plan, _ = design.best_plan()
+    tuned_plan, _ = design.finetuned(plan, seconds=600, steps=30)
+    # the check below could not tell the plans apart if fine-tuning had changed nothing
+    moved = [abs(a[1] - b[1]) / max(abs(b[1]), 1e-6) for a, b in zip(tuned_plan.ranges.values(), plan.ranges.values())]
+    assert np.median(moved) > 1e-3
+    built = {}
+
+    def tuned_built(target_name: str):
+        if target_name not in built:
+            target, _ = resolve_target(target_name)
+            job = ConvertJob(module=model.module, arch=model.arch, labels=model.labels,
+                             preprocess=target.input_spec(spec), model_preprocess=spec, precision="int8",
+                             stem=f"tuned_{target_name}", calibration=used, log=lambda message: None)
+            scratch = tmp_path_factory.mktemp(f"tuned-{target_name}")
+            built[target_name] = target.build(job, tuned_plan, scratch).artifacts[0].path
+        return built[target_name]
+
+    return tuned_plan, tuned_built
+
+
+def _artifact_and_plan(case: str, target: str, converted, plan_of, tuned):
+    if case == "calibrated":
+        result = converted(target, "int8")
+        return result.path, plan_of(result.record)
+    plan, built = tuned
+    return built(target), plan
+
+
+CASES = ["calibrated", "fine-tuned"]
+
+
+@pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("target, symmetric", [("onnx", False), ("npu", False), ("jetson", True)])
-def test_onnx_qdq_scales_are_the_plans(converted, plan_of, target: str, symmetric: bool) -> None:
-    result = converted(target, "int8")
-    plan = plan_of(result.record)
-    model = onnx.load(str(result.path))
+def test_onnx_qdq_scales_are_the_plans(converted, plan_of, tuned, case: str, target: str, symmetric: bool) -> None:
+    path, plan = _artifact_and_plan(case, target, converted, plan_of, tuned)
+    model = onnx.load(str(path))
     points = tensor_points(_float_graph(model))
     scales = _activation_scales(model)
     checked = 0
@@ -57,6 +98,22 @@ def test_onnx_qdq_scales_are_the_plans(converted, plan_of, target: str, symmetri
         assert scale == pytest.approx(expected, rel=1e-5), tensor
         checked += 1
     assert checked >= 20  # every activation quantizer of a ResNet18, not a handful
+    _check_weights(model, plan)
+
+
+def _check_weights(model: onnx.ModelProto, plan) -> None:
+    """conv1's int8 weights, dequantized, are the plan's weights as the simulation quantizes them."""
+    from edgeres.quantization.simulate import quantize_weight
+
+    constants = _constants(model)
+    expected = quantize_weight(plan.module.conv1.weight.detach()).numpy()
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in constants and constants[node.input[0]].ndim == 4:
+            weight, scale = constants[node.input[0]].astype(np.float32), constants[node.input[1]]
+            if weight.shape == expected.shape:
+                np.testing.assert_allclose(weight * scale.reshape(-1, 1, 1, 1), expected, atol=1e-6)
+                return
+    raise AssertionError("no int8 weight of conv1's shape in the QDQ graph")
 
 
 def _float_graph(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -80,12 +137,12 @@ def _float_graph(model: onnx.ModelProto) -> onnx.ModelProto:
     return graph
 
 
-def test_openvino_fake_quantize_ranges_are_the_plans(converted, plan_of) -> None:
+@pytest.mark.parametrize("case", CASES)
+def test_openvino_fake_quantize_ranges_are_the_plans(converted, plan_of, tuned, case: str) -> None:
     import openvino as ov
 
-    result = converted("x86", "int8")
-    plan = plan_of(result.record)
-    model = ov.Core().read_model(str(result.path))
+    path, plan = _artifact_and_plan(case, "x86", converted, plan_of, tuned)
+    model = ov.Core().read_model(str(path))
     fakes = [op for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"]
     assert len(fakes) >= 20
     uses = {float(max(-low, high)) for low, high in plan.ranges.values()}  # the performance preset is symmetric
@@ -94,17 +151,17 @@ def test_openvino_fake_quantize_ranges_are_the_plans(converted, plan_of) -> None
         assert any(abs(high - h) <= 1e-5 * max(1.0, abs(h)) for h in uses), fq.get_friendly_name()
 
 
-def test_tflite_scales_are_the_plans(converted, plan_of) -> None:
+@pytest.mark.parametrize("case", CASES)
+def test_tflite_scales_are_the_plans(converted, plan_of, tuned, case: str) -> None:
     from ai_edge_litert.interpreter import Interpreter
 
     from edgeres.quantization.tflite_backend import op_points
 
-    result = converted("rpi", "int8")
-    plan = plan_of(result.record)
-    interpreter = Interpreter(model_path=str(result.path))
+    path, plan = _artifact_and_plan(case, "rpi", converted, plan_of, tuned)
+    interpreter = Interpreter(model_path=str(path))
     by_name = {d["name"]: d for d in interpreter.get_tensor_details()}
     # map on the quantized file itself: op order and tensor names survive ai-edge-quantizer
-    points, _ = op_points(result.path.read_bytes(), plan.module, (0.0, 255.0))
+    points, _ = op_points(path.read_bytes(), plan.module, (0.0, 255.0))
     checked = 0
     for name, point in points.items():
         if not isinstance(point, str) or name not in by_name:
@@ -118,15 +175,15 @@ def test_tflite_scales_are_the_plans(converted, plan_of) -> None:
     assert checked >= 20
 
 
-def test_executorch_scales_are_the_plans(converted, plan_of) -> None:
+@pytest.mark.parametrize("case", CASES)
+def test_executorch_scales_are_the_plans(converted, plan_of, tuned, case: str) -> None:
     """The .pte's quantize ops use the plan's scales (read from the lowered program's XNNPACK payload is
     opaque, so the check runs on the same PT2E program the target lowers)."""
     import torch
 
     from edgeres.quantization.executorch_backend import pt2e_int8
 
-    result = converted("mobile", "int8")
-    plan = plan_of(result.record)
+    plan = plan_of(converted("mobile", "int8").record) if case == "calibrated" else tuned[0]
     program, _ = pt2e_int8(plan, torch.zeros(1, 3, DEMO_IMGSZ, DEMO_IMGSZ))
     scales = sorted({float(node.args[1]) for node in program.graph.nodes
                      if "quantize_per_tensor" in str(node.target) and isinstance(node.args[1], float)})
