@@ -28,8 +28,8 @@ class Int8Outcome:
 
     @property
     def finetune(self) -> dict | None:
-        """What the fine-tuning of the kept attempt did, if it was fine-tuned."""
-        return self.finetune_runs.get(id(self.plan.module)) if self.plan.finetuned else None
+        """What the search's fine-tuning did (its attempt kept or not), if it fine-tuned."""
+        return next(iter(self.finetune_runs.values()), None)
 
     @property
     def best(self) -> Attempt:

@@ -202,7 +202,12 @@ def chart_figure(rows: list[dict]):
     labelled = all(r["accuracy"] is not None for r in rows)
     quality = [100 * (r["accuracy"] if labelled else r["agreement"]) for r in rows]
     latency = [r["latency_p50_ms"] for r in rows]
-    figure, axis = plt.subplots(figsize=(9, 5.5))
+    tuned = [r for r in rows if ((r.get("search") or {}).get("finetune") or {}).get("curve")]
+    if tuned:
+        figure, (axis, curve_axis) = plt.subplots(1, 2, figsize=(15, 5.5), gridspec_kw={"width_ratios": [3, 2]})
+        _finetune_panel(curve_axis, tuned)
+    else:
+        figure, axis = plt.subplots(figsize=(9, 5.5))
     axis.scatter(latency, quality, s=60, color="#4c72b0", zorder=3)
     for row, x, y in zip(rows, latency, quality):
         axis.annotate(f"{row['artifact']}\n{y:.2f}%, {x:.2f} ms, {row['size_mb']:.1f} MB", (x, y),
@@ -229,3 +234,24 @@ def chart_figure(rows: list[dict]):
     axis.grid(alpha=0.3)
     figure.tight_layout()
     return figure
+
+
+def _finetune_panel(axis, rows: list[dict]) -> None:
+    """The fine-tuning runs: loss on the training images and simulated agreement on the held-out ones."""
+    loss_axis = axis.twinx()
+    for row in rows:
+        curve = row["search"]["finetune"]["curve"]
+        steps = [point["step"] for point in curve]
+        measured = [(point["step"], 100 * point["agreement"]) for point in curve if point["agreement"] is not None]
+        if measured:
+            axis.plot(*zip(*measured), marker="o", label=f"{row['artifact']}: held-out agreement")
+        loss_axis.plot(steps, [point["loss"] for point in curve], linestyle="--", color="#999999",
+                       label=f"{row['artifact']}: training loss")
+    axis.set_xlabel("fine-tuning step")
+    axis.set_ylabel("simulated top-1 agreement with FP32 on held-out images, %")
+    loss_axis.set_ylabel("distillation loss (KL) on training images")
+    axis.set_title("quantization-aware fine-tuning", fontsize=10)
+    lines, labels = axis.get_legend_handles_labels()
+    more, more_labels = loss_axis.get_legend_handles_labels()
+    axis.legend(lines + more, labels + more_labels, fontsize=7, loc="lower right")
+    axis.grid(alpha=0.3)

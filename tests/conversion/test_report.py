@@ -90,3 +90,17 @@ def test_the_chart_never_marks_agreement_above_100_percent() -> None:
     axis = chart_figure(rows).axes[0]
     assert axis.get_ylim()[1] > 100  # room for the values written above the points
     assert max(axis.get_yticks()) <= 100
+
+
+def test_the_chart_shows_a_fine_tuning_run_beside_the_artifacts() -> None:
+    from edgeres.conversion.report import chart_figure
+
+    curve = [{"step": s, "seconds": s / 2, "loss": 0.02 / s, "agreement": 0.9 + s / 1000, "kl": 0.01} for s in (10, 20, 30)]
+    tuned = {"artifact": "m_int8.onnx", "model": "resnet18", "accuracy": None, "fp32_accuracy": None,
+             "agreement": 0.97, "latency_p50_ms": 3.0, "size_mb": 11.0, "eval_images": 50,
+             "eval_source": "held-out calibration", "search": {"finetune": {"curve": curve}}}
+    plain = {**tuned, "artifact": "m_fp32.onnx", "search": None}
+    assert len(chart_figure([plain]).axes) == 1  # no run, no panel
+    axes = chart_figure([plain, tuned]).axes
+    assert len(axes) == 3 and "fine-tuning" in axes[1].get_title()  # the panel and its loss axis
+    assert list(axes[1].lines[0].get_ydata()) == [91.0, 92.0, 93.0]

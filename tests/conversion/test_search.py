@@ -133,6 +133,7 @@ def test_fine_tuning_never_sees_the_images_int8_is_judged_on(monkeypatch, model,
     assert len(train) == 48 and not any(np.array_equal(row, other) for row in held for other in train)
     tuned = [attempt for attempt in search["attempts"] if attempt["finetuned"]]
     assert len(tuned) == 1  # --finetune: tried although the first attempt met the bar
-    if search["finetune"]:  # the fine-tuned attempt was the one kept
-        assert search["finetune"]["steps"] == 4 and result.record.quantization["design"]["finetuned"]
+    assert search["finetune"]["steps"] == 4 and search["finetune"]["training_images"] == 48
+    chosen = search["attempts"][search["chosen"]]
+    assert result.record.quantization["design"]["finetuned"] == chosen["finetuned"]
     assert search["attempts"][0]["finetuned"] is False
