@@ -216,9 +216,13 @@ def _pt2e_qat(module, calib: np.ndarray, truth: np.ndarray, val: np.ndarray, min
     _train(prepared, calib, truth, minutes, steps)
     move_exported_model_to_eval(prepared)
     converted = convert_pt2e(prepared)
-    with torch.no_grad():
-        return torch.cat([converted(torch.from_numpy(val[i:i + QAT_BATCH])) for i in range(0, len(val), QAT_BATCH)
-                          if len(val[i:i + QAT_BATCH]) == QAT_BATCH]).numpy()
+    rows = []
+    with torch.no_grad():  # the exported program's batch is fixed: the last batch is padded, its padding dropped
+        for i in range(0, len(val), QAT_BATCH):
+            batch = val[i:i + QAT_BATCH]
+            padded = np.concatenate([batch, np.repeat(batch[-1:], QAT_BATCH - len(batch), axis=0)])
+            rows.append(converted(torch.from_numpy(padded)).numpy()[:len(batch)])
+    return np.concatenate(rows)
 
 
 def edgeres_target(fixture: Fixture, model, target: str, out: Path, finetune_minutes: float,
@@ -240,12 +244,23 @@ def edgeres_target(fixture: Fixture, model, target: str, out: Path, finetune_min
     calibrated = [a for a in attempts if not a["finetuned"]]
     rows = {f"edgeres {target}": _row(attempts[search["chosen"]], len(attempts), seconds)}
     if len(calibrated) < len(attempts):  # it fine-tuned: the best it had before, and the fine-tuned attempt
-        before = max(calibrated, key=lambda a: (a["met"], -len(a["kept_higher"]), a["agreement"]))
+        before = max(calibrated, key=lambda a: _preference(a, search["bar"]))
         tuned = next(a for a in attempts if a["finetuned"])
         rows = {f"edgeres {target} (calibration only)": _row(before, len(calibrated), None),
                 f"edgeres {target} (+ fine-tuning)": {**_row(tuned, len(attempts), seconds),
                                                        "finetune": search["finetune"]}}
     return rows
+
+
+def _preference(attempt: dict, bar: dict) -> tuple:
+    """edgeres.quantization.search._preference on the summary's rows: met with the fewest layers kept,
+    else the least shortfall."""
+    if attempt["met"]:
+        return (1, -len(attempt["kept_higher"]), attempt["agreement"])
+    shortfall = max(0.0, bar["min_agreement"] - attempt["agreement"])
+    if bar["max_drop"] is not None and attempt["drop_points"] is not None:
+        shortfall += max(0.0, attempt["drop_points"] - bar["max_drop"]) / 100
+    return (0, -shortfall, -len(attempt["kept_higher"]))
 
 
 def _row(attempt: dict, count: int, seconds: float | None) -> dict:
@@ -287,13 +302,14 @@ def main(argv: list[str] | None = None) -> int:
         found = {}
         if not args.no_peers:
             found.update(peers(fixture, model.module))
-        if args.qat_peers:
-            steps = args.finetune_steps or 2000
+        if args.qat_peers:  # edgeres' budget: its steps (with --val it trains on every calibration image)
+            from edgeres.quantization.finetune import planned_steps
+
+            steps = args.finetune_steps or planned_steps(len(find_images(fixture.calib_dir)))
             found.update(qat_peers(fixture, model.module, args.finetune_minutes, steps))
         for name, logits in found.items():
-            count = len(logits)  # PT2E's exported batch is fixed: whole batches of the val images
-            row["methods"][name] = {"drop_points": 100 * (fp32 - accuracy(logits, truth[:count])),
-                                    "agreement": agreement(reference[:count], logits)}
+            row["methods"][name] = {"drop_points": 100 * (fp32 - accuracy(logits, truth)),
+                                    "agreement": agreement(reference, logits)}
             _print(name, row["methods"][name])
         with tempfile.TemporaryDirectory() as out:
             for target in args.targets:

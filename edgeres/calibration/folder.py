@@ -47,8 +47,12 @@ class CalibrationSet:
         is judged on images that set no range and trained no weight; (self, None) when too few to spare."""
         if len(self.crops) < MIN_TO_HOLD_OUT:
             return self, None
-        held = self.crops[HELD_OUT_EVERY - 1::HELD_OUT_EVERY]
-        used = [crop for index, crop in enumerate(self.crops) if index % HELD_OUT_EVERY != HELD_OUT_EVERY - 1]
+        if self.summary.get("source") in ("video", "camera"):  # neighbouring frames are near copies: the last quarter
+            cut = len(self.crops) - len(self.crops) // HELD_OUT_EVERY
+            used, held = self.crops[:cut], self.crops[cut:]
+        else:
+            held = self.crops[HELD_OUT_EVERY - 1::HELD_OUT_EVERY]
+            used = [crop for index, crop in enumerate(self.crops) if index % HELD_OUT_EVERY != HELD_OUT_EVERY - 1]
         return (CalibrationSet(used, {**self.summary, "used": len(used), "held_out": len(held)}),
                 CalibrationSet(held, {**self.summary, "used": len(held)}))
 

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..calibration.folder import CalibrationSet, Progress, no_progress
+from ..calibration.folder import MIN_TO_HOLD_OUT, CalibrationSet, Progress, no_progress
 from ..errors import EdgeresError
 from ..models import LoadedModel
 from ..preprocess import Preprocess
@@ -24,7 +24,7 @@ class Int8Outcome:
     result: SearchResult
     bar: Bar
     evaluated_on: str
-    finetune_runs: dict[int, dict] = field(default_factory=dict)  # id of a fine-tuned plan's module -> its run
+    finetune_runs: dict[int, dict] = field(default_factory=dict)  # the search's fine-tuning run, if any
 
     @property
     def finetune(self) -> dict | None:
@@ -80,7 +80,7 @@ def search_int8(model: LoadedModel, options: ConvertOptions, target: Target, job
     bar = accuracy_bar(options, data)
     log(f"Accuracy bar: {bar.describe()} on {data.describe()}")
     method = None if options.calib_method == "auto" else options.calib_method
-    remedy = None if options.finetune == "never" else _finetuner(design, options, spec, model, data, track, log)
+    remedy = _finetuner(design, options, spec, model, data, track, log)
     result = search(design, attempt, bar, method=method, bias_correction=options.bias_correction,
                     keep=tuple(options.keep), max_kept=options.max_kept, log=log, finetune=remedy,
                     always_finetune=options.finetune == "always")
@@ -88,36 +88,53 @@ def search_int8(model: LoadedModel, options: ConvertOptions, target: Target, job
 
 
 class _Finetuner:
-    """The search's last remedy: the design's fine-tuning, on the calibration images or --train."""
+    """The search's last remedy: the design's fine-tuning, on the calibration images or --train (read when
+    the remedy runs, not before)."""
 
-    def __init__(self, design: QuantizationDesign, options: ConvertOptions, train, labels, source: str, track,
-                 log) -> None:
-        self.design, self.options, self.track, self.log = design, options, track, log
-        self.train, self.labels, self.source = train, labels, source
-        self.runs: dict[int, dict] = {}  # id of a fine-tuned plan's module -> what its run did
+    def __init__(self, design: QuantizationDesign, options: ConvertOptions, spec: Preprocess, labels: list[str],
+                 track, log) -> None:
+        self.design, self.options, self.spec, self.labels = design, options, spec, labels
+        self.track, self.log = track, log
+        self.runs: dict[int, dict] = {}  # id of the run -> what it did (one run per search)
 
-    def __call__(self, plan: QuantizationPlan) -> QuantizationPlan:
+    def __call__(self, plan: QuantizationPlan) -> QuantizationPlan | None:
         options = self.options
+        train, truth, source = self._training_images()
         budget = f"{options.finetune_steps} steps or " if options.finetune_steps else ""
-        self.log(f"Fine-tuning the closest plan (quantization-aware, on {self.source}; at most {budget}"
+        self.log(f"Fine-tuning the closest plan (quantization-aware, on {source}; at most {budget}"
                  f"{options.finetune_minutes:g} min; Ctrl-C keeps the best so far)")
         tuned, run = self.design.finetuned(plan, seconds=60 * options.finetune_minutes, steps=options.finetune_steps,
-                                           train=self.train, labels=self.labels, seed=options.seed,
-                                           track=self.track, log=self.log)
-        self.runs[id(tuned.module)] = {**run.describe(), "data": self.source}
+                                           train=train, labels=truth, seed=options.seed, track=self.track,
+                                           log=self.log)
+        self.runs[id(run)] = {**run.describe(), "data": source}
+        if tuned is None:
+            self.log("Fine-tuning ended before its first step: nothing to build")
         return tuned
+
+    def _training_images(self):
+        if self.options.train is None:
+            return None, None, f"{len(self.design.calibration)} calibration images, by distillation from FP32"
+        from .measure import MAX_EVAL_IMAGES, labelled_crops
+
+        crops, truth = labelled_crops(self.options.train, self.labels, self.spec, "--train")
+        return (self.spec.tensors(crops), truth,
+                f"{len(crops)} labelled --train images (at most {MAX_EVAL_IMAGES}, spread over the classes), by "
+                "distillation from FP32 and their labels")
 
 
 def _finetuner(design: QuantizationDesign, options: ConvertOptions, spec: Preprocess, model: LoadedModel,
-               data: EvalSet, track, log) -> _Finetuner:
-    if options.train is None:
-        return _Finetuner(design, options, None, None, f"{len(design.calibration)} calibration images, "
-                          "by distillation from FP32", track, log)
-    from .measure import labelled_crops
-
-    crops, truth = labelled_crops(options.train, model.labels, spec, "--train")
-    return _Finetuner(design, options, spec.tensors(crops), truth,
-                      f"{len(crops)} labelled --train images, by distillation from FP32 and their labels", track, log)
+               data: EvalSet, track, log) -> _Finetuner | None:
+    """The remedy, where the images INT8 is judged on are not the ones it would train on."""
+    if options.finetune == "never":
+        return None
+    if data.source == "calibration":  # too few images to hold some back: it would fit what it is judged on
+        if options.finetune == "always":
+            raise EdgeresError("--finetune needs images it does not train on to be judged on: give at least "
+                               f"{MIN_TO_HOLD_OUT} calibration images (a quarter is held back) or --val DIR")
+        log(f"Fine-tuning left out: with fewer than {MIN_TO_HOLD_OUT} calibration images none are held back, and "
+            "it would be judged on the images it trains on (give more, or --val DIR)")
+        return None
+    return _Finetuner(design, options, spec, model.labels, track, log)
 
 
 def accuracy_bar(options: ConvertOptions, data: EvalSet) -> Bar:

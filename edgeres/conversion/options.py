@@ -117,10 +117,14 @@ class ConvertOptions:
     def _check_finetune(self) -> None:
         if self.finetune not in FINETUNE_MODES:
             raise EdgeresError(f"finetune must be one of {', '.join(FINETUNE_MODES)}, got {self.finetune!r}")
-        if self.precision != "int8" and (self.finetune == "always" or self.train is not None):
-            raise EdgeresError("--finetune and --train are for INT8: add --int8 --calib DIR")
-        if self.finetune == "never" and self.train is not None:
-            raise EdgeresError("--train is what fine-tuning learns from; it cannot go with --no-finetune")
+        tuning = (self.train is not None or self.finetune_steps is not None
+                  or self.finetune_minutes != DEFAULT_FINETUNE_MINUTES)
+        if self.precision != "int8" and (self.finetune != "auto" or tuning):
+            raise EdgeresError("--finetune, --no-finetune, --finetune-minutes, --finetune-steps and --train are for "
+                               "INT8: add --int8 --calib DIR")
+        if self.finetune == "never" and tuning:
+            raise EdgeresError("--train, --finetune-minutes and --finetune-steps set the fine-tuning; they cannot go "
+                               "with --no-finetune")
         if not (math.isfinite(self.finetune_minutes) and self.finetune_minutes > 0):
             raise EdgeresError(f"--finetune-minutes must be a positive number of minutes, got {self.finetune_minutes}")
         if self.finetune_steps is not None and not 1 <= self.finetune_steps <= MAX_FINETUNE_STEPS:

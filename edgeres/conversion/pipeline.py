@@ -244,13 +244,15 @@ def _bar_failure(result: ConvertResult, options: ConvertOptions, data: EvalSet) 
     advice = []
     if kept < options.max_kept or options.max_kept == 0:
         advice.append(f"--max-kept above {options.max_kept}")
-    if len(data.crops) < 300 and data.source != "validation":
+    calibration = result.record.calibration or {}
+    if calibration.get("used", 0) + calibration.get("held_out", 0) < 300:
         advice.append("more calibration images (--calib-size)")
     advice.append("a looser bar (--min-agreement, --max-drop)")
     if options.finetune == "never":
         advice.append("fine-tuning (leave out --no-finetune)")
-    elif search.get("finetune") and search["finetune"]["stopped"] == "time":
-        advice.append("a longer --finetune-minutes")
+    elif search.get("finetune") and search["finetune"]["stopped"] in ("time", "steps"):
+        advice.append("a longer --finetune-minutes" if search["finetune"]["stopped"] == "time"
+                      else "more --finetune-steps")
     advice.append("--fp16")
     return (f"no INT8 artifact met the bar ({tried} tried, up to {kept} layers kept out of INT8): the best, "
             f"{result.path.name}, agrees with FP32 on {best['agreement']:.2%}{drop}; it was kept and reported. "

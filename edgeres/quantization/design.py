@@ -135,22 +135,25 @@ class QuantizationDesign:
 
     def finetuned(self, plan: QuantizationPlan, *, seconds: float, steps: int | None = None,
                   train: np.ndarray | None = None, labels: np.ndarray | None = None, seed: int = 0,
-                  track=None, log=None) -> tuple[QuantizationPlan, "FinetuneRun"]:
+                  track=None, log=None) -> tuple[QuantizationPlan | None, "FinetuneRun"]:
         """`plan` after quantization-aware fine-tuning on `train` (default: the calibration images), by
-        distillation from FP32 (and `labels`' task loss); the evaluation inputs only draw its curve."""
+        distillation from FP32 (and `labels`' task loss); the evaluation inputs only draw its curve.
+        None for the plan where the run ended before its first step."""
         from .finetune import finetune
 
         images = self.calibration if train is None else train
-        key = (plan.method, plan.bias_correction, plan.higher, seconds, steps, seed, _digest(images),
+        # by the plan's identity (the plan is kept with the result, so the identity cannot be reused)
+        key = (id(plan.module), id(plan.ranges), plan.higher, seconds, steps, seed, _digest(images),
                None if labels is None else _digest(labels), _digest(self.evaluation))
         if key not in self._finetuned:
             extra = {name: value for name, value in (("track", track), ("log", log)) if value is not None}
             module, ranges, run = finetune(plan.module, plan.ranges, plan.higher, self.folded, images, self.evaluation,
                                            self.reference, placement=self.placement, grid=self.grid, seconds=seconds,
                                            steps=steps, labels=labels, seed=seed, **extra)
-            tuned = QuantizationPlan(module, ranges, plan.method, plan.bias_correction, plan.higher, finetuned=True)
-            self._finetuned[key] = (tuned, run)
-        return self._finetuned[key]
+            tuned = (QuantizationPlan(module, ranges, plan.method, plan.bias_correction, plan.higher, finetuned=True)
+                     if run.steps else None)
+            self._finetuned[key] = (plan, tuned, run)
+        return self._finetuned[key][1:]
 
     def sensitivity(self, plan: QuantizationPlan) -> list[tuple[str, float]]:
         """Each layer, by how much keeping it out of INT8 brings the simulated model closer to FP32 (KL)."""

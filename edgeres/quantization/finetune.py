@@ -64,6 +64,11 @@ class FinetuneRun:
                              "with straight-through rounding, activation ranges learned (LSQ-style), Adam"}
 
 
+def planned_steps(images: int) -> int:
+    """DEFAULT_EPOCHS passes of BATCH images over `images` training images, at most MAX_STEPS."""
+    return max(1, min(MAX_STEPS, -(-DEFAULT_EPOCHS * images // BATCH)))
+
+
 def finetune(module: torch.nn.Module, ranges: dict[str, Range], higher: tuple[str, ...],
              teacher_logits: Callable[[torch.Tensor], torch.Tensor], train: np.ndarray,
              held_out: np.ndarray, held_reference: np.ndarray, *, placement: frozenset[str], grid: str,
@@ -81,7 +86,7 @@ def finetune(module: torch.nn.Module, ranges: dict[str, Range], higher: tuple[st
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     student = copy.deepcopy(module).train(False)
-    planned = steps if steps is not None else min(MAX_STEPS, DEFAULT_EPOCHS * max(1, len(train) // BATCH))
+    planned = steps if steps is not None else planned_steps(len(train))
     quantizers = _Quantizers(ranges, grid)
     parameters = [p for p in student.parameters()]
     for p in parameters:
@@ -111,7 +116,7 @@ def finetune(module: torch.nn.Module, ranges: dict[str, Range], higher: tuple[st
         held = "" if point["agreement"] is None else f", held-out agreement {point['agreement']:.2%}"
         log(f"Fine-tuning step {done}/{planned}: loss {loss:.4g}{held} (simulated)")
 
-    every = max(1, planned // CURVE_POINTS)
+    every, interval = max(1, planned // CURVE_POINTS), seconds / CURVE_POINTS
     with _quantized(student, quantizers, higher, placement):
         try:
             for step in track(range(planned), "Fine-tuning", planned):
@@ -121,7 +126,9 @@ def finetune(module: torch.nn.Module, ranges: dict[str, Range], higher: tuple[st
                 _step(student, teacher_logits, optimizer, inputs, truth, rng)
                 schedule.step()
                 done = step + 1
-                if done % every == 0 or done == planned:
+                # every twelfth of the steps or of the time budget, whichever comes first
+                since = time.monotonic() - start - (curve[-1]["seconds"] if curve else 0.0)
+                if done % every == 0 or done == planned or since > interval:
                     checkpoint()
         except KeyboardInterrupt:
             stopped = "interrupted"

@@ -76,7 +76,7 @@ class SearchResult:
 def search(design: QuantizationDesign, attempt: Callable[[QuantizationPlan], tuple[Measured, object]], bar: Bar, *,
            method: str | None = None, bias_correction: bool | None = None, keep: tuple[str, ...] = (),
            max_kept: int = 16, log: Callable[[str], None] = print,
-           finetune: Callable[[QuantizationPlan], QuantizationPlan] | None = None,
+           finetune: Callable[[QuantizationPlan], QuantizationPlan | None] | None = None,
            always_finetune: bool = False) -> SearchResult:
     """Build INT8 artifacts until one meets `bar`; `attempt(plan)` builds one and measures it.
 
@@ -105,7 +105,9 @@ def search(design: QuantizationDesign, attempt: Callable[[QuantizationPlan], tup
                 break
     if finetune is not None and (always_finetune or not any(a.met for a in attempts)):
         closest = max(attempts, key=lambda a: _preference(a, bar))
-        attempts.append(_run(attempt, finetune(closest.plan), bar, log))
+        tuned = finetune(closest.plan)
+        if tuned is not None:  # None: it ended before learning anything
+            attempts.append(_run(attempt, tuned, bar, log))
     best = max(attempts, key=lambda a: _preference(a, bar))
     return SearchResult(best, attempts, simulated, ranking)
 

@@ -72,3 +72,18 @@ def test_non_ascii_paths(tmp_path: Path, calib_dir: Path) -> None:
     folder.mkdir()
     shutil.copy(sorted(calib_dir.rglob("*.png"))[0], folder / "imagem_ü.png")
     assert len(read_image_folder(folder, SPEC)) == 1
+
+
+def test_a_quarter_is_held_back_spread_over_a_folder_and_at_the_end_of_a_video() -> None:
+    import numpy as np
+
+    from edgeres.calibration.folder import CalibrationSet
+
+    crops = [np.full((2, 2, 3), i, np.uint8) for i in range(40)]
+    used, held = CalibrationSet(crops, {"source": "image_folder", "used": 40}).held_out()
+    assert [int(c[0, 0, 0]) for c in held.crops] == list(range(3, 40, 4)) and len(used) == 30
+    assert used.summary == {"source": "image_folder", "used": 30, "held_out": 10}
+    used, held = CalibrationSet(crops, {"source": "video", "used": 40}).held_out()
+    assert [int(c[0, 0, 0]) for c in held.crops] == list(range(30, 40))  # neighbouring frames are near copies
+    few = CalibrationSet(crops[:39], {})
+    assert few.held_out() == (few, None)

@@ -94,7 +94,9 @@ def test_a_bar_that_cannot_be_met_keeps_the_best_and_exits_1(monkeypatch, capsys
     (["--keep", "layer9", "--int8"], "no layer named layer9"),
     (["--min-agreement", "1.5", "--int8"], "--min-agreement is a fraction between 0 and 1"),
     (["--calib-method", "median", "--int8"], "--calib-method must be one of auto, minmax"),
-    (["--finetune"], "--finetune and --train are for INT8"),
+    (["--finetune"], "--finetune-steps and --train are for INT8: add --int8"),
+    (["--finetune-minutes", "3"], "are for INT8: add --int8"),
+    (["--no-finetune", "--finetune-steps", "5", "--int8"], "cannot go with --no-finetune"),
     (["--finetune-minutes", "0", "--int8"], "--finetune-minutes must be a positive number"),
     (["--finetune-minutes", "nan", "--int8"], "--finetune-minutes must be a positive number"),
     (["--finetune-steps", "0", "--int8"], "--finetune-steps must be between 1 and"),
@@ -137,3 +139,19 @@ def test_fine_tuning_never_sees_the_images_int8_is_judged_on(monkeypatch, model,
     chosen = search["attempts"][search["chosen"]]
     assert result.record.quantization["design"]["finetuned"] == chosen["finetuned"]
     assert search["attempts"][0]["finetuned"] is False
+
+
+def test_fine_tuning_is_not_judged_on_what_it_trains_on(model, calib_dir, tmp_path: Path, capsys) -> None:
+    """Below 40 calibration images none are held back: asked for, fine-tuning is refused; as the remedy
+    it is left out, and the log says why."""
+    from edgeres.errors import EdgeresError
+
+    options = ConvertOptions(target="onnx", precision="int8", out_dir=tmp_path, calib=calib_dir, calib_size=20,
+                             imgsz=DEMO_IMGSZ, report=False, finetune="always")
+    with pytest.raises(EdgeresError, match="--finetune needs images it does not train on"):
+        convert(model, options, log=lambda message: None)
+    said = []
+    options = ConvertOptions(target="onnx", precision="int8", out_dir=tmp_path, calib=calib_dir, calib_size=20,
+                             imgsz=DEMO_IMGSZ, report=False, name="auto")
+    convert(model, options, log=said.append)
+    assert any("Fine-tuning left out" in line for line in said)
