@@ -164,11 +164,11 @@ def _finish(context: _Context, built: Built, search: Int8Outcome | None, output:
         if context.options.report:
             judged = judged or context.data.judge(logits[len(reference_crops) + len(golden_crops):])
             rows.append(_row(context, artifact, record, search, summary, judged))
-    return _commit(context, built, output, records, rows, search)
+    return _commit(context, built, output, records, rows, search, summary)
 
 
 def _commit(context: _Context, built: Built, output: OutputSet, records: list[ArtifactRecord], rows: list[dict],
-            search: Int8Outcome | None) -> ConvertResult:
+            search: Int8Outcome | None, summary: dict | None) -> ConvertResult:
     for name, data in built.companions.items():
         output.add(data, name)
     summary_files = ()
@@ -182,7 +182,7 @@ def _commit(context: _Context, built: Built, output: OutputSet, records: list[Ar
         mark_written(output.out_dir, [Path(path).name for _, path in summary_files])
     files = tuple(sorted(final.iterdir()))
     paths = [final / artifact.path.name for artifact in built.artifacts]
-    return ConvertResult(paths[0], records[0], files, tuple(paths[1:]), rows, search.summary() if search else None,
+    return ConvertResult(paths[0], records[0], files, tuple(paths[1:]), rows, summary,
                          search is None or search.met)
 
 
