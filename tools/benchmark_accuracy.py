@@ -229,6 +229,7 @@ def edgeres_target(fixture: Fixture, model, target: str, out: Path, finetune_min
                    finetune_steps: int | None) -> dict[str, dict]:
     """The target's row, and where the search fine-tuned, the calibration-only row it started from."""
     from edgeres.conversion.pipeline import AccuracyBarError, ConvertOptions, convert
+    from edgeres.quantization.search import Bar, preference
 
     options = ConvertOptions(target=target, precision="int8", out_dir=out, calib=fixture.calib_dir,
                              imgsz=fixture.imgsz, val=fixture.val_dir, report=False,
@@ -244,23 +245,14 @@ def edgeres_target(fixture: Fixture, model, target: str, out: Path, finetune_min
     calibrated = [a for a in attempts if not a["finetuned"]]
     rows = {f"edgeres {target}": _row(attempts[search["chosen"]], len(attempts), seconds)}
     if len(calibrated) < len(attempts):  # it fine-tuned: the best it had before, and the fine-tuned attempt
-        before = max(calibrated, key=lambda a: _preference(a, search["bar"]))
+        bar = Bar(**search["bar"])
+        before = max(calibrated, key=lambda a: preference(a["met"], len(a["kept_higher"]), a["agreement"],
+                                                          a["drop_points"], bar))  # the search's own rule
         tuned = next(a for a in attempts if a["finetuned"])
         rows = {f"edgeres {target} (calibration only)": _row(before, len(calibrated), None),
                 f"edgeres {target} (+ fine-tuning)": {**_row(tuned, len(attempts), seconds),
                                                        "finetune": search["finetune"]}}
     return rows
-
-
-def _preference(attempt: dict, bar: dict) -> tuple:
-    """edgeres.quantization.search._preference on the summary's rows: met with the fewest layers kept,
-    else the least shortfall."""
-    if attempt["met"]:
-        return (1, -len(attempt["kept_higher"]), attempt["agreement"])
-    shortfall = max(0.0, bar["min_agreement"] - attempt["agreement"])
-    if bar["max_drop"] is not None and attempt["drop_points"] is not None:
-        shortfall += max(0.0, attempt["drop_points"] - bar["max_drop"]) / 100
-    return (0, -shortfall, -len(attempt["kept_higher"]))
 
 
 def _row(attempt: dict, count: int, seconds: float | None) -> dict:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -24,12 +24,7 @@ class Int8Outcome:
     result: SearchResult
     bar: Bar
     evaluated_on: str
-    finetune_runs: dict[int, dict] = field(default_factory=dict)  # the search's fine-tuning run, if any
-
-    @property
-    def finetune(self) -> dict | None:
-        """What the search's fine-tuning did (its attempt kept or not), if it fine-tuned."""
-        return next(iter(self.finetune_runs.values()), None)
+    finetune: dict | None = None  # what the search's fine-tuning did (its attempt kept or not), if it ran
 
     @property
     def best(self) -> Attempt:
@@ -84,7 +79,7 @@ def search_int8(model: LoadedModel, options: ConvertOptions, target: Target, job
     result = search(design, attempt, bar, method=method, bias_correction=options.bias_correction,
                     keep=tuple(options.keep), max_kept=options.max_kept, log=log, finetune=remedy,
                     always_finetune=options.finetune == "always")
-    return Int8Outcome(result, bar, data.describe(), remedy.runs if remedy else {})
+    return Int8Outcome(result, bar, data.describe(), remedy.run if remedy else None)
 
 
 class _Finetuner:
@@ -95,7 +90,7 @@ class _Finetuner:
                  track, log) -> None:
         self.design, self.options, self.spec, self.labels = design, options, spec, labels
         self.track, self.log = track, log
-        self.runs: dict[int, dict] = {}  # id of the run -> what it did (one run per search)
+        self.run: dict | None = None  # what the run did: the search fine-tunes once
 
     def __call__(self, plan: QuantizationPlan) -> QuantizationPlan | None:
         options = self.options
@@ -106,7 +101,7 @@ class _Finetuner:
         tuned, run = self.design.finetuned(plan, seconds=60 * options.finetune_minutes, steps=options.finetune_steps,
                                            train=train, labels=truth, seed=options.seed, track=self.track,
                                            log=self.log)
-        self.runs[id(run)] = {**run.describe(), "data": source}
+        self.run = {**run.describe(), "data": source}
         if tuned is None:
             self.log("Fine-tuning ended before its first step: nothing to build")
         return tuned

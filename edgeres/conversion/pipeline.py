@@ -91,7 +91,7 @@ def convert(model: LoadedModel, options: ConvertOptions, *, progress: Progress =
             built, search = target.build(job, None, Path(scratch) / "build"), None
         result = _finish(context, built, search, output)
     if not result.met:
-        raise AccuracyBarError(_bar_failure(result, options, data), result)
+        raise AccuracyBarError(_bar_failure(result, options), result)
     return result
 
 
@@ -235,7 +235,7 @@ def _stem(path: Path) -> str:
     return path.name[: -len(path.suffix)] if path.suffix else path.name
 
 
-def _bar_failure(result: ConvertResult, options: ConvertOptions, data: EvalSet) -> str:
+def _bar_failure(result: ConvertResult, options: ConvertOptions) -> str:
     search = result.search
     best = search["attempts"][search["chosen"]]
     drop = "" if best["drop_points"] is None else f", {best['drop_points']:.2f} points of top-1 lost"

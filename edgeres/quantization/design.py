@@ -12,11 +12,12 @@ import copy
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 
+from ..calibration.folder import Progress, no_progress
 from ..metrics import accuracy, agreement, mean_kl
 from .corrections import correct_biases
 from .points import fold_batchnorm, layers
@@ -85,8 +86,8 @@ class QuantizationDesign:
         self.reference = module_logits(self.folded, evaluation) if reference is None else reference
         # bias correction measures the shift on the target's grid, so plans are per grid
         self._plans: dict[tuple[str, bool], QuantizationPlan] = memo.setdefault(("plans", grid), {})
-        self._simulated: dict[tuple, tuple[QuantizationPlan, Simulated]] = memo.setdefault(("simulated", placement, grid, _digest(evaluation)),
-                                                                  {})
+        self._simulated: dict[tuple, tuple[QuantizationPlan, Simulated]] = memo.setdefault(
+            ("simulated", placement, grid, _digest(evaluation)), {})
         # one fine-tuning per grid and placement: targets that share them share the run
         self._finetuned: dict[tuple, tuple] = memo.setdefault(("finetuned", placement, grid), {})
 
@@ -135,7 +136,8 @@ class QuantizationDesign:
 
     def finetuned(self, plan: QuantizationPlan, *, seconds: float, steps: int | None = None,
                   train: np.ndarray | None = None, labels: np.ndarray | None = None, seed: int = 0,
-                  track=None, log=None) -> tuple[QuantizationPlan | None, "FinetuneRun"]:
+                  track: Progress = no_progress, log: Callable[[str], None] = lambda message: None
+                  ) -> tuple[QuantizationPlan | None, "FinetuneRun"]:
         """`plan` after quantization-aware fine-tuning on `train` (default: the calibration images), by
         distillation from FP32 (and `labels`' task loss); the evaluation inputs only draw its curve.
         None for the plan where the run ended before its first step."""
@@ -146,10 +148,9 @@ class QuantizationDesign:
         key = (id(plan.module), id(plan.ranges), plan.higher, seconds, steps, seed, _digest(images),
                None if labels is None else _digest(labels), _digest(self.evaluation))
         if key not in self._finetuned:
-            extra = {name: value for name, value in (("track", track), ("log", log)) if value is not None}
             module, ranges, run = finetune(plan.module, plan.ranges, plan.higher, self.folded, images, self.evaluation,
                                            self.reference, placement=self.placement, grid=self.grid, seconds=seconds,
-                                           steps=steps, labels=labels, seed=seed, **extra)
+                                           steps=steps, labels=labels, seed=seed, track=track, log=log)
             tuned = (QuantizationPlan(module, ranges, plan.method, plan.bias_correction, plan.higher, finetuned=True)
                      if run.steps else None)
             self._finetuned[key] = (plan, tuned, run)

@@ -18,7 +18,7 @@ import copy
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -28,8 +28,9 @@ from torch.nn.utils import parametrize
 from ..metrics import agreement, mean_kl
 from ..models import module_logits
 from .points import blocks, layers
-from .ranges import LEVELS, Range
-from .simulate import output_quantized
+from ..calibration.folder import Progress, no_progress
+from .ranges import Range
+from .simulate import GRIDS, output_quantized, quantize_weight
 
 BATCH = 32
 WEIGHT_LR = 1e-5  # Adam on the folded weights and biases; measured on the hard ResNet18: 1e-4 and above
@@ -73,8 +74,7 @@ def finetune(module: torch.nn.Module, ranges: dict[str, Range], higher: tuple[st
              teacher_logits: Callable[[torch.Tensor], torch.Tensor], train: np.ndarray,
              held_out: np.ndarray, held_reference: np.ndarray, *, placement: frozenset[str], grid: str,
              seconds: float, steps: int | None = None, labels: np.ndarray | None = None, seed: int = 0,
-             track: Callable[[Iterable, str, int], Iterable] = lambda items, description, total: items,
-             log: Callable[[str], None] = lambda message: None
+             track: Progress = no_progress, log: Callable[[str], None] = lambda message: None
              ) -> tuple[torch.nn.Module, dict[str, Range], FinetuneRun]:
     """Fine-tune a plan's folded `module` and `ranges`, int8 but for the layers in `higher`, for at most
     `seconds` (and `steps`); returns the weights and ranges with the lowest training loss, and the run.
@@ -88,7 +88,7 @@ def finetune(module: torch.nn.Module, ranges: dict[str, Range], higher: tuple[st
     student = copy.deepcopy(module).train(False)
     planned = steps if steps is not None else planned_steps(len(train))
     quantizers = _Quantizers(ranges, grid)
-    parameters = [p for p in student.parameters()]
+    parameters = list(student.parameters())
     for p in parameters:
         p.requires_grad_(True)
     optimizer = torch.optim.Adam([{"params": parameters, "lr": WEIGHT_LR},
@@ -192,15 +192,11 @@ class _Quantizers(torch.nn.Module):
 
 def fake_quantize_learned(values: torch.Tensor, low: torch.Tensor, high: torch.Tensor, grid: str) -> torch.Tensor:
     """simulate.fake_quantize with gradients: rounding passes straight through; the range learns
-    through the step size and the clipping."""
-    if grid == "symmetric" or (grid == "nncf-symmetric" and float(low.detach()) < 0):
-        amax = torch.maximum(-low, high)
-        low, high = -amax * (LEVELS // 2) / (LEVELS // 2 - 1), amax
-    elif grid == "nncf-symmetric":
-        low = low * 0.0
-    scale = (high - low).clamp_min(1e-8) / (LEVELS - 1)
+    through the step size and the clipping (the grid's own mapping, applied to tensors)."""
+    low, high, levels = GRIDS[grid]((low, high))
+    scale = torch.clamp_min(high - low, 1e-8) / (levels - 1)
     zero = _round(-low / scale)
-    return (torch.clamp(_round(values / scale) + zero, 0, LEVELS - 1) - zero) * scale
+    return (torch.clamp(_round(values / scale) + zero, 0, levels - 1) - zero) * scale
 
 
 def _round(values: torch.Tensor) -> torch.Tensor:
@@ -208,12 +204,10 @@ def _round(values: torch.Tensor) -> torch.Tensor:
 
 
 class _WeightInt8(torch.nn.Module):
-    """Per-output-channel symmetric int8 weights (simulate.quantize_weight), rounding straight through."""
+    """simulate.quantize_weight, its rounding passed straight through (the scale max|w|/127 never clips)."""
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        axes = tuple(range(1, weight.dim()))
-        scale = weight.abs().amax(dim=axes, keepdim=True).clamp_min(1e-12).detach() / 127
-        return _round(weight / scale).clamp(-127, 127) * scale
+        return weight + (quantize_weight(weight.detach()) - weight).detach()
 
 
 @contextmanager

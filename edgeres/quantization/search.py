@@ -137,11 +137,15 @@ def _run(attempt, plan: QuantizationPlan, bar: Bar, log: Callable[[str], None]) 
 
 
 def _preference(attempt: Attempt, bar: Bar) -> tuple:
-    """Met first, with the fewest layers kept (smaller, faster); unmet ones by how far they fell short."""
     m = attempt.measured
-    if attempt.met:
-        return (1, -len(attempt.plan.higher), m.agreement)
-    shortfall = max(0.0, bar.min_agreement - m.agreement)
-    if bar.max_drop is not None and m.drop_points is not None:
-        shortfall += max(0.0, m.drop_points - bar.max_drop) / 100
-    return (0, -shortfall, -len(attempt.plan.higher))
+    return preference(attempt.met, len(attempt.plan.higher), m.agreement, m.drop_points, bar)
+
+
+def preference(met: bool, kept: int, agreement: float, drop_points: float | None, bar: Bar) -> tuple:
+    """Met first, with the fewest layers kept (smaller, faster); unmet ones by how far they fell short."""
+    if met:
+        return (1, -kept, agreement)
+    shortfall = max(0.0, bar.min_agreement - agreement)
+    if bar.max_drop is not None and drop_points is not None:
+        shortfall += max(0.0, drop_points - bar.max_drop) / 100
+    return (0, -shortfall, -kept)

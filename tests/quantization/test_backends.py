@@ -18,11 +18,18 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def plan_of(model, calib_dir):
-    """The plan the pipeline applied to an artifact, recomputed from the same calibration images."""
+def design(model, calib_dir):
+    """The pipeline's design for the `converted` INT8 artifacts, and the calibration images it used (the
+    quarter held back sets nothing: it is what the design evaluates on)."""
     spec = Preprocess.imagenet(DEMO_IMGSZ)
-    crops = read_image_folder(calib_dir, spec, size=200).held_out()[0].crops  # the quarter held back sets nothing
-    design = QuantizationDesign(model.module, spec.tensors(crops), spec.tensors(crops))
+    used, held = read_image_folder(calib_dir, spec, size=200).held_out()
+    return QuantizationDesign(model.module, spec.tensors(used.crops), spec.tensors(held.crops)), used
+
+
+@pytest.fixture(scope="module")
+def plan_of(design):
+    """The plan the pipeline applied to an artifact, recomputed from the same calibration images."""
+    design, _ = design
 
     def get(record):
         chosen = record.quantization["design"]
@@ -42,15 +49,14 @@ def _activation_scales(model: onnx.ModelProto) -> dict[str, tuple[float, int]]:
 
 
 @pytest.fixture(scope="module")
-def tuned(model, calib_dir, tmp_path_factory):
+def tuned(model, design, tmp_path_factory):
     """A fine-tuned plan whose weights and ranges differ from calibration's, and tuned_built(target): the
     artifact each target's own tool makes of it, as the pipeline's search would."""
     from edgeres.targets import resolve_target
     from edgeres.targets.base import ConvertJob
 
     spec = Preprocess.imagenet(DEMO_IMGSZ)
-    used, held = read_image_folder(calib_dir, spec, size=200).held_out()
-    design = QuantizationDesign(model.module, spec.tensors(used.crops), spec.tensors(held.crops))
+    design, used = design
     plan, _ = design.best_plan()
     tuned_plan, _ = design.finetuned(plan, seconds=600, steps=30)
     # the check below could not tell the plans apart if fine-tuning had changed nothing
