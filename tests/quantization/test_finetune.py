@@ -52,8 +52,9 @@ def test_fine_tuning_repairs_ranges_that_calibration_got_wrong(design) -> None:
     assert before > 10 * design.simulate(plan).kl  # the fixture is broken
     assert after < before / 3, (before, after)
     growth = [ranges[point][1] / high for point, (_, high) in clipped.items() if high > 0]
-    # the ranges learned to widen (measured: 31 of 32 grew, by 4.7% on average, in 60 steps)
-    assert np.mean(growth) > 1.02 and np.mean(np.array(growth) > 1) >= 0.9
+    # the ranges learned to widen (measured: 28 of 32 grew, by 4.5% on average, in 60 steps; 31 of 32 before
+    # the biases learned at their own, faster rate and took part of the repair)
+    assert np.mean(growth) > 1.02 and np.mean(np.array(growth) > 1) >= 0.8
     assert run.steps == 60 and run.stopped == "steps" and len(run.curve) >= 5
     assert run.images == len(design.calibration)
 
@@ -107,3 +108,13 @@ def test_the_model_trained_is_the_model_simulated(design, grid: str, placement, 
         other = module_logits(plan.module, inputs)
     if (placement, higher, grid) != (ALL_PLACEMENTS, (), "asymmetric"):
         assert np.abs(other - found).max() > np.abs(found - expected).max()  # the check tells models apart
+
+
+def test_a_budget_too_short_for_the_plan_shortens_the_schedule(design) -> None:
+    """Steps that cannot fit in the budget are dropped after the first steps are timed, so the learning
+    rate anneals to zero before the budget ends instead of the run stopping at its highest rates."""
+    plan, _ = design.best_plan()
+    _, _, run = finetune(plan.module, plan.ranges, (), design.folded, design.calibration, design.evaluation,
+                         design.reference, placement=ALL_PLACEMENTS, grid="asymmetric", seconds=12.0, steps=100_000)
+    assert run.stopped == "steps" and run.steps == run.planned_steps < 100_000
+    assert run.seconds < 12.0 * 1.5
