@@ -65,8 +65,6 @@ def convert(model: LoadedModel, options: ConvertOptions, *, progress: Progress =
 
         check_report_files(Path(options.out_dir))
     target, profile = resolve_target(options.target)
-    target.check_options(options.precision, dynamic_batch=options.dynamic_batch, opset=options.opset,
-                         preset=options.preset)
     spec = Preprocess.imagenet(options.imgsz)
     stem = options.name or f"{model.arch}_{profile.name if profile else target.name}_{options.precision}"
     calibration = _calibration(options, spec, progress, log)
@@ -118,20 +116,21 @@ def _calibration(options: ConvertOptions, spec: Preprocess, progress: Progress, 
     return calibration
 
 
-def _reference_samples(context: _Context) -> tuple[list[np.ndarray], np.ndarray]:
-    """The crops every artifact is verified on (calibration images, else seeded random ones) and FP32's
-    logits on them: the evaluation set's own where they are its crops."""
+def _reference_samples(context: _Context) -> tuple[list[np.ndarray], np.ndarray, str]:
+    """The crops every artifact is verified on (calibration images, else seeded random ones), FP32's
+    logits on them (the evaluation set's own where they are its crops), and what they are."""
     data = context.data
+    source = "calibration images" if context.calibration else "random images"
     if data.source != "validation":
-        return data.crops[:MAX_REFERENCE_SAMPLES], data.reference_of(MAX_REFERENCE_SAMPLES)
+        return data.crops[:MAX_REFERENCE_SAMPLES], data.reference_of(MAX_REFERENCE_SAMPLES), source
     crops = context.calibration.crops if context.calibration else random_crops(context.spec, context.options.seed)
     crops = crops[:MAX_REFERENCE_SAMPLES]
-    return crops, context.model.logits(context.spec.tensors(crops))
+    return crops, context.model.logits(context.spec.tensors(crops)), source
 
 
 def _finish(context: _Context, built: Built, search: Int8Outcome | None, output: OutputSet) -> ConvertResult:
     """Verify each artifact through its runtime, record it, and stage the whole set; then commit it."""
-    reference_crops, reference = _reference_samples(context)
+    reference_crops, reference, reference_source = _reference_samples(context)
     golden_frames = np.stack(reference_crops[:GOLDEN_COUNT])
     # a device preprocesses the golden frames in full (resize and crop again), so they are new crops
     golden_crops = [context.spec.resize_and_crop(frame) for frame in golden_frames]
@@ -145,7 +144,7 @@ def _finish(context: _Context, built: Built, search: Int8Outcome | None, output:
         # artifact's own answers on them) and, for the report, the evaluation crops the search did not judge
         logits = artifact_logits(artifact.path, artifact.preprocess, [*reference_crops, *golden_crops, *evaluated])
         verified, expected = logits[:len(reference_crops)], logits[len(reference_crops):][:len(golden_crops)]
-        verification = compare_logits(reference, verified, _reference_source(context))
+        verification = compare_logits(reference, verified, reference_source)
         enforce(verification, context.options.precision, context.target.tolerance, artifact.path.name)
         verification.update(other_modes(artifact.path, artifact.preprocess, reference_crops, reference))
         golden = golden_record(golden_frames, golden_reference, expected, _stem(artifact.path),
@@ -225,10 +224,6 @@ def _record(context: _Context, artifact: BuiltArtifact, verification: dict, gold
         quantization=quantization, checks=list(artifact.checks), verification=verification,
         device_profile=context.profile.to_dict() if context.profile else None, golden=golden,
     )
-
-
-def _reference_source(context: _Context) -> str:
-    return "calibration images" if context.calibration else "random images"
 
 
 def _stem(path: Path) -> str:

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, ClassVar, Protocol
 
 from ..artifact import ArtifactRecord, TensorSpec
-from ..errors import TargetError
-from .registry import REGISTRY, Accepts, refusal
+from .registry import REGISTRY, Accepts
 
 if TYPE_CHECKING:  # not at import: the CLI's --help lists the targets on a device without OpenCV
     from ..calibration import CalibrationSet
@@ -89,10 +88,6 @@ class Target(Protocol):
     placement: ClassVar[frozenset[str]]
     higher_precision: ClassVar[str]
 
-    def check_options(self, precision: str, *, dynamic_batch: bool, opset: int | None,
-                      preset: str | None = None) -> None:
-        """Raise TargetError for options this target does not accept (before any work is done)."""
-
     def input_spec(self, model_spec: Preprocess) -> Preprocess:
         """The artifact's input, derived from the PyTorch model's (same resize and crop)."""
 
@@ -119,9 +114,3 @@ class TargetBase:
         super().__init_subclass__(**kwargs)
         cls.accepts = REGISTRY[cls.name].accepts
         cls.precisions, cls.presets = cls.accepts.precisions, cls.accepts.presets
-
-    def check_options(self, precision: str, *, dynamic_batch: bool, opset: int | None,
-                      preset: str | None = None) -> None:
-        why = refusal(self.name, precision, preset=preset, dynamic_batch=dynamic_batch, opset=opset)
-        if why:
-            raise TargetError(why)
