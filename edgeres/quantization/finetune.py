@@ -97,7 +97,10 @@ def finetune(module: torch.nn.Module, ranges: dict[str, Range], higher: tuple[st
     optimizer = torch.optim.Adam([{"params": [p for p in parameters if p.dim() > 1], "lr": WEIGHT_LR},
                                   {"params": [p for p in parameters if p.dim() <= 1], "lr": BIAS_LR},
                                   {"params": quantizers.parameters(), "lr": RANGE_LR}])
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(planned, 1))
+    most = planned
+    horizon = [max(planned, 1)]  # the cosine's length, fitted to the budget as the pace becomes known
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + np.cos(np.pi * min(step, horizon[0]) / horizon[0])))
     inputs = torch.from_numpy(np.ascontiguousarray(train, dtype=np.float32))
     truth = None if labels is None else torch.from_numpy(np.asarray(labels, dtype=np.int64))
     monitor = inputs[torch.from_numpy(rng.choice(len(inputs), min(len(inputs), MONITOR_IMAGES), replace=False))]
@@ -138,7 +141,7 @@ def finetune(module: torch.nn.Module, ranges: dict[str, Range], higher: tuple[st
                 if measured:
                     checkpoint()
                 if measured or done in REPLAN_AT:  # the pace so far, checkpoints included
-                    planned = _fitted(planned, done, time.monotonic() - start, seconds, schedule)
+                    planned = horizon[0] = _fitted(most, done, time.monotonic() - start, seconds)
                     every = max(1, planned // CURVE_POINTS)
         except KeyboardInterrupt:
             stopped = "interrupted"
@@ -153,14 +156,11 @@ def finetune(module: torch.nn.Module, ranges: dict[str, Range], higher: tuple[st
 REPLAN_AT = (3, 12, 48)  # steps after which (and after each checkpoint) the plan is fitted to the budget
 
 
-def _fitted(planned: int, done: int, elapsed: float, seconds: float, schedule) -> int:
-    """Fewer steps where `planned` would not fit in `seconds` at the pace so far, so that the learning
-    rate anneals before the budget ends (a run cut short mid-schedule stops at its highest rates)."""
-    fits = max(done + 1, int(0.95 * seconds * done / max(elapsed, 1e-9)))
-    if fits < planned:
-        schedule.T_max = fits
-        return fits
-    return planned
+def _fitted(most: int, done: int, elapsed: float, seconds: float) -> int:
+    """The steps that fit in `seconds` at the pace so far, at most `most`: the learning rate anneals
+    before the budget ends (a run cut short mid-schedule stops at its highest rates). Refitted as the
+    pace settles, so a slow first step does not shorten the run for good."""
+    return min(most, max(done + 1, int(0.9 * seconds * done / max(elapsed, 1e-9))))  # room for the last checkpoint
 
 
 def _step(student: torch.nn.Module, teacher_logits, optimizer, inputs: torch.Tensor, truth: torch.Tensor | None,

@@ -116,5 +116,6 @@ def test_a_budget_too_short_for_the_plan_shortens_the_schedule(design) -> None:
     plan, _ = design.best_plan()
     _, _, run = finetune(plan.module, plan.ranges, (), design.folded, design.calibration, design.evaluation,
                          design.reference, placement=ALL_PLACEMENTS, grid="asymmetric", seconds=12.0, steps=100_000)
-    assert run.stopped == "steps" and run.steps == run.planned_steps < 100_000
-    assert run.seconds < 12.0 * 1.5
+    assert run.planned_steps < 100_000
+    # the fitted plan matched the budget: it was run (nearly: the pace is re-estimated as it goes) to its end
+    assert run.steps >= 0.8 * run.planned_steps and run.seconds < 12.0 * 1.5
