@@ -160,7 +160,9 @@ def _fitted(most: int, done: int, elapsed: float, seconds: float) -> int:
     """The steps that fit in `seconds` at the pace so far, at most `most`: the learning rate anneals
     before the budget ends (a run cut short mid-schedule stops at its highest rates). Refitted as the
     pace settles, so a slow first step does not shorten the run for good."""
-    return min(most, max(done + 1, int(0.9 * seconds * done / max(elapsed, 1e-9))))  # room for the last checkpoint
+    # at least the steps done (then the run ends here: no more fits), never more than `most`; a tenth of
+    # the budget is left for the last checkpoint
+    return min(most, max(done, int(0.9 * seconds * done / max(elapsed, 1e-9))))
 
 
 def _step(student: torch.nn.Module, teacher_logits, optimizer, inputs: torch.Tensor, truth: torch.Tensor | None,
