@@ -350,10 +350,12 @@ def verify(
 @app.command()
 def video(
     artifact: ArtifactArg,
-    source: Annotated[str, typer.Option(
+    source: Annotated[list[str], typer.Option(
         help="A V4L2 camera (0, /dev/video0), the Pi camera (picamera, picamera:1; Picamera2), a Jetson CSI camera "
         "(csi:0; GStreamer nvarguscamerasrc), a USB camera decoded by GStreamer (gst-usb:/dev/video0), any "
-        "GStreamer pipeline ending in appsink (gst:...), a video file, or a stream URL (rtsp://...).")] = "0",
+        "GStreamer pipeline ending in appsink (gst:...), a video file, or a stream URL (rtsp://...). Repeat it to "
+        "classify several at once: each keeps its newest frame, the waiting frames are classified as one batch, "
+        "the window shows a mosaic, --out gets one folder per stream (stream-1, ...) and streams.json.")] = ["0"],
     headless: Annotated[bool, typer.Option("--headless", help="No window: write results to --out instead.")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Folder for annotated.mp4, frames.csv and frames.json.")
                    ] = None,
@@ -375,9 +377,10 @@ def video(
         help="Frame rate to ask a camera for (default: its own; 30 for picamera and GStreamer sources).")] = None,
     verbose: Verbose = False,
 ) -> None:
-    """Classify a camera, a video file or a stream live; q, Esc or Ctrl-C ends it with a summary.
+    """Classify a camera, a video file or a stream live (or several at once); q, Esc or Ctrl-C ends it with a
+    summary.
 
-    Capture runs in its own thread and hands over the newest frame: the lag never grows.
+    Capture runs in its own thread per source and hands over the newest frame: the lag never grows.
 
     Frames that arrive during inference are dropped and counted (--all-frames keeps them).
 
@@ -385,7 +388,8 @@ def video(
       edgeres video out/resnet18_x86_int8.xml --source 0 --fourcc MJPG\n
       edgeres video out/resnet18_rpi5_int8.tflite --source picamera\n
       edgeres video out/resnet18_jetson_int8/resnet18_jetson_int8.onnx --source csi:0\n
-      edgeres video out/resnet18_x86_int8.xml --source clip.mp4 --headless --out results/
+      edgeres video out/resnet18_x86_int8.xml --source clip.mp4 --headless --out results/\n
+      edgeres video out/resnet18_x86_int8.xml --source 0 --source 2 --source rtsp://cam3/stream --out results/
     """
     set_verbose(verbose)
     from .cameras import parse_size
@@ -404,10 +408,14 @@ def video(
                 "" if out else " (add --out DIR for the annotated video and per-frame results)"))
         else:
             show = window_show()
-    summary = classify_video(classifier, source, out_dir=out, max_frames=max_frames, show=show,
-                             show_every=show_every, realtime=not all_frames, camera_size=size, fourcc=fourcc,
-                             fps=fps)
-    console.video_summary(artifact, source, summary)
+    settings = dict(out_dir=out, max_frames=max_frames, show=show, show_every=show_every, realtime=not all_frames,
+                    camera_size=size, fourcc=fourcc, fps=fps)
+    if len(source) == 1:
+        console.video_summary(artifact, source[0], classify_video(classifier, source[0], **settings))
+    else:
+        from .streams import classify_streams
+
+        console.streams_summary(artifact, classify_streams(classifier, source, **settings))
 
 
 @app.command()

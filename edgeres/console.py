@@ -274,6 +274,16 @@ def video_summary(artifact_path: Path, source: str, summary: Any) -> None:
     })
 
 
+def streams_summary(artifact_path: Path, summary: Any) -> None:
+    table(f"{artifact_path.name} on {len(summary.streams)} streams",
+          ("stream", "source", "read / classified / dropped", "FPS mean / p5", "latency mean / p95"),
+          [(f"#{i + 1}", source, f"{s.frames_read} / {s.frames_classified} / {s.frames_dropped}",
+            f"{s.fps_mean:.1f} / {s.fps_p5:.1f}", f"{s.latency_ms_mean:.0f} / {s.latency_ms_p95:.0f} ms")
+           for i, (source, s) in enumerate(zip(summary.sources, summary.streams))])
+    say(f"{summary.fps_total:.1f} frames per second in all, {summary.frames_per_batch:.2f} frames per inference "
+        f"call ({summary.batches} calls)" + "".join(f"; wrote {path}" for path in summary.outputs.values()))
+
+
 def demo(report: dict, out: Path, weights: str | None) -> None:
     rows, video = report["artifacts"], report["video"]
     data_name = "crops of scikit-image's photos" if weights else "held-out digits"

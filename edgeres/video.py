@@ -47,6 +47,7 @@ class VideoSummary:
     fps_mean: float = 0.0
     fps_p5: float = 0.0  # the slowest 5% of inter-result intervals, as frames per second
     latency_ms_mean: float = 0.0
+    latency_ms_p95: float = 0.0
     outputs: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -102,10 +103,14 @@ class LatestFrame:
     until the previous frame has been taken, so every frame is classified.
     """
 
-    def __init__(self, capture: cv2.VideoCapture, *, realtime: bool, paced: bool = True) -> None:
+    def __init__(self, capture: cv2.VideoCapture, *, realtime: bool, paced: bool = True,
+                 on_change: Callable[[], None] = lambda: None) -> None:
+        """`on_change` is called (in the capture thread) when a frame arrives or the source ends."""
         self._capture = capture
+        self._on_change = on_change
         self._realtime = realtime
         fps = capture.get(cv2.CAP_PROP_FPS)
+        self.fps = fps if fps and fps > 0 else 30.0  # the source's own rate, for writing its annotated video
         # A camera's read() already waits for its next frame; pacing it by its nominal rate would
         # only age the frames when it runs faster than it says.
         self._frame_interval = 1.0 / fps if paced and realtime and fps and fps > 0 else 0.0
@@ -133,9 +138,11 @@ class LatestFrame:
                     self._condition.wait()  # offline: hand over every frame
                 self._latest = (index, time.perf_counter() - self.started, frame)
                 self._condition.notify_all()
+            self._on_change()
         with self._condition:
             self._finished = True
             self._condition.notify_all()
+        self._on_change()
 
     def frames(self) -> Iterator[tuple[int, float, np.ndarray]]:
         """The newest frame each time one is asked for; frames in between are dropped."""
@@ -149,6 +156,19 @@ class LatestFrame:
                 self._condition.notify_all()
             yield latest
 
+    def take(self) -> tuple[int, float, np.ndarray] | None:
+        """The newest frame if one is waiting, else None, without waiting."""
+        with self._condition:
+            latest, self._latest = self._latest, None
+            self._condition.notify_all()
+        return latest
+
+    @property
+    def exhausted(self) -> bool:
+        """The source has ended (or was stopped) and its last frame was taken."""
+        with self._condition:
+            return self._finished and self._latest is None
+
     def stop(self) -> None:
         with self._condition:
             self._finished = True
@@ -157,8 +177,8 @@ class LatestFrame:
         self._capture.release()
 
 
-def annotate(frame: np.ndarray, prediction: Prediction, fps: float) -> np.ndarray:
-    text = f"{prediction.label} {prediction.probability:.0%}  {fps:.1f} FPS"
+def annotate(frame: np.ndarray, prediction: Prediction, fps: float, prefix: str = "") -> np.ndarray:
+    text = f"{prefix}{prediction.label} {prediction.probability:.0%}  {fps:.1f} FPS"
     scale = max(0.4, frame.shape[1] / 900)
     thickness = max(1, round(scale * 2))
     (width, height), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
@@ -266,8 +286,7 @@ class _VideoRun:
         self.classifier, self.reader, self.outputs = classifier, reader, outputs
         self.show, self.show_every, self.max_frames = show, show_every, max_frames
         self.in_flight: collections.deque[tuple[int, float, np.ndarray]] = collections.deque()
-        self.done_times: list[float] = []
-        self.latencies: list[float] = []
+        self.tally = Tally()
 
     def frames(self) -> Iterator[np.ndarray]:
         for count, item in enumerate(self.reader.frames()):
@@ -279,35 +298,54 @@ class _VideoRun:
     def loop(self) -> None:
         for predictions in self.classifier.stream(self.frames(), topk=1):
             index, captured_at, frame = self.in_flight.popleft()
-            now = time.perf_counter() - self.reader.started
-            self.done_times.append(now)
-            self.latencies.append(1e3 * (now - captured_at))
+            latency_ms = self.tally.add(time.perf_counter() - self.reader.started, captured_at)
             top = predictions[0]
             if self.outputs is None and self.show is None:
                 continue
-            annotated = annotate(frame, top, _fps(self.done_times))
+            annotated = annotate(frame, top, self.tally.recent_fps())
             if self.outputs is not None:
                 self.outputs.add(FrameResult(index, round(captured_at, 4), top.label, round(top.probability, 5),
-                                             round(self.latencies[-1], 2)), annotated)
-            if self.show is not None and len(self.done_times) % self.show_every == 0 and not self.show(annotated):
+                                             round(latency_ms, 2)), annotated)
+            if self.show is not None and self.tally.count % self.show_every == 0 and not self.show(annotated):
                 return
 
     def summary(self) -> VideoSummary:
-        summary = VideoSummary(frames_read=self.reader.frames_read, frames_classified=len(self.done_times))
+        return self.tally.summary(self.reader.frames_read)
+
+
+class Tally:
+    """When each result of one stream came, and how old its frame was: the stream's FPS and latency."""
+
+    def __init__(self) -> None:
+        self.done_times: list[float] = []
+        self.latencies: list[float] = []
+
+    @property
+    def count(self) -> int:
+        return len(self.done_times)
+
+    def add(self, now: float, captured_at: float) -> float:
+        """A result at `now` for the frame captured at `captured_at` (seconds); returns its latency in ms."""
+        self.done_times.append(now)
+        self.latencies.append(1e3 * (now - captured_at))
+        return self.latencies[-1]
+
+    def recent_fps(self, window: int = 30) -> float:
+        recent = self.done_times[-window:]
+        return (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
+
+    def summary(self, frames_read: int) -> VideoSummary:
+        summary = VideoSummary(frames_read=frames_read, frames_classified=self.count)
         summary.frames_dropped = max(0, summary.frames_read - summary.frames_classified)
-        if len(self.done_times) > 1:
+        if self.count > 1:
             summary.seconds = self.done_times[-1] - self.done_times[0]
-            summary.fps_mean = (len(self.done_times) - 1) / summary.seconds if summary.seconds else 0.0
+            summary.fps_mean = (self.count - 1) / summary.seconds if summary.seconds else 0.0
             slowest = float(np.percentile(np.diff(self.done_times), 95))
             summary.fps_p5 = 1.0 / slowest if slowest > 0 else 0.0
         if self.latencies:
             summary.latency_ms_mean = float(np.mean(self.latencies))
+            summary.latency_ms_p95 = float(np.percentile(self.latencies, 95))
         return summary
-
-
-def _fps(done_times: list[float], window: int = 30) -> float:
-    recent = done_times[-window:]
-    return (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
 
 
 def no_window_reason() -> str | None:
