@@ -359,8 +359,11 @@ def video(
     headless: Annotated[bool, typer.Option("--headless", help="No window: write results to --out instead.")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Folder for annotated.mp4, frames.csv and frames.json.")
                    ] = None,
-    max_frames: Annotated[Optional[int], typer.Option(help="Stop after classifying this many frames.")] = None,
-    show_every: Annotated[int, typer.Option(help="Draw every Nth classified frame in the window.")] = 1,
+    max_frames: Annotated[Optional[int], typer.Option(
+        help="Stop after classifying this many frames (of each source, with several).")] = None,
+    show_every: Annotated[int, typer.Option(
+        help="Draw every Nth classified frame in the window (with several sources: every Nth round of the "
+        "mosaic).")] = 1,
     all_frames: Annotated[bool, typer.Option(
         "--all-frames", help="Offline: classify every frame of a file as fast as possible instead of playing it "
         "in real time and dropping frames.")] = False,

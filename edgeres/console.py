@@ -270,18 +270,21 @@ def video_summary(artifact_path: Path, source: str, summary: Any) -> None:
                                                f"{summary.frames_dropped} ({summary.classified_share:.0%} classified)",
         "FPS mean / p5": f"{summary.fps_mean:.1f} / {summary.fps_p5:.1f}",
         "latency capture to result": f"{summary.latency_ms_mean:.1f} ms",
+        **({"source failed": summary.error} if summary.error else {}),
         **{f"wrote {kind}": path for kind, path in summary.outputs.items()},
     })
 
 
 def streams_summary(artifact_path: Path, summary: Any) -> None:
     table(f"{artifact_path.name} on {len(summary.streams)} streams",
-          ("stream", "source", "read / classified / dropped", "FPS mean / p5", "latency mean / p95"),
+          ("stream", "source", "read / classified / dropped", "FPS mean / p5", "latency mean / p95", "ended"),
           [(f"#{i + 1}", source, f"{s.frames_read} / {s.frames_classified} / {s.frames_dropped}",
-            f"{s.fps_mean:.1f} / {s.fps_p5:.1f}", f"{s.latency_ms_mean:.0f} / {s.latency_ms_p95:.0f} ms")
+            f"{s.fps_mean:.1f} / {s.fps_p5:.1f}", f"{s.latency_ms_mean:.0f} / {s.latency_ms_p95:.0f} ms",
+            f"failed: {s.error}" if s.error else "")
            for i, (source, s) in enumerate(zip(summary.sources, summary.streams))])
-    say(f"{summary.fps_total:.1f} frames per second in all, {summary.frames_per_batch:.2f} frames per inference "
-        f"call ({summary.batches} calls)" + "".join(f"; wrote {path}" for path in summary.outputs.values()))
+    say(f"{summary.fps_total:.1f} frames classified per second in all, {summary.frames_per_round:.2f} frames "
+        f"classified together per round ({summary.rounds} rounds, {summary.how})"
+        + "".join(f"; wrote {path}" for path in summary.outputs.values()))
 
 
 def demo(report: dict, out: Path, weights: str | None) -> None:

@@ -48,6 +48,7 @@ class VideoSummary:
     fps_p5: float = 0.0  # the slowest 5% of inter-result intervals, as frames per second
     latency_ms_mean: float = 0.0
     latency_ms_p95: float = 0.0
+    error: str | None = None  # why the source failed while being read
     outputs: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -104,8 +105,9 @@ class LatestFrame:
     """
 
     def __init__(self, capture: cv2.VideoCapture, *, realtime: bool, paced: bool = True,
-                 on_change: Callable[[], None] = lambda: None) -> None:
-        """`on_change` is called (in the capture thread) when a frame arrives or the source ends."""
+                 on_change: Callable[[], None] = lambda: None, start: bool = True) -> None:
+        """`on_change` is called (in the capture thread) when a frame arrives or the source ends;
+        `start=False` waits for `start()` (several sources opened first, then started together)."""
         self._capture = capture
         self._on_change = on_change
         self._realtime = realtime
@@ -117,16 +119,35 @@ class LatestFrame:
         self._condition = threading.Condition()
         self._latest: tuple[int, float, np.ndarray] | None = None
         self._finished = False
+        self.error: str | None = None  # why the source failed while being read, if it did
         self.frames_read = 0
         self.started = time.perf_counter()
         self._thread = threading.Thread(target=self._read, name="edgeres-capture", daemon=True)
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
         self._thread.start()
 
     def _read(self) -> None:
+        try:
+            self._read_until_done()
+        except Exception as error:  # noqa: BLE001 - a decoder or driver failure ends this source, with its reason
+            self.error = f"{type(error).__name__}: {error}"
+        finally:
+            with self._condition:
+                self._finished = True
+                self._condition.notify_all()
+            # released here, by the thread that reads: never under a read() still running
+            self._capture.release()
+            self._on_change()
+
+    def _read_until_done(self) -> None:
         while not self._finished:
             ok, frame = self._capture.read()
             if not ok:
-                break
+                return
             index = self.frames_read
             self.frames_read += 1
             if self._frame_interval:  # a file plays at its own rate, as a camera would
@@ -139,10 +160,6 @@ class LatestFrame:
                 self._latest = (index, time.perf_counter() - self.started, frame)
                 self._condition.notify_all()
             self._on_change()
-        with self._condition:
-            self._finished = True
-            self._condition.notify_all()
-        self._on_change()
 
     def frames(self) -> Iterator[tuple[int, float, np.ndarray]]:
         """The newest frame each time one is asked for; frames in between are dropped."""
@@ -165,20 +182,32 @@ class LatestFrame:
 
     @property
     def exhausted(self) -> bool:
-        """The source has ended (or was stopped) and its last frame was taken."""
+        """The source has ended (or failed, or was stopped) and its last frame was taken."""
         with self._condition:
             return self._finished and self._latest is None
 
-    def stop(self) -> None:
+    def signal_stop(self) -> None:
+        """Ask the capture thread to end, without waiting for it (it may be inside a camera's read())."""
         with self._condition:
             self._finished = True
             self._condition.notify_all()
-        self._thread.join(timeout=2)
-        self._capture.release()
+
+    def join(self, deadline: float) -> None:
+        """Wait for the capture thread until `deadline` (time.perf_counter()); never started: release here."""
+        if self._thread.ident is None:
+            self._capture.release()
+            return
+        self._thread.join(timeout=max(0.0, deadline - time.perf_counter()))
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self.signal_stop()
+        self.join(time.perf_counter() + timeout)
 
 
-def annotate(frame: np.ndarray, prediction: Prediction, fps: float, prefix: str = "") -> np.ndarray:
-    text = f"{prefix}{prediction.label} {prediction.probability:.0%}  {fps:.1f} FPS"
+def annotate(frame: np.ndarray, prediction: Prediction, fps: float, prefix: str = "",
+             latency_ms: float | None = None) -> np.ndarray:
+    late = "" if latency_ms is None else f" {latency_ms:.0f} ms"
+    text = f"{prefix}{prediction.label} {prediction.probability:.0%}  {fps:.1f} FPS{late}"
     scale = max(0.4, frame.shape[1] / 900)
     thickness = max(1, round(scale * 2))
     (width, height), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
@@ -298,7 +327,7 @@ class _VideoRun:
     def loop(self) -> None:
         for predictions in self.classifier.stream(self.frames(), topk=1):
             index, captured_at, frame = self.in_flight.popleft()
-            latency_ms = self.tally.add(time.perf_counter() - self.reader.started, captured_at)
+            latency_ms = self.tally.add(time.perf_counter() - self.reader.started, captured_at, index)
             top = predictions[0]
             if self.outputs is None and self.show is None:
                 continue
@@ -310,7 +339,9 @@ class _VideoRun:
                 return
 
     def summary(self) -> VideoSummary:
-        return self.tally.summary(self.reader.frames_read)
+        summary = self.tally.summary(self.reader.frames_read)
+        summary.error = self.reader.error
+        return summary
 
 
 class Tally:
@@ -319,15 +350,18 @@ class Tally:
     def __init__(self) -> None:
         self.done_times: list[float] = []
         self.latencies: list[float] = []
+        self.last_index = -1
 
     @property
     def count(self) -> int:
         return len(self.done_times)
 
-    def add(self, now: float, captured_at: float) -> float:
-        """A result at `now` for the frame captured at `captured_at` (seconds); returns its latency in ms."""
+    def add(self, now: float, captured_at: float, index: int) -> float:
+        """A result at `now` for frame `index`, captured at `captured_at` (seconds, the same clock); returns
+        its latency in ms."""
         self.done_times.append(now)
         self.latencies.append(1e3 * (now - captured_at))
+        self.last_index = index
         return self.latencies[-1]
 
     def recent_fps(self, window: int = 30) -> float:
@@ -336,7 +370,9 @@ class Tally:
 
     def summary(self, frames_read: int) -> VideoSummary:
         summary = VideoSummary(frames_read=frames_read, frames_classified=self.count)
-        summary.frames_dropped = max(0, summary.frames_read - summary.frames_classified)
+        # frames read ahead of the last result (the run ended there) were not dropped, only not reached
+        reached = min(frames_read, self.last_index + 1) if self.count else 0
+        summary.frames_dropped = max(0, reached - summary.frames_classified)
         if self.count > 1:
             summary.seconds = self.done_times[-1] - self.done_times[0]
             summary.fps_mean = (self.count - 1) / summary.seconds if summary.seconds else 0.0

@@ -125,6 +125,21 @@ class Classifier:
     def predict_batch(self, frames: Sequence[np.ndarray], topk: int = 5) -> list[list[Prediction]]:
         return [self._top(row, topk) for row in self.logits_batch(frames)]
 
+    def predict_many(self, frames: Sequence[np.ndarray], topk: int = 5) -> list[list[Prediction]]:
+        """Several frames at once, the fastest way this artifact's runtime has: one batch where the
+        artifact takes one (--dynamic-batch), several inferences in flight where the runtime keeps
+        them (OpenVINO), else one after the other."""
+        if self.how_many_at_once(len(frames)) == "one batch":
+            return self.predict_batch(frames, topk)
+        return list(self.stream(frames, topk))
+
+    def how_many_at_once(self, count: int) -> str:
+        """How `predict_many` classifies `count` frames: one batch, in flight together, or one by one."""
+        largest = self._backend.max_batch
+        if count <= 1 or largest is None or largest >= count:
+            return "one batch"
+        return "in flight together" if hasattr(self._backend, "stream") else "one by one"
+
     def stream(self, frames: Iterable[np.ndarray], topk: int = 5) -> Iterator[list[Prediction]]:
         """Predictions for each frame of a stream, in frame order.
 
