@@ -130,8 +130,8 @@ def convert(
         help="INT8: time budget of the fine-tuning; the best state so far is kept (Ctrl-C too).")
                                 ] = DEFAULT_FINETUNE_MINUTES,
     finetune_steps: Annotated[Optional[int], typer.Option(
-        help="INT8: fine-tuning steps of 32 images (default: 40 passes over the training images, at most 2000; "
-        "the time budget may end it first).")] = None,
+        help="INT8: fine-tuning steps of 32 images (default: 120 passes over the training images, at most 2000; "
+        "fewer where they would not fit the time budget: the schedule is fitted to it as the run goes).")] = None,
     train: Annotated[Optional[Path], typer.Option(
         help="INT8: labelled ImageFolder (DIR/<class>/images) the fine-tuning learns from, adding the task loss "
         "to distillation (default: the calibration images, unlabelled).")] = None,
