@@ -26,7 +26,7 @@ import numpy as np
 from .artifact import atomic_path
 from .runtime.classifier import Classifier
 from .video import (VIDEO_OUTPUTS, FrameResult, LatestFrame, Tally, VideoError, VideoSummary, _Outputs, annotate,
-                    is_live, open_source)
+                    check_limits, is_live, open_source)
 from .written import mark_written, refuse_to_overwrite
 
 MAX_STREAMS = 64  # each holds a capture thread, a decoder and a frame; more is a typo, not a deployment
@@ -125,10 +125,7 @@ def _check(sources: Sequence[str | int], max_frames: int | None, show_every: int
     if len(sources) > MAX_STREAMS:
         raise VideoError(f"{len(sources)} sources: at most {MAX_STREAMS} streams are classified at once; "
                          "run several edgeres video processes for more")
-    if max_frames is not None and max_frames < 1:
-        raise VideoError(f"--max-frames must be at least 1, got {max_frames}")
-    if show_every < 1:
-        raise VideoError(f"--show-every must be at least 1, got {show_every}")
+    check_limits(max_frames, show_every)
 
 
 def _write(out_dir: Path, outputs: list[_Outputs], summary: StreamsSummary) -> None:

@@ -280,10 +280,7 @@ def classify_video(
     aspect ratio that covers the model's resize (`camera_size_for`). Ctrl-C stops it cleanly; the summary and the
     outputs so far are kept.
     """
-    if max_frames is not None and max_frames < 1:
-        raise VideoError(f"--max-frames must be at least 1, got {max_frames}")
-    if show_every < 1:
-        raise VideoError(f"--show-every must be at least 1, got {show_every}")
+    check_limits(max_frames, show_every)
     if out_dir is not None:  # before the camera opens: a user's annotated.mp4 is never replaced
         refuse_to_overwrite(Path(out_dir), VIDEO_OUTPUTS, "--out")
     capture = open_source(source, classifier.preprocess.resize, camera_size, fourcc, fps)
@@ -305,6 +302,14 @@ def classify_video(
     if outputs is not None:
         outputs.close(summary)
     return summary
+
+
+def check_limits(max_frames: int | None, show_every: int) -> None:
+    """The run's limits, refused before any source opens (one source or several)."""
+    if max_frames is not None and max_frames < 1:
+        raise VideoError(f"--max-frames must be at least 1, got {max_frames}")
+    if show_every < 1:
+        raise VideoError(f"--show-every must be at least 1, got {show_every}")
 
 
 class _VideoRun:
