@@ -39,8 +39,16 @@ def test_jetson_and_x86_profiles() -> None:
         ["fp32", "fp32", "bf16"]
 
 
+def test_snapdragon_profiles_name_their_soc_and_htp() -> None:
+    socs = {name: load_profile(name).options for name in profile_names() if name.startswith("snapdragon-")}
+    assert {name: (o["soc_model"], o["htp_arch"]) for name, o in socs.items()} == {
+        "snapdragon-8-gen-1": ("36", "69"), "snapdragon-8-gen-2": ("43", "73"),
+        "snapdragon-8-gen-3": ("57", "75"), "snapdragon-8-elite": ("69", "79")}
+    assert {resolve_target(name)[0].name for name in socs} == {"qnn"}
+
+
 def test_unknown_name_lists_targets_and_profiles() -> None:
-    with pytest.raises(TargetError, match=r"choose a target \(onnx, npu, x86, rpi, jetson, mobile\) or a device profile \(jetson-agx-orin, .*, rpi5, x86-amx, x86-avx2, x86-avx512-vnni\)"):
+    with pytest.raises(TargetError, match=r"choose a target \(onnx, npu, qnn, x86, rpi, jetson, mobile\) or a device profile \(jetson-agx-orin, .*, rpi5, snapdragon-8-elite, .*, x86-amx, x86-avx2, x86-avx512-vnni\)"):
         resolve_target("pi9")
 
 

@@ -68,7 +68,8 @@ def search_int8(model: LoadedModel, options: ConvertOptions, target: Target, job
     def attempt(plan: QuantizationPlan) -> tuple[Measured, Built]:
         built = target.build(job, plan, scratch / f"attempt-{next(count)}")
         primary = built.artifacts[0]
-        judged = data.judge(artifact_logits(primary.path, primary.preprocess, data.crops))
+        judged_on = built.stand_in or primary
+        judged = data.judge(artifact_logits(judged_on.path, judged_on.preprocess, data.crops))
         size_mb = sum(path.stat().st_size for path in primary.files) / 1e6
         return Measured(**asdict(judged), size_mb=size_mb), built
 
@@ -79,7 +80,10 @@ def search_int8(model: LoadedModel, options: ConvertOptions, target: Target, job
     result = search(design, attempt, bar, method=method, bias_correction=options.bias_correction,
                     keep=tuple(options.keep), max_kept=options.max_kept, log=log, finetune=remedy,
                     always_finetune=options.finetune == "always")
-    return Int8Outcome(result, bar, data.describe(), remedy.run if remedy else None)
+    judged = data.describe()
+    if result.best.built.stand_in is not None:
+        judged += f" (through {result.best.built.stand_in.path.name}, the same graph on ONNX Runtime's CPU)"
+    return Int8Outcome(result, bar, judged, remedy.run if remedy else None)
 
 
 class _Finetuner:

@@ -25,6 +25,7 @@ from ..logs import set_verbose
 from ..metrics import Judged, compare_logits
 from ..models import LoadedModel
 from ..preprocess import Preprocess
+from ..runtime import backend_class
 from ..targets import resolve_target
 from ..targets.base import Built, BuiltArtifact, ConvertJob, Target
 from ..written import mark_written
@@ -79,7 +80,7 @@ def convert(model: LoadedModel, options: ConvertOptions, *, progress: Progress =
                      model_preprocess=spec, precision=options.precision, stem=stem,
                      calibration=calibration if options.precision == "int8" else None,
                      opset=options.opset or DEFAULT_OPSET, dynamic_batch=options.dynamic_batch,
-                     preset=options.preset, log=log)
+                     preset=options.preset, log=log, device=profile)
     context = _Context(model, options, target, profile, spec, calibration, data, job, log)
     with scratch_folder() as scratch, OutputSet(Path(options.out_dir), stem) as output:
         if options.precision == "int8":
@@ -147,6 +148,9 @@ def _finish(context: _Context, built: Built, search: Int8Outcome | None, output:
         verification = compare_logits(reference, verified, reference_source)
         enforce(verification, context.options.precision, context.target.tolerance, artifact.path.name)
         verification.update(other_modes(artifact.path, artifact.preprocess, reference_crops, reference))
+        if built.stand_in is not None and artifact is built.artifacts[0]:
+            verification["stand_in"] = _against_stand_in(built.stand_in, artifact, reference_crops, verified,
+                                                         reference, context.log)
         golden = golden_record(golden_frames, golden_reference, expected, _stem(artifact.path),
                                asdict(context.target.tolerance))
         companions = {path.name: sha256_of(path) for path in artifact.files[1:]}
@@ -164,6 +168,24 @@ def _finish(context: _Context, built: Built, search: Int8Outcome | None, output:
             judged = judged or context.data.judge(logits[len(reference_crops) + len(golden_crops):])
             rows.append(_row(context, artifact, record, search, summary, judged))
     return _commit(context, built, output, records, rows, search, summary)
+
+
+def _against_stand_in(stand_in: BuiltArtifact, artifact: BuiltArtifact, crops: list[np.ndarray],
+                      logits: np.ndarray, reference: np.ndarray, log: Callable[[str], None]) -> dict:
+    """The artifact on its own runtime here (an emulator) against the stand-in the search judged, image by
+    image: what the bar measured on the stand-in is worth for the artifact."""
+    theirs = artifact_logits(stand_in.path, stand_in.preprocess, crops)
+    runtime = backend_class(artifact.path)
+    where = getattr(runtime, "where_it_runs", lambda: runtime.name)()
+    found = {"runtime": where, "stand_in": f"{stand_in.path.name} on ONNX Runtime's CPU", "images": len(crops),
+             "top1_agreement_with_stand_in": float(np.mean(logits.argmax(1) == theirs.argmax(1))),
+             "max_abs_logit_diff_to_stand_in": float(np.abs(logits - theirs).max()),
+             "top1_agreement_with_fp32": float(np.mean(logits.argmax(1) == reference.argmax(1))),
+             "stand_in_top1_agreement_with_fp32": float(np.mean(theirs.argmax(1) == reference.argmax(1)))}
+    log(f"On the {where}: {found['top1_agreement_with_stand_in']:.1%} of {len(crops)} images give the stand-in's "
+        f"answer (largest logit difference {found['max_abs_logit_diff_to_stand_in']:.3g}); agreement with FP32 "
+        f"{found['top1_agreement_with_fp32']:.1%} there, {found['stand_in_top1_agreement_with_fp32']:.1%} on the CPU")
+    return found
 
 
 def _commit(context: _Context, built: Built, output: OutputSet, records: list[ArtifactRecord], rows: list[dict],

@@ -22,6 +22,11 @@ BACKENDS: dict[str, str] = {
     ".ptl": "edgeres.runtime.torchscript:LiteInterpreterBackend",
 }
 
+# Files of a suffix above that only another runtime runs, told apart by their content: (test, backend).
+SPECIALISED: dict[str, list[tuple[str, str]]] = {
+    ".onnx": [("edgeres.runtime.qnn:is_context_model", "edgeres.runtime.qnn:QnnBackend")],  # QNN context models
+}
+
 
 def backend_class(path: Path) -> type[Backend]:
     suffix = path.suffix.lower()
@@ -30,8 +35,15 @@ def backend_class(path: Path) -> type[Backend]:
             f"{path.name}: no runtime backend for '{suffix or 'no suffix'}' files; "
             f"edgeres runs {', '.join(BACKENDS)}"
         )
-    module_name, class_name = BACKENDS[suffix].split(":")
-    return getattr(import_module(module_name), class_name)
+    for test, backend in SPECIALISED.get(suffix, []):
+        if path.is_file() and _named(test)(path):
+            return _named(backend)
+    return _named(BACKENDS[suffix])
+
+
+def _named(where: str):
+    module_name, name = where.split(":")
+    return getattr(import_module(module_name), name)
 
 
 def open_backend(path: Path, threads: int | None = None, device: str | None = None,

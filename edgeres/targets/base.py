@@ -17,6 +17,7 @@ from .registry import REGISTRY, Accepts
 
 if TYPE_CHECKING:  # not at import: the CLI's --help lists the targets on a device without OpenCV
     from ..calibration import CalibrationSet
+    from ..devices import DeviceProfile
     from ..preprocess import Preprocess
 
 
@@ -54,6 +55,7 @@ class ConvertJob:
     dynamic_batch: bool = False
     preset: str | None = None  # quantization preset, for targets that have presets
     log: Callable[[str], None] = print
+    device: DeviceProfile | None = None  # the device profile named by --target, where one was
 
 
 @dataclass
@@ -74,6 +76,9 @@ class BuiltArtifact:
 class Built:
     artifacts: list[BuiltArtifact]  # the primary artifact first (mobile: the .pte, then the .ptl)
     companions: dict[str, bytes] = field(default_factory=dict)  # other files of the set, by name (TensorRT cache)
+    # Where the primary artifact's runtime here is an emulator too slow for every image of every attempt: the
+    # same quantized graph on a fast runtime, which the search judges attempts on (qnn: the QDQ on the CPU)
+    stand_in: BuiltArtifact | None = None
 
 
 class Target(Protocol):
@@ -87,6 +92,7 @@ class Target(Protocol):
     # and what a layer kept out of INT8 becomes.
     placement: ClassVar[frozenset[str]]
     higher_precision: ClassVar[str]
+    emulated: ClassVar[bool]  # its runtime on a PC is an emulator (seconds per image), checked on fewer images
 
     def input_spec(self, model_spec: Preprocess) -> Preprocess:
         """The artifact's input, derived from the PyTorch model's (same resize and crop)."""
@@ -109,6 +115,7 @@ class TargetBase:
     precisions: ClassVar[tuple[str, ...]]
     presets: ClassVar[tuple[str, ...]]
     tolerance: ClassVar[Tolerance] = Tolerance()
+    emulated: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
