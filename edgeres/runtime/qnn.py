@@ -98,14 +98,15 @@ def htp_session(model: Path | bytes, provider_options: dict[str, str] | None = N
 def where_it_runs() -> str:
     """The HTP of this Snapdragon, or the emulator that onnxruntime-qnn's x86-64 wheel carries."""
     if platform.machine().lower() in ("x86_64", "amd64"):
-        return "QNN HTP emulator (onnxruntime-qnn on x86-64; not the chip)"
+        return "QNN HTP emulator on x86-64, not the chip"
     return "QNN HTP"
 
 
 class QnnBackend(OnnxRuntimeBackend):
     """A QNN context model on the HTP (or its emulator), nothing falling back to the CPU."""
 
-    name: ClassVar[str] = "onnxruntime-qnn"
+    # said wherever a timing or a result is reported: on a PC the emulator's seconds are not the chip's
+    name: ClassVar[str] = f"onnxruntime-qnn, {where_it_runs()}"
 
     def __init__(self, path: Path, threads: int | None, device: str | None = None,
                  precision: str | None = None) -> None:
