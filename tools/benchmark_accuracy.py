@@ -2,6 +2,7 @@
 
     .venv/bin/python tools/benchmark_accuracy.py --json out/bench_accuracy.json
     .venv/bin/python tools/benchmark_accuracy.py --fixtures resnet50-photos-32 --targets npu x86
+    .venv/bin/python tools/benchmark_accuracy.py --fixtures resnet18-photos-32 --targets qnn
 
 For each model (trained here and cached, see edgeres.photoset): FP32 top-1 on its held-out
 images, then each method's top-1 drop (points) and top-1 agreement with FP32 on the same
@@ -18,6 +19,11 @@ images:
   fine-tuning). Where the search fine-tuned (its last remedy, when no calibration-only
   attempt met the bar), two rows: the best calibration-only attempt, and the fine-tuned one
   with its steps and time (`--finetune-minutes` bounds it, as in convert).
+With `--targets qnn`: edgeres' qnn row is judged like the others, on its stand-in (the same QDQ
+graph on ONNX Runtime's CPU); then the compiled context model itself and the stand-in, on the
+same first --emulated-images val images, the context model on QNN's HTP emulator (x86-64, not
+the chip); and QNN's own recipe as a peer (get_qnn_qdq_config defaults, compiled the same way,
+on the emulator).
 Calibration uses each model's calib/ split (10 images per class), never its val/ split.
 """
 
@@ -41,8 +47,10 @@ from edgeres.metrics import accuracy, agreement
 from edgeres.photoset import FIXTURES, photo_set, train_photo_resnet
 from edgeres.preprocess import Preprocess
 
-TARGETS = ("npu", "x86", "rpi", "jetson", "mobile")
+TARGETS = ("npu", "qnn", "x86", "rpi", "jetson", "mobile")
 PEERS = ("torch.ao FX PTQ", "ORT quantize_static", "NNCF defaults")
+DEFAULT_TARGETS = ("npu", "x86", "rpi", "jetson", "mobile")  # qnn only when asked: its emulator takes seconds an image
+EMULATED_IMAGES = 160  # val images run on an emulator (qnn: QNN's HTP emulator, about a second each)
 
 
 @dataclass
@@ -151,6 +159,61 @@ def _nncf(module, calib: np.ndarray, val: np.ndarray, spec: Preprocess) -> np.nd
     return np.concatenate([request.infer({0: item[None]})[0] for item in val])
 
 
+def qnn_peer(fixture: Fixture, module: torch.nn.Module, count: int) -> np.ndarray:
+    """QNN's own recipe (ONNX Runtime's get_qnn_qdq_config defaults: uint8 activations and weights, per-tensor,
+    min/max) compiled for the HTP like edgeres' qnn artifact; its logits on the first `count` val images, run
+    on QNN's HTP emulator."""
+    from onnxruntime.quantization import CalibrationDataReader, quantize
+    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config, qnn_preprocess_model
+
+    from edgeres.conversion.measure import artifact_logits
+    from edgeres.exporters.onnx_tools import export_fp32
+    from edgeres.targets.qnn import DEFAULT_SOC, compile_context
+
+    spec = Preprocess.imagenet(fixture.imgsz)
+    calib, _ = _load(fixture.calib_dir, fixture.labels, spec)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(calib)
+
+        def get_next(self):
+            item = next(self.items, None)
+            return None if item is None else {"input": item[None]}
+
+    with tempfile.TemporaryDirectory() as scratch:
+        fp32, prepared, qdq, context = (Path(scratch) / n for n in ("fp32.onnx", "pre.onnx", "qdq.onnx", "ctx.onnx"))
+        export_fp32(module, spec.input_shape, fp32, opset=18, dynamic_batch=False)
+        source = prepared if qnn_preprocess_model(str(fp32), str(prepared)) else fp32
+        quantize(str(source), str(qdq), get_qnn_qdq_config(str(source), Reader()))
+        compile_context(qdq, context, DEFAULT_SOC)
+        return artifact_logits(context, spec, _crops(fixture, spec)[:count])
+
+
+def _crops(fixture: Fixture, spec: Preprocess) -> list[np.ndarray]:
+    return [spec.resize_and_crop(read_image(p)) for p in find_images(fixture.val_dir)]
+
+
+def emulated_rows(fixture: Fixture, artifact: Path, stand_in: Path, reference: np.ndarray, truth: np.ndarray,
+                  count: int, name: str) -> dict[str, dict]:
+    """The artifact on its emulator and its stand-in on the CPU, on the same first `count` val images."""
+    from edgeres.conversion.measure import artifact_logits
+    from edgeres.runtime.classifier import Classifier
+
+    spec = Classifier(artifact).preprocess
+    crops = _crops(fixture, spec)[:count]
+    rows = {}
+    for label, path in ((f"{name} on the emulator", artifact), (f"{name} stand-in on the CPU", stand_in)):
+        logits = artifact_logits(path, spec, crops)
+        rows[f"{label} (first {len(crops)})"] = _scored(logits, reference[:len(crops)], truth[:len(crops)])
+    return rows
+
+
+def _scored(logits: np.ndarray, reference: np.ndarray, truth: np.ndarray) -> dict:
+    return {"drop_points": 100 * (accuracy(reference, truth) - accuracy(logits, truth)),
+            "agreement": agreement(reference, logits), "images": len(logits)}
+
+
 QAT_PEERS = ("NNCF QAT", "PT2E QAT (XNNPACK)")
 QAT_BATCH, QAT_LR = 32, 1e-4
 
@@ -226,8 +289,9 @@ def _pt2e_qat(module, calib: np.ndarray, truth: np.ndarray, val: np.ndarray, min
 
 
 def edgeres_target(fixture: Fixture, model, target: str, out: Path, finetune_minutes: float,
-                   finetune_steps: int | None) -> dict[str, dict]:
-    """The target's row, and where the search fine-tuned, the calibration-only row it started from."""
+                   finetune_steps: int | None) -> tuple[dict[str, dict], Path]:
+    """The target's row, and where the search fine-tuned, the calibration-only row it started from; the
+    artifact."""
     from edgeres.conversion.pipeline import AccuracyBarError, ConvertOptions, convert
     from edgeres.quantization.search import Bar, preference
 
@@ -252,7 +316,7 @@ def edgeres_target(fixture: Fixture, model, target: str, out: Path, finetune_min
         rows = {f"edgeres {target} (calibration only)": _row(before, len(calibrated), None),
                 f"edgeres {target} (+ fine-tuning)": {**_row(tuned, len(attempts), seconds),
                                                        "finetune": search["finetune"]}}
-    return rows
+    return rows, result.path
 
 
 def _row(attempt: dict, count: int, seconds: float | None) -> dict:
@@ -268,7 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fixtures", nargs="+", default=[*FIXTURES, "resnet18-digits"],
                         choices=[*FIXTURES, "resnet18-digits"])
-    parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
+    parser.add_argument("--targets", nargs="+", default=list(DEFAULT_TARGETS), choices=TARGETS,
+                        help="qnn adds its artifact and QNN's own recipe run on QNN's HTP emulator (first "
+                        "--emulated-images val images: about a second each)")
+    parser.add_argument("--emulated-images", type=int, default=EMULATED_IMAGES)
     parser.add_argument("--no-peers", action="store_true", help="Skip the peer tools.")
     parser.add_argument("--cache", type=Path, default=Path(".cache/benchmark_accuracy"))
     parser.add_argument("--json", type=Path, help="Also write the results here.")
@@ -303,10 +370,19 @@ def main(argv: list[str] | None = None) -> int:
             row["methods"][name] = {"drop_points": 100 * (fp32 - accuracy(logits, truth)),
                                     "agreement": agreement(reference, logits)}
             _print(name, row["methods"][name])
+        if "qnn" in args.targets and not args.no_peers:
+            name = f"QNN defaults on the emulator (first {min(args.emulated_images, len(val))})"
+            row["methods"][name] = _scored(qnn_peer(fixture, model.module, args.emulated_images),
+                                           reference[:args.emulated_images], truth[:args.emulated_images])
+            _print(name, row["methods"][name])
         with tempfile.TemporaryDirectory() as out:
             for target in args.targets:
-                for name, measured in edgeres_target(fixture, model, target, Path(out), args.finetune_minutes,
-                                                       args.finetune_steps).items():
+                measured_rows, artifact = edgeres_target(fixture, model, target, Path(out), args.finetune_minutes,
+                                                         args.finetune_steps)
+                if target == "qnn":
+                    measured_rows.update(emulated_rows(fixture, artifact, artifact.with_name(f"{artifact.stem}.qdq.onnx"),
+                                                       reference, truth, args.emulated_images, "edgeres qnn"))
+                for name, measured in measured_rows.items():
                     row["methods"][name] = measured
                     _print(name, measured)
         results.append(row)

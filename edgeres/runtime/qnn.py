@@ -20,6 +20,7 @@ import numpy as np
 from ..artifact import ArtifactRecord
 from ..errors import ArtifactError, BackendUnavailableError, DeviceError, install_hint
 from ..files import MODEL_LIMIT, read_bytes
+from ..logs import native_output_silenced
 from .onnxruntime import EMPTY, OnnxRuntimeBackend, _fields, _length_delimited, _text, ort
 
 EP_NAME = "QNNExecutionProvider"
@@ -92,7 +93,8 @@ def htp_session(model: Path | bytes, provider_options: dict[str, str] | None = N
     options.add_provider_for_devices(devices[:1], {"backend_path": qnn_module().get_qnn_htp_path(),
                                                    **(provider_options or {})})
     source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, options)
+    with native_output_silenced():  # QNN's libraries print their configuration on every load (--verbose shows it)
+        return ort.InferenceSession(source, options)
 
 
 def where_it_runs() -> str:
@@ -106,7 +108,7 @@ class QnnBackend(OnnxRuntimeBackend):
     """A QNN context model on the HTP (or its emulator), nothing falling back to the CPU."""
 
     # said wherever a timing or a result is reported: on a PC the emulator's seconds are not the chip's
-    name: ClassVar[str] = f"onnxruntime-qnn, {where_it_runs()}"
+    name: ClassVar[str] = f"onnxruntime-qnn ({where_it_runs()})"
 
     def __init__(self, path: Path, threads: int | None, device: str | None = None,
                  precision: str | None = None) -> None:
