@@ -21,7 +21,7 @@ images:
   with its steps and time (`--finetune-minutes` bounds it, as in convert).
 With `--targets qnn`: edgeres' qnn row is judged like the others, on its stand-in (the same QDQ
 graph on ONNX Runtime's CPU); then the compiled context model itself and the stand-in, on the
-same first --emulated-images val images, the context model on QNN's HTP emulator (x86-64, not
+same --emulated-images val images (spread evenly: they are sorted by class), the context model on QNN's HTP emulator (x86-64, not
 the chip); and QNN's own recipe as a peer (get_qnn_qdq_config defaults, compiled the same way,
 on the emulator).
 Calibration uses each model's calib/ split (10 images per class), never its val/ split.
@@ -159,10 +159,15 @@ def _nncf(module, calib: np.ndarray, val: np.ndarray, spec: Preprocess) -> np.nd
     return np.concatenate([request.infer({0: item[None]})[0] for item in val])
 
 
-def qnn_peer(fixture: Fixture, module: torch.nn.Module, count: int) -> np.ndarray:
+def spread(total: int, count: int) -> np.ndarray:
+    """`count` indices evenly over `total` val images (they are sorted by class: the first ones are one class)."""
+    return np.unique(np.linspace(0, total - 1, min(count, total)).round().astype(int))
+
+
+def qnn_peer(fixture: Fixture, module: torch.nn.Module, chosen: np.ndarray) -> np.ndarray:
     """QNN's own recipe (ONNX Runtime's get_qnn_qdq_config defaults: uint8 activations and weights, per-tensor,
-    min/max) compiled for the HTP like edgeres' qnn artifact; its logits on the first `count` val images, run
-    on QNN's HTP emulator."""
+    min/max) compiled for the HTP like edgeres' qnn artifact; its logits on the `chosen` val images, run on
+    QNN's HTP emulator."""
     from onnxruntime.quantization import CalibrationDataReader, quantize
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config, qnn_preprocess_model
 
@@ -187,7 +192,8 @@ def qnn_peer(fixture: Fixture, module: torch.nn.Module, count: int) -> np.ndarra
         source = prepared if qnn_preprocess_model(str(fp32), str(prepared)) else fp32
         quantize(str(source), str(qdq), get_qnn_qdq_config(str(source), Reader()))
         compile_context(qdq, context, DEFAULT_SOC)
-        return artifact_logits(context, spec, _crops(fixture, spec)[:count])
+        crops = _crops(fixture, spec)
+        return artifact_logits(context, spec, [crops[i] for i in chosen])
 
 
 def _crops(fixture: Fixture, spec: Preprocess) -> list[np.ndarray]:
@@ -195,17 +201,18 @@ def _crops(fixture: Fixture, spec: Preprocess) -> list[np.ndarray]:
 
 
 def emulated_rows(fixture: Fixture, artifact: Path, stand_in: Path, reference: np.ndarray, truth: np.ndarray,
-                  count: int, name: str) -> dict[str, dict]:
-    """The artifact on its emulator and its stand-in on the CPU, on the same first `count` val images."""
+                  chosen: np.ndarray, name: str) -> dict[str, dict]:
+    """The artifact on its emulator and its stand-in on the CPU, on the same `chosen` val images."""
     from edgeres.conversion.measure import artifact_logits
     from edgeres.runtime.classifier import Classifier
 
     spec = Classifier(artifact).preprocess
-    crops = _crops(fixture, spec)[:count]
+    crops = _crops(fixture, spec)
+    crops = [crops[i] for i in chosen]
     rows = {}
     for label, path in ((f"{name} on the emulator", artifact), (f"{name} stand-in on the CPU", stand_in)):
         logits = artifact_logits(path, spec, crops)
-        rows[f"{label} (first {len(crops)})"] = _scored(logits, reference[:len(crops)], truth[:len(crops)])
+        rows[f"{label} ({len(crops)} of the val images)"] = _scored(logits, reference[chosen], truth[chosen])
     return rows
 
 
@@ -333,8 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fixtures", nargs="+", default=[*FIXTURES, "resnet18-digits"],
                         choices=[*FIXTURES, "resnet18-digits"])
     parser.add_argument("--targets", nargs="+", default=list(DEFAULT_TARGETS), choices=TARGETS,
-                        help="qnn adds its artifact and QNN's own recipe run on QNN's HTP emulator (first "
-                        "--emulated-images val images: about a second each)")
+                        help="qnn adds its artifact and QNN's own recipe run on QNN's HTP emulator ("
+                        "--emulated-images val images, spread over the classes: about a second each)")
     parser.add_argument("--emulated-images", type=int, default=EMULATED_IMAGES)
     parser.add_argument("--no-peers", action="store_true", help="Skip the peer tools.")
     parser.add_argument("--cache", type=Path, default=Path(".cache/benchmark_accuracy"))
@@ -370,10 +377,10 @@ def main(argv: list[str] | None = None) -> int:
             row["methods"][name] = {"drop_points": 100 * (fp32 - accuracy(logits, truth)),
                                     "agreement": agreement(reference, logits)}
             _print(name, row["methods"][name])
+        chosen = spread(len(val), args.emulated_images)
         if "qnn" in args.targets and not args.no_peers:
-            name = f"QNN defaults on the emulator (first {min(args.emulated_images, len(val))})"
-            row["methods"][name] = _scored(qnn_peer(fixture, model.module, args.emulated_images),
-                                           reference[:args.emulated_images], truth[:args.emulated_images])
+            name = f"QNN defaults on the emulator ({len(chosen)} of the val images)"
+            row["methods"][name] = _scored(qnn_peer(fixture, model.module, chosen), reference[chosen], truth[chosen])
             _print(name, row["methods"][name])
         with tempfile.TemporaryDirectory() as out:
             for target in args.targets:
@@ -381,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
                                                          args.finetune_steps)
                 if target == "qnn":
                     measured_rows.update(emulated_rows(fixture, artifact, artifact.with_name(f"{artifact.stem}.qdq.onnx"),
-                                                       reference, truth, args.emulated_images, "edgeres qnn"))
+                                                       reference, truth, chosen, "edgeres qnn"))
                 for name, measured in measured_rows.items():
                     row["methods"][name] = measured
                     _print(name, measured)

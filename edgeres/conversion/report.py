@@ -133,6 +133,10 @@ def markdown(rows: list[dict]) -> str:
             f"{_percent(r['accuracy'])} | {_percent(r['fp32_accuracy'])} | {_percent(r['agreement'])} | "
             f"{r['mean_kl']:.2e} | {r['latency_p50_ms']:.2f} | {r['fps']:.0f} | {', '.join(r['kept_higher']) or '-'} |"
         )
+    stood_in = [r for r in rows if r.get("judged_on")]
+    if stood_in:  # an emulated artifact: its accuracy is its stand-in's, its latency the emulator's
+        lines += [""] + [f"- {r['artifact']}: accuracy judged on {r['judged_on']}; latency measured on "
+                         f"{r.get('runtime', 'its runtime')}" for r in stood_in]
     modes = [line for r in rows for line in mode_lines(r["artifact"], r)]
     if modes:
         lines += ["", "Faster modes (`--precision`, `Classifier(..., precision=...)`):", "",

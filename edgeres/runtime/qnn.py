@@ -25,21 +25,23 @@ from .onnxruntime import EMPTY, OnnxRuntimeBackend, _fields, _length_delimited, 
 
 EP_NAME = "QNNExecutionProvider"
 CONTEXT_OP = "EPContext"
-_registered = threading.Lock()
-_done: list[bool] = []
+QNN_SOURCES = ("QNN", "QNNExecutionProvider")  # what ONNX Runtime's QNN EP writes as an EPContext's source
 
 
 def is_context_model(path: Path) -> bool:
     """Whether the ONNX at `path` is a QNN context model (EPContext nodes whose source is QNN)."""
+    data = read_bytes(path, MODEL_LIMIT, "ONNX model")
+    if CONTEXT_OP.encode() not in data:  # most ONNX files: one fast search, no walk through their fields
+        return False
     try:
-        return any(source.startswith("QNN") for source in _context_sources(read_bytes(path, MODEL_LIMIT, "ONNX model")))
+        return any(source in QNN_SOURCES for source in _context_sources(data))
     except (IndexError, ValueError, UnicodeDecodeError):  # not a ModelProto: the ONNX backend says so
         return False
 
 
 def _context_sources(data: bytes) -> list[str]:
     """The `source` of every EPContext node of the main graph, read from the wire format (ModelProto.graph 7,
-    GraphProto.node 1, NodeProto.op_type 4 and attribute 5, AttributeProto.name 1 and s 4), so choosing the
+    GraphProto.node 1, NodeProto.op_type 4, attribute 5 and domain 7, AttributeProto.name 1 and s 4), so choosing the
     runtime for a file needs neither onnx nor a copy of its weights."""
     sources = []
     for number, value in _fields(memoryview(data)):
@@ -49,7 +51,8 @@ def _context_sources(data: bytes) -> list[str]:
             if graph_field != 1:
                 continue
             fields = list(_fields(_length_delimited(node)))
-            if any(n == 4 and _text(v) == CONTEXT_OP for n, v in fields):
+            if (any(n == 4 and _text(v) == CONTEXT_OP for n, v in fields)
+                    and any(n == 7 and _text(v) == "com.microsoft" for n, v in fields)):  # the op's own domain
                 for attribute in (dict(_fields(_length_delimited(v))) for n, v in fields if n == 5):
                     if _text(attribute.get(1, EMPTY)) == "source":
                         sources.append(_text(attribute.get(4, EMPTY)))
@@ -68,15 +71,28 @@ def htp_devices() -> list:
     """ONNX Runtime's devices for the QNN execution provider (registered once per process)."""
     if ort is None:
         raise BackendUnavailableError(f"QNN context models need ONNX Runtime: {install_hint('qnn')}")
-    qnn = qnn_module()
-    with _registered:
-        if not _done:
-            ort.register_execution_provider_library(EP_NAME, qnn.get_library_path())
-            _done.append(True)
+    _register(qnn_module().get_library_path())
     devices = [device for device in ort.get_ep_devices() if device.ep_name == EP_NAME]
     if not devices:
         raise DeviceError("onnxruntime-qnn is installed but offers no QNN device here")
     return devices
+
+
+_registering = threading.Lock()  # two Classifiers opening at once must not register the library twice
+
+
+def _register(library: str) -> None:
+    """QNN's execution provider library, registered with ONNX Runtime once per process."""
+    with _registering:
+        if EP_NAME in {device.ep_name for device in ort.get_ep_devices()}:
+            return  # registered already, by edgeres or by the application
+        try:
+            ort.register_execution_provider_library(EP_NAME, library)
+        except Exception as error:  # ONNX Runtime's own untyped errors
+            raise BackendUnavailableError(
+                f"onnxruntime-qnn is installed but its QNN library did not load ({str(error).strip()}); it needs "
+                "the ONNX Runtime it was built for (pip install -U onnxruntime onnxruntime-qnn) and, on Linux, "
+                "glibc 2.35 or newer") from None
 
 
 def htp_session(model: Path | bytes, provider_options: dict[str, str] | None = None,
@@ -114,10 +130,9 @@ class QnnBackend(OnnxRuntimeBackend):
                  precision: str | None = None) -> None:
         if device not in (None, "NPU"):
             raise DeviceError(f"{path.name} is a QNN context model: it runs on the NPU only (device NPU)")
+        htp_devices()  # a missing or broken onnxruntime-qnn says so itself, not as a bad artifact
         try:
             self._session = htp_session(path, threads=threads)
-        except (BackendUnavailableError, DeviceError):
-            raise
         except Exception as error:  # onnxruntime raises its own untyped errors
             raise ArtifactError(f"{path.name}: QNN could not load this context model ({str(error).strip()}); it "
                                 "was compiled for one SoC and QNN version: convert again for this device") from None

@@ -13,13 +13,15 @@ which the record compares with the stand-in image by image.
 
 from __future__ import annotations
 
+import json
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
 import onnx
 
-from ..errors import BackendUnavailableError, ConversionError
+from ..errors import ConversionError
 from ..exporters import onnx_tools
 from .base import Built, BuiltArtifact, ConvertJob
 from .npu import NpuTarget
@@ -67,29 +69,42 @@ class QnnTarget(NpuTarget):
 
 def soc_of(job: ConvertJob) -> Soc:
     options = job.device.options if job.device else {}
-    if "soc_model" not in options:
+    if "soc_model" not in options or "htp_arch" not in options:
         return DEFAULT_SOC
     return Soc(job.device.cpu.split(";")[0], str(options["soc_model"]), str(options["htp_arch"]))
 
 
 def compile_context(qdq: Path, context: Path, soc: Soc) -> str:
     """QNN's context binary for `soc`, embedded in an EP context model at `context`; the QNN SDK version."""
-    from ..runtime.qnn import htp_session
+    from ..runtime.qnn import htp_devices, htp_session
 
+    htp_devices()  # a missing or broken onnxruntime-qnn says so itself, not as a compile failure
     context.unlink(missing_ok=True)  # QNN refuses to overwrite one
     entries = {"ep.context_enable": "1", "ep.context_embed_mode": "1", "ep.context_file_path": str(context)}
-    try:
-        htp_session(qdq, {"soc_model": soc.soc_model, "htp_arch": soc.htp_arch}, entries)
-    except BackendUnavailableError:
-        raise
-    except Exception as error:  # QNN's reasons come as ONNX Runtime's untyped errors
-        raise ConversionError(f"QNN could not compile the model for {soc.name} with every node on the NPU: "
-                              f"{str(error).strip()}") from None
+    with tempfile.TemporaryDirectory() as trace:
+        # QNN's trace names each node it cannot place on the NPU and why; ONNX Runtime's error does not
+        options = {"soc_model": soc.soc_model, "htp_arch": soc.htp_arch, "enable_framework_op_trace": "1",
+                   "framework_op_trace_dir": trace}
+        try:
+            htp_session(qdq, options, entries)
+        except Exception as error:  # QNN's reasons come as ONNX Runtime's untyped errors
+            raise ConversionError(f"QNN could not compile the model for {soc.name} with every node on the NPU: "
+                                  f"{_unplaced(Path(trace)) or str(error).strip()}") from None
     if not context.is_file():
         raise ConversionError(f"QNN compiled the model for {soc.name} but wrote no context model")
     node = onnx.load(str(context)).graph.node
-    sdk = next((a.s.decode() for n in node for a in n.attribute if a.name == "ep_sdk_version"), "unknown")
-    return sdk
+    return next((a.s.decode() for n in node for a in n.attribute if a.name == "ep_sdk_version"), "unknown")
+
+
+def _unplaced(trace: Path) -> str:
+    """The nodes QNN's trace says it could not place on the NPU, with its reasons ('' where there is none)."""
+    try:
+        nodes = json.loads((trace / "qnn_op_trace.json").read_text()).get("unsupported_nodes", [])
+    except (OSError, ValueError, AttributeError):
+        return ""
+    found = [f"{n.get('op_type')} node {n.get('node_name') or '#' + str(n.get('node_index'))}: {n.get('reason')}"
+             for n in nodes if isinstance(n, dict)]
+    return "; ".join(found[:5]) + (f" (and {len(found) - 5} more)" if len(found) > 5 else "")
 
 
 def _qnn_version() -> str:

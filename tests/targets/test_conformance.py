@@ -33,8 +33,8 @@ def test_target_round_trip(target: str, precision: str, converted, model, held_o
     classifier = Classifier(result.path)
     assert classifier.record == record  # the record embedded in the artifact is the sidecar's
     frames, _ = held_out  # all 450 held-out images: the first hundred are only two classes
-    if get_target(target).emulated:  # seconds per image: every third of them, all ten classes
-        frames = frames[::3][:EMULATED_FRAMES]
+    if get_target(target).emulated:  # seconds per image: every seventh (sorted by class: all ten classes)
+        frames = frames[::7][:EMULATED_FRAMES]
     crops = [classifier.preprocess.resize_and_crop(frame) for frame in frames]
     reference = model.logits(Preprocess.imagenet(32).tensors(crops))
     ours = classifier.logits_batch(frames)

@@ -85,18 +85,44 @@ def test_an_op_the_npu_cannot_run_fails_the_compilation_with_qnns_reason(tmp_pat
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     source = tmp_path / "det.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(source))
-    with pytest.raises(ConversionError, match="QNN could not compile the model for .* every node on the NPU"):
+    with pytest.raises(ConversionError, match="QNN could not compile the model for .* every node on the NPU: "
+                       "Det node .*Operators of type `Det` are not supported by QNN EP"):
         compile_context(source, tmp_path / "det_ctx.onnx", Soc("test SoC", "43", "73"))
     assert not (tmp_path / "det_ctx.onnx").exists()
 
 
 def test_a_context_model_that_is_not_qnns_is_not_taken_for_one(tmp_path: Path) -> None:
-    node = helper.make_node("EPContext", ["x"], ["y"], domain="com.microsoft", source="OpenVINOExecutionProvider",
-                            ep_cache_context=b"blob", embed_mode=1)
-    graph = helper.make_graph([node], "ctx", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
-    path = tmp_path / "other.onnx"
-    onnx.save(helper.make_model(graph), str(path))
-    assert not is_context_model(path)
+    def context_model(name: str, domain: str, source: str) -> Path:
+        node = helper.make_node("EPContext", ["x"], ["y"], domain=domain, source=source, ep_cache_context=b"blob",
+                                embed_mode=1)
+        graph = helper.make_graph([node], "ctx", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+        onnx.save(helper.make_model(graph), str(tmp_path / name))
+        return tmp_path / name
+
+    assert is_context_model(context_model("qnn.onnx", "com.microsoft", "QNNExecutionProvider"))
+    assert not is_context_model(context_model("openvino.onnx", "com.microsoft", "OpenVINOExecutionProvider"))
+    assert not is_context_model(context_model("lookalike.onnx", "evil.domain", "QNNExecutionProvider"))
+    assert not is_context_model(context_model("prefix.onnx", "com.microsoft", "QNNfake"))
     (tmp_path / "junk.onnx").write_bytes(b"\x00not protobuf")
     assert not is_context_model(tmp_path / "junk.onnx")
+
+
+def test_a_compiled_model_that_answers_otherwise_than_its_stand_in_fails_verification(converted, held_out) -> None:
+    """The bar was judged on the stand-in: an emulated artifact that does not give its answers is refused."""
+    from types import SimpleNamespace
+
+    from edgeres.conversion.pipeline import _against_stand_in
+    from edgeres.errors import VerificationError
+
+    result = converted("qnn", "int8")
+    spec = Classifier(result.path).preprocess
+    crops = [spec.resize_and_crop(frame) for frame in held_out[0][::15][:30]]
+    stand_in = SimpleNamespace(path=result.path.with_name(result.path.stem + ".qdq.onnx"), preprocess=spec)
+    artifact = SimpleNamespace(path=result.path)
+    agreeing = artifact_logits(stand_in.path, spec, crops)
+    found = _against_stand_in(stand_in, artifact, crops, agreeing, agreeing, lambda message: None)
+    assert found["top1_agreement_with_stand_in"] == 1.0 and found["max_abs_logit_diff_to_stand_in"] == 0
+    shuffled = np.roll(agreeing, 1, axis=1)  # every answer moved to the next class
+    with pytest.raises(VerificationError, match="computes something other than the judged one"):
+        _against_stand_in(stand_in, artifact, crops, shuffled, agreeing, lambda message: None)
