@@ -27,7 +27,8 @@ from .design import QuantizationPlan
 
 SHAPE_ONLY = ("Reshape", "Flatten", "Squeeze", "Identity")
 PASS_THROUGH = ("Relu", *SHAPE_ONLY)
-FLOAT, INT16 = "float", "int16 activations"
+FLOAT, INT16, UINT16 = "float", "int16 activations", "uint16 activations"
+SIXTEEN_BITS = {INT16: QuantType.QInt16, UINT16: QuantType.QUInt16}
 
 
 def tensor_points(model: onnx.ModelProto) -> dict[str, str]:
@@ -78,7 +79,8 @@ def quantize(src: Path, dst: Path, plan: QuantizationPlan, *, higher_as: str, sy
         if plan.higher and higher_as == FLOAT:
             excluded = nodes_of_layers(model, plan.higher)
         elif plan.higher:
-            options["TensorQuantOverrides"] = int16_overrides(model, points, plan.higher)
+            overrides = int16_overrides if higher_as == INT16 else converted_overrides
+            options["TensorQuantOverrides"] = overrides(model, points, plan.higher, SIXTEEN_BITS[higher_as])
         quantize_static(
             str(prepared), str(dst), None, calibration_cache_path=str(cache), quant_format=QuantFormat.QDQ,
             per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
@@ -106,8 +108,9 @@ def nodes_of_layers(model: onnx.ModelProto, names: tuple[str, ...]) -> list[str]
     return [node for name in names for node in by_layer[name]]
 
 
-def int16_overrides(model: onnx.ModelProto, points: dict[str, str], names: tuple[str, ...]) -> dict:
-    """16-bit activations on the input and output of each layer in `names` (weights stay int8)."""
+def int16_overrides(model: onnx.ModelProto, points: dict[str, str], names: tuple[str, ...],
+                    quant_type: QuantType = QuantType.QInt16) -> dict:
+    """16-bit activations (`quant_type`) on the input and output of each layer in `names` (weights stay int8)."""
     consumers: dict[str, list[onnx.NodeProto]] = {}
     producers = {output: node for node in model.graph.node for output in node.output}
     for node in model.graph.node:
@@ -115,8 +118,7 @@ def int16_overrides(model: onnx.ModelProto, points: dict[str, str], names: tuple
             consumers.setdefault(name, []).append(node)
     wanted = set()
     for node in model.graph.node:
-        layer = "fc" if node.op_type == "Gemm" else module_of(node.name) if node.op_type == "Conv" else None
-        if layer in names:
+        if _layer_of(node) in names:
             wanted.update([node.input[0], node.output[0]])
             source = node.input[0]
             # a Reshape/Flatten keeps its input's parameters, so the type is set where the values are made
@@ -125,4 +127,41 @@ def int16_overrides(model: onnx.ModelProto, points: dict[str, str], names: tuple
                 wanted.add(source)
             # ONNX Runtime folds a Relu into the quantized conv before it: the Relu's output carries the Q pair
             wanted.update(c.output[0] for c in consumers.get(node.output[0], []) if c.op_type == "Relu")
-    return {tensor: [{"quant_type": QuantType.QInt16}] for tensor in sorted(wanted) if tensor in points}
+    return {tensor: [{"quant_type": quant_type}] for tensor in sorted(wanted) if tensor in points}
+
+
+def converted_overrides(model: onnx.ModelProto, points: dict[str, str], names: tuple[str, ...],
+                        quant_type: QuantType) -> dict:
+    """16-bit activations (`quant_type`) for each layer in `names` alone, converted from and to int8 at its edges.
+
+    For compilers (QNN's HTP) whose quantized ops take one activation type in and out: every other op keeps
+    int8 on both sides, and a Q/DQ pair converts where a kept layer meets one that is not (ONNX Runtime's
+    `convert` override)."""
+    kept_nodes = {node.name for node in model.graph.node if _layer_of(node) in names}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    overrides: dict[str, list[dict]] = {}
+    for node in model.graph.node:
+        if node.name not in kept_nodes:
+            continue
+        inside = [node.output[0]]  # a Relu after the layer is folded into it: its output is the layer's
+        inside += [c.output[0] for c in consumers.get(node.output[0], []) if c.op_type == "Relu"]
+        for tensor in inside[:-1]:
+            overrides[tensor] = [{"quant_type": quant_type}]
+        readers = {c.name for c in consumers.get(inside[-1], []) if c.name not in kept_nodes}
+        overrides[inside[-1]] = [{"quant_type": quant_type, **_convert(QuantType.QInt8, readers)}]
+        source = node.input[0]  # made in int8 by a layer not kept (or the input), converted for this one
+        if source not in overrides:
+            kept_readers = {c.name for c in consumers.get(source, []) if c.name in kept_nodes}
+            overrides[source] = [_convert(quant_type, kept_readers)]
+    return {tensor: value for tensor, value in sorted(overrides.items()) if tensor in points}
+
+
+def _convert(quant_type: QuantType, readers: set[str]) -> dict:
+    return {"convert": {"quant_type": quant_type, "recv_nodes": readers}} if readers else {}
+
+
+def _layer_of(node: onnx.NodeProto) -> str | None:
+    return "fc" if node.op_type == "Gemm" else module_of(node.name) if node.op_type == "Conv" else None

@@ -23,6 +23,7 @@ import onnx
 
 from ..errors import ConversionError
 from ..exporters import onnx_tools
+from ..quantization import onnx_backend
 from .base import Built, BuiltArtifact, ConvertJob
 from .npu import NpuTarget
 
@@ -42,6 +43,11 @@ class QnnTarget(NpuTarget):
     name: ClassVar[str] = "qnn"
     summary: ClassVar[str] = ("Qualcomm Hexagon NPU: INT8 QDQ compiled by QNN into a context model for one SoC "
                               "(profiles snapdragon-8-gen-1 ... snapdragon-8-elite)")
+    # QNN's HTP takes 16-bit activations unsigned: with int16 ones it leaves a kept layer's per-channel weight
+    # DequantizeLinear standalone and refuses it ("QNN EP does not support a standalone DQ op with per-channel
+    # quantization", learned from QNN on the hard ResNet18's plan with layer4.0.conv1 kept)
+    kept_as: ClassVar[str] = onnx_backend.UINT16
+    higher_precision: ClassVar[str] = "16-bit activations (uint16, as QNN's HTP takes them), int8 weights (A16W8)"
     emulated: ClassVar[bool] = True  # QNN's HTP emulator on a PC: the kept artifact is checked on the reference crops
 
     def build(self, job: ConvertJob, plan, scratch: Path) -> Built:

@@ -126,3 +126,19 @@ def test_a_compiled_model_that_answers_otherwise_than_its_stand_in_fails_verific
     shuffled = np.roll(agreeing, 1, axis=1)  # every answer moved to the next class
     with pytest.raises(VerificationError, match="computes something other than the judged one"):
         _against_stand_in(stand_in, artifact, crops, shuffled, agreeing, lambda message: None)
+
+
+def test_a_kept_layer_gets_uint16_activations_converted_at_its_edges_and_compiles(converted) -> None:
+    """Learned from QNN: with int16 activations (the npu target's A16W8) it leaves a kept layer's per-channel
+    weights standalone and refuses the model; uint16 on the kept layer alone, converted from and to int8 where
+    it meets the others, compiles with every node on the NPU."""
+    result = converted("qnn", "int8", keep=("layer4.0.conv1",), max_kept=1)
+    assert {node.op_type for node in onnx.load(str(result.path)).graph.node} == {"EPContext"}
+    qdq = onnx.load(str(result.path.with_name(result.path.stem + ".qdq.onnx")))
+    zero_points = {init.name: init for init in qdq.graph.initializer}
+    sixteen = [node for node in qdq.graph.node if node.op_type == "QuantizeLinear"
+               and zero_points[node.input[2]].data_type == TensorProto.UINT16]
+    quantizers = [node for node in qdq.graph.node if node.op_type == "QuantizeLinear"]
+    assert 1 <= len(sixteen) <= 4 < len(quantizers) // 4  # the kept layer's input convert, its output; not the rest
+    assert result.record.quantization["design"]["kept_higher"] == ["layer4.0.conv1"]
+    assert "uint16" in result.record.quantization["higher_precision"]
