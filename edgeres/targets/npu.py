@@ -24,7 +24,8 @@ class NpuTarget(OnnxTarget):
     name: ClassVar[str] = "npu"
     summary: ClassVar[str] = "INT8 QDQ ONNX for NPU compilers (static batch 1, every op quantized)"
     # An op left in float falls back to the CPU or is refused: a sensitive layer gets 16-bit activations
-    # with int8 weights (A16W8), which NPU compilers (QNN, ...) and ONNX Runtime run.
+    # with int8 weights (A16W8), which ONNX Runtime runs; QNN's HTP refuses int16 ones (the qnn target
+    # gives it uint16, converted at the kept layer's edges), so other compilers' rules may differ too.
     higher_precision: ClassVar[str] = "16-bit activations, int8 weights (A16W8)"
     kept_as: ClassVar[str] = onnx_backend.INT16
 
