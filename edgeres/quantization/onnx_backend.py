@@ -138,7 +138,6 @@ def converted_overrides(model: onnx.ModelProto, points: dict[str, str], names: t
     int8 on both sides, and a Q/DQ pair converts where a kept layer meets one that is not (ONNX Runtime's
     `convert` override)."""
     kept_nodes = {node.name for node in model.graph.node if _layer_of(node) in names}
-    producers = {output: node for node in model.graph.node for output in node.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         for name in node.input:
@@ -153,17 +152,10 @@ def converted_overrides(model: onnx.ModelProto, points: dict[str, str], names: t
             overrides[tensor] = [{"quant_type": quant_type}]
         readers = {c.name for c in consumers.get(inside[-1], []) if c.name not in kept_nodes}
         overrides[inside[-1]] = [{"quant_type": quant_type, **_convert(QuantType.QInt8, readers)}]
-        # its input is made in 16 bits (through a Flatten back to what makes it), converted to int8 for the
-        # layers not kept that read it: converting an int8 tensor to 16 bits would gain nothing
-        source, chain = node.input[0], [node.input[0]]
-        while source in producers and producers[source].op_type in SHAPE_ONLY:
-            source = producers[source].input[0]
-            chain.append(source)
-        for tensor in chain:
-            if tensor not in overrides:
-                readers = {c.name for c in consumers.get(tensor, []) if c.name not in kept_nodes
-                           and c.op_type not in SHAPE_ONLY}
-                overrides[tensor] = [{"quant_type": quant_type, **_convert(QuantType.QInt8, readers)}]
+        source = node.input[0]  # made in int8 by a layer not kept (or the input), converted for this one
+        if source not in overrides:
+            kept_readers = {c.name for c in consumers.get(source, []) if c.name in kept_nodes}
+            overrides[source] = [_convert(quant_type, kept_readers)]
     return {tensor: value for tensor, value in sorted(overrides.items()) if tensor in points}
 
 
