@@ -1,6 +1,6 @@
 """Qualcomm Hexagon NPUs (Snapdragon phones and laptops, QCS boards): a QNN context model for one SoC.
 
-The npu target's INT8 QDQ ONNX (A16W8 where the search keeps a layer) is compiled by
+The npu target's INT8 QDQ ONNX (a layer the search keeps gets uint16 activations here) is compiled by
 QNN's own HTP backend, through ONNX Runtime's QNN execution provider, into an EP context
 model: an ONNX file whose one node holds the context binary for the SoC, the file an app
 ships. CPU fallback is disabled while compiling, so a node QNN cannot place on the NPU fails
@@ -43,11 +43,13 @@ class QnnTarget(NpuTarget):
     name: ClassVar[str] = "qnn"
     summary: ClassVar[str] = ("Qualcomm Hexagon NPU: INT8 QDQ compiled by QNN into a context model for one SoC "
                               "(profiles snapdragon-8-gen-1 ... snapdragon-8-elite)")
-    # QNN's HTP takes 16-bit activations unsigned: with int16 ones it leaves a kept layer's per-channel weight
-    # DequantizeLinear standalone and refuses it ("QNN EP does not support a standalone DQ op with per-channel
-    # quantization", learned from QNN on the hard ResNet18's plan with layer4.0.conv1 kept)
+    # Learned from QNN on the hard ResNet18's plan (layer4.0.conv1 kept): with the npu target's int16 activations,
+    # or 16-bit ones flowing into layers that are not kept, it leaves the per-channel weight DequantizeLinear
+    # standalone and refuses the model ("QNN EP does not support a standalone DQ op with per-channel
+    # quantization"); uint16 inside the kept layer, converted from and to int8 at its edges, compiles
     kept_as: ClassVar[str] = onnx_backend.UINT16
-    higher_precision: ClassVar[str] = "16-bit activations (uint16, as QNN's HTP takes them), int8 weights (A16W8)"
+    higher_precision: ClassVar[str] = ("uint16 activations inside the layer (converted from and to int8 at its "
+                                       "edges), int8 weights")
     emulated: ClassVar[bool] = True  # QNN's HTP emulator on a PC: the kept artifact is checked on the reference crops
 
     def build(self, job: ConvertJob, plan, scratch: Path) -> Built:
