@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", nargs="+", default=list(DEFAULT_TARGETS), choices=TARGETS,
                         help="qnn adds its artifact and QNN's own recipe run on QNN's HTP emulator ("
                         "--emulated-images val images, spread over the classes: about a second each)")
-    parser.add_argument("--emulated-images", type=int, default=EMULATED_IMAGES)
+    parser.add_argument("--emulated-images", type=_positive, default=EMULATED_IMAGES)
     parser.add_argument("--no-peers", action="store_true", help="Skip the peer tools.")
     parser.add_argument("--cache", type=Path, default=Path(".cache/benchmark_accuracy"))
     parser.add_argument("--json", type=Path, help="Also write the results here.")
@@ -399,6 +399,12 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"a count of images, 1 or more, not {text!r}")
+    return int(text)
 
 
 def _print(name: str, m: dict) -> None:
