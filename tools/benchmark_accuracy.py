@@ -123,10 +123,26 @@ def _fx(module, calib: np.ndarray, val: np.ndarray) -> np.ndarray:
 
 def _ort(module, calib: np.ndarray, val: np.ndarray, spec: Preprocess) -> np.ndarray:
     import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationDataReader, quantize_static
+    from onnxruntime.quantization import quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from edgeres.exporters.onnx_tools import export_fp32
+
+    with tempfile.TemporaryDirectory() as scratch:
+        fp32, prepared, int8 = (Path(scratch) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
+        export_fp32(module, spec.input_shape, fp32, opset=18, dynamic_batch=False)
+        quant_pre_process(str(fp32), str(prepared))
+        quantize_static(str(prepared), str(int8), _reader(calib))
+        options = ort.SessionOptions()
+        # the Q/DQ graph as quantized, without x86's saturating fused kernels (see edgeres.runtime.onnxruntime)
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
+        session = ort.InferenceSession(str(int8), options, providers=["CPUExecutionProvider"])
+        return np.concatenate([session.run(None, {"input": item[None]})[0] for item in val])
+
+
+def _reader(calib: np.ndarray):
+    """ONNX Runtime's calibration reader over the calibration images, one at a time (batch 1 graphs)."""
+    from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -136,16 +152,7 @@ def _ort(module, calib: np.ndarray, val: np.ndarray, spec: Preprocess) -> np.nda
             item = next(self.items, None)
             return None if item is None else {"input": item[None]}
 
-    with tempfile.TemporaryDirectory() as scratch:
-        fp32, prepared, int8 = (Path(scratch) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
-        export_fp32(module, spec.input_shape, fp32, opset=18, dynamic_batch=False)
-        quant_pre_process(str(fp32), str(prepared))
-        quantize_static(str(prepared), str(int8), Reader())
-        options = ort.SessionOptions()
-        # the Q/DQ graph as quantized, without x86's saturating fused kernels (see edgeres.runtime.onnxruntime)
-        options.add_session_config_entry("session.disable_quant_qdq", "1")
-        session = ort.InferenceSession(str(int8), options, providers=["CPUExecutionProvider"])
-        return np.concatenate([session.run(None, {"input": item[None]})[0] for item in val])
+    return Reader()
 
 
 def _nncf(module, calib: np.ndarray, val: np.ndarray, spec: Preprocess) -> np.ndarray:
@@ -168,7 +175,7 @@ def qnn_peer(fixture: Fixture, module: torch.nn.Module, chosen: np.ndarray) -> n
     """QNN's own recipe (ONNX Runtime's get_qnn_qdq_config defaults: uint8 activations and weights, per-tensor,
     min/max) compiled for the HTP like edgeres' qnn artifact; its logits on the `chosen` val images, run on
     QNN's HTP emulator."""
-    from onnxruntime.quantization import CalibrationDataReader, quantize
+    from onnxruntime.quantization import quantize
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config, qnn_preprocess_model
 
     from edgeres.conversion.measure import artifact_logits
@@ -178,19 +185,11 @@ def qnn_peer(fixture: Fixture, module: torch.nn.Module, chosen: np.ndarray) -> n
     spec = Preprocess.imagenet(fixture.imgsz)
     calib, _ = _load(fixture.calib_dir, fixture.labels, spec)
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.items = iter(calib)
-
-        def get_next(self):
-            item = next(self.items, None)
-            return None if item is None else {"input": item[None]}
-
     with tempfile.TemporaryDirectory() as scratch:
         fp32, prepared, qdq, context = (Path(scratch) / n for n in ("fp32.onnx", "pre.onnx", "qdq.onnx", "ctx.onnx"))
         export_fp32(module, spec.input_shape, fp32, opset=18, dynamic_batch=False)
         source = prepared if qnn_preprocess_model(str(fp32), str(prepared)) else fp32
-        quantize(str(source), str(qdq), get_qnn_qdq_config(str(source), Reader()))
+        quantize(str(source), str(qdq), get_qnn_qdq_config(str(source), _reader(calib)))
         compile_context(qdq, context, DEFAULT_SOC)
         crops = _crops(fixture, spec)
         return artifact_logits(context, spec, [crops[i] for i in chosen])
