@@ -111,11 +111,8 @@ def nodes_of_layers(model: onnx.ModelProto, names: tuple[str, ...]) -> list[str]
 def int16_overrides(model: onnx.ModelProto, points: dict[str, str], names: tuple[str, ...],
                     quant_type: QuantType = QuantType.QInt16) -> dict:
     """16-bit activations (`quant_type`) on the input and output of each layer in `names` (weights stay int8)."""
-    consumers: dict[str, list[onnx.NodeProto]] = {}
+    consumers = consumers_of(model)
     producers = {output: node for node in model.graph.node for output in node.output}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
     wanted = set()
     for node in model.graph.node:
         if _layer_of(node) in names:
@@ -138,10 +135,7 @@ def converted_overrides(model: onnx.ModelProto, points: dict[str, str], names: t
     int8 on both sides, and a Q/DQ pair converts where a kept layer meets one that is not (ONNX Runtime's
     `convert` override)."""
     kept_nodes = {node.name for node in model.graph.node if _layer_of(node) in names}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = consumers_of(model)
     overrides: dict[str, list[dict]] = {}
     for node in model.graph.node:
         if node.name not in kept_nodes:
@@ -161,6 +155,15 @@ def converted_overrides(model: onnx.ModelProto, points: dict[str, str], names: t
 
 def _convert(quant_type: QuantType, readers: set[str]) -> dict:
     return {"convert": {"quant_type": quant_type, "recv_nodes": readers}} if readers else {}
+
+
+def consumers_of(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    """{tensor: the nodes that read it}."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return consumers
 
 
 def _layer_of(node: onnx.NodeProto) -> str | None:

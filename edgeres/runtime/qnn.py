@@ -141,7 +141,6 @@ class QnnBackend(OnnxRuntimeBackend):
         self._input_name = model_input.name
         self._max_batch = 1
 
-    where_it_runs = staticmethod(where_it_runs)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         # a context binary is compiled for batch 1: larger batches go through one by one

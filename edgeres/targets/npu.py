@@ -57,12 +57,7 @@ def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     return {out: node for node in model.graph.node for out in node.output}
 
 
-def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    return consumers
+_consumers = onnx_backend.consumers_of  # the jetson rules read it from here too
 
 
 def check_static_batch1(model: onnx.ModelProto, kept: frozenset[str] = frozenset()) -> dict:
