@@ -150,6 +150,7 @@ def _finish(context: _Context, built: Built, search: Int8Outcome | None, output:
         logits = artifact_logits(artifact.path, artifact.preprocess, [*reference_crops, *golden_crops, *evaluated])
         verified, expected = logits[:len(reference_crops)], logits[len(reference_crops):][:len(golden_crops)]
         verification = compare_logits(reference, verified, reference_source)
+        verification["runtime"] = backend_class(artifact.path).name  # where it ran here (a simulator says so)
         enforce(verification, context.options.precision, context.target.tolerance, artifact.path.name)
         verification.update(other_modes(artifact.path, artifact.preprocess, reference_crops, reference))
         if built.stand_in is not None and artifact is built.artifacts[0]:

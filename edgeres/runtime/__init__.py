@@ -20,11 +20,13 @@ BACKENDS: dict[str, str] = {
     ".engine": "edgeres.runtime.tensorrt:TensorRtBackend",
     ".pte": "edgeres.runtime.executorch:ExecuTorchBackend",
     ".ptl": "edgeres.runtime.torchscript:LiteInterpreterBackend",
+    ".rknn": "edgeres.runtime.rknn:RknnLiteBackend",
 }
 
 # Files of a suffix above that only another runtime runs, told apart by their content: (test, backend).
 SPECIALISED: dict[str, list[tuple[str, str]]] = {
     ".onnx": [("edgeres.runtime.qnn:is_context_model", "edgeres.runtime.qnn:QnnBackend")],  # QNN context models
+    ".rknn": [("edgeres.runtime.rknn:simulated_here", "edgeres.runtime.rknn:RknnSimulatorBackend")],  # on a PC
 }
 
 

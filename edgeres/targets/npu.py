@@ -86,12 +86,18 @@ def check_no_dynamic_shapes(model: onnx.ModelProto, kept: frozenset[str] = froze
 
 
 def check_qdq_everywhere(model: onnx.ModelProto, kept: frozenset[str] = frozenset()) -> dict:
-    """Every compute op reads from DequantizeLinear and writes only to QuantizeLinear."""
+    """Every compute op reads from DequantizeLinear and writes only to QuantizeLinear, except where a layer
+    is kept in float (`kept`, for compilers that run those in float16): its Conv or Gemm and what reads it."""
     initializers = {init.name for init in model.graph.initializer}
     producers, consumers = _producers(model), _consumers(model)
     problems, quantized = [], 0
+    in_float = {out for node in model.graph.node if onnx_backend.module_of(node.name) in kept
+                or (node.op_type == "Gemm" and "fc" in kept) for out in node.output}
     for node in model.graph.node:
         if node.op_type in QDQ_OPS or node.op_type == "Constant":
+            continue
+        if in_float.intersection(node.output) or in_float.intersection(node.input):
+            in_float.update(node.output)  # a kept layer's activation, before it is quantized again
             continue
         float_inputs = [n for n in node.input if n and n not in initializers
                         and getattr(producers.get(n), "op_type", None) not in QDQ_OPS | {"Constant"}]

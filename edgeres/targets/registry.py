@@ -34,6 +34,8 @@ REGISTRY: dict[str, Entry] = {
         ("int8",), opset=True, static_batch="NPU compilers need a static batch-1 shape")),
     "qnn": Entry("edgeres.targets.qnn:QnnTarget", Accepts(
         ("int8",), opset=True, static_batch="QNN context binaries are compiled for a static batch of 1")),
+    "rknn": Entry("edgeres.targets.rknn:RknnTarget", Accepts(
+        ("int8",), opset=True, static_batch="rknn-toolkit2 compiles .rknn models for a static batch of 1 here")),
     "x86": Entry("edgeres.targets.openvino:OpenVinoTarget", Accepts(presets=("performance", "mixed"), opset=True)),
     "rpi": Entry("edgeres.targets.tflite:TfliteTarget", Accepts(
         static_batch="TFLite models here have a static batch of 1")),

@@ -1,0 +1,127 @@
+"""Rockchip's NPU (RKNPU2) for .rknn artifacts: rknn-toolkit-lite2 on the board, the toolkit's simulator on a PC.
+
+On an RK3588/RK3566/RK3568 board `rknn-toolkit-lite2` (and the librknnrt.so of the board's
+image) runs the .rknn on the NPU. A PC has no NPU and rknn-toolkit2's simulator cannot load a
+.rknn, so there the artifact runs as the simulator's build of the QDQ ONNX it was compiled
+from (NAME.qdq.onnx, which ships beside it), with the same toolkit version and platform, in
+the toolkit's own environment (edgeres.converter_envs). Which of the two runs is said in the
+backend's name, so every timing and check reported through it says so.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from ..artifact import ArtifactRecord
+from ..errors import ArtifactError, BackendUnavailableError, DeviceError, EdgeresError
+from ..files import MODEL_LIMIT, read_bytes
+
+LITE_INSTALL = ("pip install rknn-toolkit-lite2 on the board (Rockchip's wheel for its Python, from "
+                "github.com/airockchip/rknn-toolkit2, rknn-toolkit-lite2/packages), with the librknnrt.so of the same "
+                "version in /usr/lib")
+
+
+def lite_module():
+    try:
+        from rknnlite import api
+    except ImportError:
+        return None
+    return api
+
+
+def simulated_here(path: Path) -> bool:
+    """Whether `path` runs on the simulator here: no rknn-toolkit-lite2, so no board's NPU to run it on."""
+    return lite_module() is None
+
+
+def compiled_for(path: Path) -> dict:
+    """The platform and toolkit version the .rknn at `path` was compiled for, read from the model's own JSON."""
+    data = read_bytes(path, MODEL_LIMIT, "RKNN model")
+    if not data.startswith(b"RKNN"):
+        raise ArtifactError(f"{path.name} is not an RKNN model (it does not start with RKNN): convert again")
+    platform = re.search(rb'"target_platform":\["([a-z0-9]+)"', data)
+    version = re.search(rb'"version":"([0-9][0-9A-Za-z.+-]*)"', data)
+    if not platform:
+        raise ArtifactError(f"{path.name} says no target platform: it is damaged or not rknn-toolkit2's; convert again")
+    return {"platform": platform.group(1).decode(), "version": version.group(1).decode() if version else "unknown"}
+
+
+class RknnLiteBackend:
+    """A .rknn on the board's NPU through rknn-toolkit-lite2."""
+
+    name: ClassVar[str] = "rknn-toolkit-lite2 (RKNPU)"
+    execution_precisions: ClassVar[tuple[str, ...]] = ()  # runs as compiled
+    execution_precision = None
+
+    def __init__(self, path: Path, threads: int | None, device: str | None = None,
+                 precision: str | None = None) -> None:
+        if device not in (None, "NPU"):
+            raise DeviceError(f"{path.name} is an RKNN model: it runs on the NPU only (device NPU)")
+        api = lite_module()
+        if api is None:
+            raise BackendUnavailableError(f".rknn models need rknn-toolkit-lite2 on the board: {LITE_INSTALL}")
+        compiled_for(path)  # not an RKNN model at all: say so before the library does, in its own words
+        self._lite = api.RKNNLite(verbose=False)
+        if self._lite.load_rknn(str(path)) != 0 or self._lite.init_runtime() != 0:
+            raise ArtifactError(f"{path.name}: rknn-toolkit-lite2 could not load it on this board's NPU; a .rknn is "
+                                "compiled for one platform and runtime version: convert for this board "
+                                "(edgeres convert --target rk3588|rk3568|rk3566) with a matching librknnrt.so")
+
+    def embedded_record(self) -> ArtifactRecord | None:
+        return None  # a .rknn has no room for it: the sidecar is the record
+
+    @staticmethod
+    def read_record(path: Path) -> ArtifactRecord | None:
+        return None
+
+    @property
+    def max_batch(self) -> int | None:
+        return 1
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        rows = [self._lite.inference(inputs=[np.ascontiguousarray(batch[i:i + 1])], data_format="nchw")[0]
+                for i in range(len(batch))]
+        return np.concatenate(rows).astype(np.float32, copy=False).reshape(len(batch), -1)
+
+
+class RknnSimulatorBackend(RknnLiteBackend):
+    """A .rknn on a PC: rknn-toolkit2's simulator runs the QDQ it was compiled from, for the same platform."""
+
+    name: ClassVar[str] = "rknn-toolkit2 simulator (PC, not the chip)"
+
+    def __init__(self, path: Path, threads: int | None, device: str | None = None,
+                 precision: str | None = None) -> None:
+        from ..converter_envs.rknn import TOOLKIT_VERSION, Simulator
+
+        if device not in (None, "NPU"):
+            raise DeviceError(f"{path.name} is an RKNN model: it runs on the NPU only (device NPU)")
+        compiled = compiled_for(path)
+        source = path.with_name(path.name[:-len(path.suffix)] + ".qdq.onnx")
+        if not source.is_file():
+            raise ArtifactError(f"{path.name}: on a PC it runs on rknn-toolkit2's simulator, which needs the QDQ it was "
+                                f"compiled from ({source.name}) beside it: copy the whole set (on the board, "
+                                f"{LITE_INSTALL})")
+        if compiled["version"] != TOOLKIT_VERSION:
+            raise ArtifactError(f"{path.name} was compiled by rknn-toolkit2 {compiled['version']}; the simulator here is "
+                                f"{TOOLKIT_VERSION}, which would build another model: convert again")
+        try:
+            self._simulator = Simulator(source, compiled["platform"], log=_to_stderr)
+        except EdgeresError as error:
+            raise BackendUnavailableError(f"{path.name}: rknn-toolkit2's simulator did not start ({error})") from None
+        self.compiled = compiled
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self._simulator.run(batch).reshape(len(batch), -1)
+
+    def close(self) -> None:
+        self._simulator.close()
+
+
+def _to_stderr(message: str) -> None:
+    """Where opening an artifact builds the toolkit's environment (minutes, once), the progress goes to stderr."""
+    print(message, file=sys.stderr)
