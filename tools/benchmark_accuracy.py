@@ -24,6 +24,9 @@ graph on ONNX Runtime's CPU); then the compiled context model itself and the sta
 same --emulated-images val images (spread evenly: they are sorted by class), the context model on QNN's HTP emulator (x86-64, not
 the chip); and QNN's own recipe as a peer (get_qnn_qdq_config defaults, compiled the same way,
 on the emulator).
+With `--targets rknn`: edgeres' rknn row is judged on the .rknn itself as a PC runs it, rknn-toolkit2's
+simulator (x86-64, not the chip), on every val image; rknn-toolkit2's own quantization (its build
+defaults, from the same calib images) runs there as a peer.
 Calibration uses each model's calib/ split (10 images per class), never its val/ split.
 """
 
@@ -47,9 +50,9 @@ from edgeres.metrics import accuracy, agreement
 from edgeres.photoset import FIXTURES, photo_set, train_photo_resnet
 from edgeres.preprocess import Preprocess
 
-TARGETS = ("npu", "qnn", "x86", "rpi", "jetson", "mobile")
+TARGETS = ("npu", "qnn", "rknn", "x86", "rpi", "jetson", "mobile")
 PEERS = ("torch.ao FX PTQ", "ORT quantize_static", "NNCF defaults")
-DEFAULT_TARGETS = ("npu", "x86", "rpi", "jetson", "mobile")  # qnn only when asked: its emulator takes seconds an image
+DEFAULT_TARGETS = ("npu", "rknn", "x86", "rpi", "jetson", "mobile")  # qnn only when asked: its emulator takes seconds an image
 EMULATED_IMAGES = 160  # val images run on an emulator (qnn: QNN's HTP emulator, about a second each)
 
 
@@ -193,6 +196,30 @@ def qnn_peer(fixture: Fixture, module: torch.nn.Module, chosen: np.ndarray) -> n
         compile_context(qdq, context, DEFAULT_SOC)
         crops = _crops(fixture, spec)
         return artifact_logits(context, spec, [crops[i] for i in chosen])
+
+
+def rknn_peer(fixture: Fixture, module: torch.nn.Module) -> np.ndarray:
+    """rknn-toolkit2's own quantization (its build defaults: w8a8, 'normal' min/max, per-channel weights) of the
+    FP32 ONNX from the calib images, for rk3588; its logits on the val images on the toolkit's simulator."""
+    from edgeres.converter_envs.rknn import Simulator
+    from edgeres.exporters.onnx_tools import export_fp32
+
+    spec = Preprocess.imagenet(fixture.imgsz)
+    calib, _ = _load(fixture.calib_dir, fixture.labels, spec)
+    val, _ = _load(fixture.val_dir, fixture.labels, spec)
+    with tempfile.TemporaryDirectory() as scratch:
+        fp32, dataset = Path(scratch) / "fp32.onnx", Path(scratch) / "dataset.txt"
+        export_fp32(module, spec.input_shape, fp32, opset=18, dynamic_batch=False)
+        inputs = []
+        for index, tensor in enumerate(calib):  # one .npy per input, in the model's own NCHW (the toolkit says so)
+            inputs.append(Path(scratch) / f"calib{index}.npy")
+            np.save(inputs[-1], tensor[None])
+        dataset.write_text("".join(f"{path}\n" for path in inputs))
+        simulator = Simulator(fp32, "rk3588", log=print, dataset=dataset)
+        try:
+            return simulator.run(val)
+        finally:
+            simulator.close()
 
 
 def _crops(fixture: Fixture, spec: Preprocess) -> list[np.ndarray]:
@@ -380,6 +407,10 @@ def main(argv: list[str] | None = None) -> int:
         if "qnn" in args.targets and not args.no_peers:
             name = f"QNN defaults on the emulator ({len(chosen)} of the val images)"
             row["methods"][name] = _scored(qnn_peer(fixture, model.module, chosen), reference[chosen], truth[chosen])
+            _print(name, row["methods"][name])
+        if "rknn" in args.targets and not args.no_peers:
+            name = "rknn-toolkit2 defaults on its simulator"
+            row["methods"][name] = _scored(rknn_peer(fixture, model.module), reference, truth)
             _print(name, row["methods"][name])
         with tempfile.TemporaryDirectory() as out:
             for target in args.targets:

@@ -2,9 +2,11 @@
 what that environment has (rknn-toolkit2, numpy), never edgeres.
 
     rknn_tool.py build SRC.onnx PLATFORM OUT.rknn   compile SRC (a QDQ ONNX, already quantized) for PLATFORM
-    rknn_tool.py serve SRC.onnx PLATFORM            compile it again and run it on the toolkit's simulator:
+    rknn_tool.py serve SRC.onnx PLATFORM [DATASET]  compile it again and run it on the toolkit's simulator:
                                                     read float32 batches (N, C, H, W) on stdin, answer
-                                                    each with the outputs (N, classes) on stdout
+                                                    each with the outputs (N, classes) on stdout; with
+                                                    DATASET (the toolkit's list of .npy inputs, NCHW) SRC is
+                                                    a float ONNX that the toolkit quantizes by its defaults
 
 The toolkit prints its log on stdout; file descriptor 1 is pointed at stderr before it is imported,
 and results go out through a private copy of the original stdout: one JSON line, then (serve) one array
@@ -17,24 +19,30 @@ import json
 import os
 import sys
 
-_channel = os.fdopen(os.dup(1), "wb", buffering=0)
+# this file's folder holds edgeres' own rknn.py, which must not stand for the toolkit's rknn package (the
+# caller also starts it with -I); sys.path[0] is that folder when the file is run as a script
+if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]
+
+_channel = os.fdopen(os.dup(1), "wb")
 os.dup2(2, 1)  # whatever the toolkit prints goes to stderr, which the caller keeps in a file
 sys.stdout = sys.stderr
 
 
 def _say(payload: dict) -> None:
     _channel.write((json.dumps(payload) + "\n").encode())
+    _channel.flush()
 
 
-def _compiled(source: str, platform: str):
+def _compiled(source: str, platform: str, dataset: str | None = None):
     from rknn.api import RKNN
 
     rknn = RKNN(verbose=False)
-    # the QDQ graph carries its own scales: the toolkit compiles them as they are (do_quantization=False), and
-    # layers left in float run in float16 on the NPU
+    # a QDQ graph carries its own scales: the toolkit compiles them as they are (do_quantization=False), and
+    # layers left in float run in float16 on the NPU. With a dataset: the toolkit's own quantization (a peer)
     steps = [("config", lambda: rknn.config(target_platform=platform)),
              ("load_onnx", lambda: rknn.load_onnx(model=source)),
-             ("build", lambda: rknn.build(do_quantization=False))]
+             ("build", lambda: rknn.build(do_quantization=dataset is not None, dataset=dataset))]
     for step, call in steps:
         if call() != 0:
             raise RuntimeError(f"rknn-toolkit2's {step} failed for {platform} (its log above says why)")
@@ -54,10 +62,10 @@ def build(source: str, platform: str, out: str) -> None:
     _say({"version": _version(), "platform": platform})
 
 
-def serve(source: str, platform: str) -> None:
+def serve(source: str, platform: str, dataset: str | None = None) -> None:
     import numpy as np
 
-    rknn = _compiled(source, platform)
+    rknn = _compiled(source, platform, dataset)
     if rknn.init_runtime() != 0:  # no target: the toolkit's simulator on this PC
         raise RuntimeError("rknn-toolkit2's simulator did not start")
     _say({"version": _version(), "platform": platform, "ready": True})
@@ -82,6 +90,7 @@ def _exactly(stream, count: int) -> bytes:
 def _send(array) -> None:
     """One float32 array: a JSON line with its shape, then its bytes (the caller's framing)."""
     _channel.write((json.dumps({"shape": list(array.shape)}) + "\n").encode() + array.tobytes())
+    _channel.flush()
 
 
 def main(arguments: list[str]) -> int:

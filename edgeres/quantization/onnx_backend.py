@@ -115,7 +115,7 @@ def int16_overrides(model: onnx.ModelProto, points: dict[str, str], names: tuple
     producers = {output: node for node in model.graph.node for output in node.output}
     wanted = set()
     for node in model.graph.node:
-        if _layer_of(node) in names:
+        if layer_of(node) in names:
             wanted.update([node.input[0], node.output[0]])
             source = node.input[0]
             # a Reshape/Flatten keeps its input's parameters, so the type is set where the values are made
@@ -134,7 +134,7 @@ def converted_overrides(model: onnx.ModelProto, points: dict[str, str], names: t
     For compilers (QNN's HTP) whose quantized ops take one activation type in and out: every other op keeps
     int8 on both sides, and a Q/DQ pair converts where a kept layer meets one that is not (ONNX Runtime's
     `convert` override)."""
-    kept_nodes = {node.name for node in model.graph.node if _layer_of(node) in names}
+    kept_nodes = {node.name for node in model.graph.node if layer_of(node) in names}
     consumers = consumers_of(model)
     overrides: dict[str, list[dict]] = {}
     for node in model.graph.node:
@@ -166,5 +166,5 @@ def consumers_of(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     return consumers
 
 
-def _layer_of(node: onnx.NodeProto) -> str | None:
+def layer_of(node: onnx.NodeProto) -> str | None:
     return "fc" if node.op_type == "Gemm" else module_of(node.name) if node.op_type == "Conv" else None

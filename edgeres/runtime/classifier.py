@@ -46,6 +46,8 @@ class Classifier:
         if tensorrt_engine:  # a jetson ONNX: build its engine once, beside it, and run that
             self.path = _engine_for(self.path)
         check_threads(threads)
+        if sidecar_path(self.path).exists():  # before a runtime loads a swapped file beside it (and may compile it)
+            check_companions(self.path, read_sidecar(self.path))
         self._backend = open_backend(self.path, threads, device, precision)
         self.record = self._find_record()
         check_companions(self.path, self.record)

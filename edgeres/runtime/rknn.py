@@ -10,7 +10,8 @@ backend's name, so every timing and check reported through it says so.
 
 from __future__ import annotations
 
-import re
+import json
+import platform
 import sys
 from pathlib import Path
 from typing import ClassVar
@@ -18,8 +19,8 @@ from typing import ClassVar
 import numpy as np
 
 from ..artifact import ArtifactRecord
-from ..errors import ArtifactError, BackendUnavailableError, DeviceError, EdgeresError
-from ..files import MODEL_LIMIT, read_bytes
+from ..errors import ArtifactError, BackendUnavailableError, DeviceError
+from ..files import MODEL_LIMIT, open_checked
 
 LITE_INSTALL = ("pip install rknn-toolkit-lite2 on the board (Rockchip's wheel for its Python, from "
                 "github.com/airockchip/rknn-toolkit2, rknn-toolkit-lite2/packages), with the librknnrt.so of the same "
@@ -35,20 +36,31 @@ def lite_module():
 
 
 def simulated_here(path: Path) -> bool:
-    """Whether `path` runs on the simulator here: no rknn-toolkit-lite2, so no board's NPU to run it on."""
-    return lite_module() is None
+    """Whether `path` runs on the simulator here: a PC the toolkit's simulator runs on (Linux x86-64) without
+    rknn-toolkit-lite2. Anywhere else the board's backend says what to install."""
+    on_a_pc = sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64")
+    return on_a_pc and lite_module() is None
+
+
+_DESCRIPTION_TAIL = 1 << 20  # the toolkit writes the model's JSON description at the end of the file
 
 
 def compiled_for(path: Path) -> dict:
-    """The platform and toolkit version the .rknn at `path` was compiled for, read from the model's own JSON."""
-    data = read_bytes(path, MODEL_LIMIT, "RKNN model")
-    if not data.startswith(b"RKNN"):
+    """The platform and toolkit version the .rknn at `path` was compiled for, from the model's own description
+    (read from the file's head and tail only: a board has little memory to spare)."""
+    with open_checked(path, MODEL_LIMIT, "RKNN model") as handle:
+        head = handle.read(4)
+        size = handle.seek(0, 2)
+        handle.seek(max(0, size - _DESCRIPTION_TAIL))
+        tail = handle.read()
+    if head != b"RKNN":
         raise ArtifactError(f"{path.name} is not an RKNN model (it does not start with RKNN): convert again")
-    platform = re.search(rb'"target_platform":\["([a-z0-9]+)"', data)
-    version = re.search(rb'"version":"([0-9][0-9A-Za-z.+-]*)"', data)
-    if not platform:
-        raise ArtifactError(f"{path.name} says no target platform: it is damaged or not rknn-toolkit2's; convert again")
-    return {"platform": platform.group(1).decode(), "version": version.group(1).decode() if version else "unknown"}
+    try:
+        description = json.loads(tail[tail.rindex(b'{"connection"'):])
+        return {"platform": str(description["target_platform"][0]), "version": str(description["version"])}
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise ArtifactError(f"{path.name} has no model description rknn-toolkit2 writes (platform, version): it is "
+                            "damaged or not the toolkit's; convert again") from None
 
 
 class RknnLiteBackend:
@@ -96,11 +108,13 @@ class RknnSimulatorBackend(RknnLiteBackend):
 
     def __init__(self, path: Path, threads: int | None, device: str | None = None,
                  precision: str | None = None) -> None:
+        from ..converter_envs import EnvironmentMissingError
         from ..converter_envs.rknn import TOOLKIT_VERSION, Simulator
 
         if device not in (None, "NPU"):
             raise DeviceError(f"{path.name} is an RKNN model: it runs on the NPU only (device NPU)")
         compiled = compiled_for(path)
+        _check_compiled_from(path)
         source = path.with_name(path.name[:-len(path.suffix)] + ".qdq.onnx")
         if not source.is_file():
             raise ArtifactError(f"{path.name}: on a PC it runs on rknn-toolkit2's simulator, which needs the QDQ it was "
@@ -110,9 +124,9 @@ class RknnSimulatorBackend(RknnLiteBackend):
             raise ArtifactError(f"{path.name} was compiled by rknn-toolkit2 {compiled['version']}; the simulator here is "
                                 f"{TOOLKIT_VERSION}, which would build another model: convert again")
         try:
-            self._simulator = Simulator(source, compiled["platform"], log=_to_stderr)
-        except EdgeresError as error:
-            raise BackendUnavailableError(f"{path.name}: rknn-toolkit2's simulator did not start ({error})") from None
+            self._simulator = Simulator(source, compiled["platform"], build=False, error=ArtifactError)
+        except EnvironmentMissingError as error:
+            raise BackendUnavailableError(f"{path.name} runs on rknn-toolkit2's simulator on a PC: {error}") from None
         self.compiled = compiled
 
     def run(self, batch: np.ndarray) -> np.ndarray:
@@ -122,6 +136,14 @@ class RknnSimulatorBackend(RknnLiteBackend):
         self._simulator.close()
 
 
-def _to_stderr(message: str) -> None:
-    """Where opening an artifact builds the toolkit's environment (minutes, once), the progress goes to stderr."""
-    print(message, file=sys.stderr)
+def _check_compiled_from(path: Path) -> None:
+    """The simulator runs the QDQ beside the .rknn (its hash is checked as a companion): the .rknn itself must be
+    the one the record says was compiled from it, or what was run here says nothing of what a board runs."""
+    from ..artifact import read_sidecar, sha256_of, sidecar_path
+
+    if not sidecar_path(path).exists():
+        return  # during conversion, before the record is written
+    expected = ((read_sidecar(path).quantization or {}).get("compiled") or {}).get("rknn_sha256")
+    if expected and sha256_of(path) != expected:
+        raise ArtifactError(f"{path.name} is not the .rknn its record says was compiled from the QDQ beside it (its "
+                            "sha256 differs): copy the set as it was written, or convert again")

@@ -85,19 +85,25 @@ def check_no_dynamic_shapes(model: onnx.ModelProto, kept: frozenset[str] = froze
     return _check("no dynamic shapes", problems, f"{count} intermediate tensors, all static")
 
 
+WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+
+
 def check_qdq_everywhere(model: onnx.ModelProto, kept: frozenset[str] = frozenset()) -> dict:
-    """Every compute op reads from DequantizeLinear and writes only to QuantizeLinear, except where a layer
-    is kept in float (`kept`, for compilers that run those in float16): its Conv or Gemm and what reads it."""
+    """Every compute op reads from DequantizeLinear and writes only to QuantizeLinear. Where a compiler runs
+    layers left in float (`kept`: the rknn target, in float16), a kept layer's Conv or Gemm is exempt, and so
+    are the ops without weights that its float output flows through (ReLU, max-pool, Add) until it is
+    quantized again; a layer with weights that reads it in float is not."""
     initializers = {init.name for init in model.graph.initializer}
     producers, consumers = _producers(model), _consumers(model)
-    problems, quantized = [], 0
-    in_float = {out for node in model.graph.node if onnx_backend.module_of(node.name) in kept
-                or (node.op_type == "Gemm" and "fc" in kept) for out in node.output}
+    kept_nodes = {node.name for node in model.graph.node if onnx_backend.layer_of(node) in kept}
+    in_float = {out for node in model.graph.node if node.name in kept_nodes for out in node.output}
+    problems, quantized, held = [], 0, 0
     for node in model.graph.node:
         if node.op_type in QDQ_OPS or node.op_type == "Constant":
             continue
-        if in_float.intersection(node.output) or in_float.intersection(node.input):
-            in_float.update(node.output)  # a kept layer's activation, before it is quantized again
+        if node.name in kept_nodes or (node.op_type not in WEIGHTED_OPS and in_float.intersection(node.input)):
+            in_float.update(node.output)
+            held += 1
             continue
         float_inputs = [n for n in node.input if n and n not in initializers
                         and getattr(producers.get(n), "op_type", None) not in QDQ_OPS | {"Constant"}]
@@ -108,7 +114,9 @@ def check_qdq_everywhere(model: onnx.ModelProto, kept: frozenset[str] = frozense
             problems.append(f"{node.op_type} '{node.name}' runs in float")
         else:
             quantized += 1
-    return _check("QDQ around every op", problems, f"{quantized} ops, each between DequantizeLinear and QuantizeLinear")
+    held_text = f", {held} in float with the {len(kept_nodes)} kept layers" if held else ""
+    return _check("QDQ around every op", problems,
+                  f"{quantized} ops, each between DequantizeLinear and QuantizeLinear{held_text}")
 
 
 NPU_RULES: tuple[Callable[[onnx.ModelProto], dict], ...] = (

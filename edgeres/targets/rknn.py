@@ -17,6 +17,7 @@ from typing import ClassVar
 
 import onnx
 
+from ..artifact import sha256_of
 from ..errors import ConversionError
 from ..exporters import onnx_tools
 from ..quantization import onnx_backend
@@ -24,7 +25,7 @@ from .base import Built, BuiltArtifact, ConvertJob
 from .npu import NPU_RULES, NpuTarget, apply_rules
 
 DEFAULT_PLATFORM = "rk3588"  # without a device profile (--target rknn): the most common RKNPU board SoC
-PLATFORMS = ("rk3588", "rk3576", "rk3568", "rk3566", "rk3562", "rv1103", "rv1106", "rk2118")
+PLATFORMS = ("rk3588", "rk3576", "rk3568", "rk3566", "rk3562")  # RKNPU2 SoCs of boards rknn-toolkit-lite2 runs on
 
 
 class RknnTarget(NpuTarget):
@@ -56,7 +57,7 @@ class RknnTarget(NpuTarget):
         inputs, outputs = onnx_tools.tensor_specs(model, self.layout)
         quantization = {**(qdq.quantization or {}), "compiled": {
             "tool": f"rknn-toolkit2 {compiled['version']} (do_quantization=False: the QDQ's own scales)",
-            "platform": platform,
+            "platform": platform, "rknn_sha256": sha256_of(rknn),  # what the simulator's runs are bound to
             "source": f"{source.name}: the QDQ graph it was compiled from; the toolkit's simulator runs it on a PC"}}
         artifact = BuiltArtifact(rknn, (rknn, source), "rknn", job.preprocess, inputs, outputs, quantization,
                                  qdq.checks)

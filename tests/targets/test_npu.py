@@ -81,3 +81,33 @@ def test_npu_refuses_dynamic_batch(model, calib_dir: Path, tmp_path: Path) -> No
     with pytest.raises(TargetError, match="static batch-1 shape: drop --dynamic-batch"):
         convert(model, ConvertOptions(target="npu", precision="int8", calib=calib_dir,
                                       dynamic_batch=True, out_dir=tmp_path, imgsz=32))
+
+
+def test_a_kept_layer_exempts_only_itself_and_the_weightless_ops_its_float_output_flows_through() -> None:
+    """For compilers that run kept layers in float (rknn): a layer with weights reading that float is still
+    an op left out of INT8 that nobody kept."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeres.targets.npu import check_qdq_everywhere
+
+    def weight(name: str):
+        return numpy_helper.from_array(np.ones((3, 3, 1, 1), np.float32), name)
+
+    scale, zero = numpy_helper.from_array(np.float32(0.1), "s"), numpy_helper.from_array(np.int8(0), "z")
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Conv", ["xd", "w1"], ["c1"], name="layer1.0.conv1/Conv"),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu"),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], name="layer1.0.conv2/Conv"),
+             helper.make_node("QuantizeLinear", ["c2", "s", "z"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "s", "z"], ["y"])]
+    graph = helper.make_graph(nodes, "kept", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [weight("w1"), weight("w2"), scale, zero])
+    model = helper.make_model(graph)
+    tail = check_qdq_everywhere(model, frozenset({"layer1.0.conv1"}))
+    assert not tail["passed"] and tail["detail"] == "Conv 'layer1.0.conv2/Conv' runs in float"
+    both = check_qdq_everywhere(model, frozenset({"layer1.0.conv1", "layer1.0.conv2"}))
+    assert both["passed"] and "3 in float with the 2 kept layers" in both["detail"]
+    assert not check_qdq_everywhere(model)["passed"]  # and nothing kept: the npu target's own rule

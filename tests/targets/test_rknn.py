@@ -122,6 +122,44 @@ def test_a_rknn_the_simulator_cannot_stand_for_is_refused(converted, tmp_path: P
         RknnSimulatorBackend(lying, None)
 
 
+def test_a_set_whose_files_were_swapped_is_refused_before_anything_runs(converted, tmp_path: Path) -> None:
+    """On a PC the simulator runs the QDQ, not the .rknn: both are bound to the record by their hashes."""
+    result = converted("rknn", "int8")
+    other = converted("rknn", "int8", keep=("layer4.0.conv1",), max_kept=1)
+    for swapped, source in (("qdq", _qdq(other.path)), ("rknn", other.path)):
+        folder = tmp_path / swapped
+        shutil.copytree(result.path.parent, folder)
+        shutil.copy(source, folder / (_qdq(result.path).name if swapped == "qdq" else result.path.name))
+        with pytest.raises(ArtifactError, match="is not the (file|.rknn) .* (was converted with|compiled from)"):
+            Classifier(folder / result.path.name)
+
+
+def test_the_simulators_own_reason_comes_through_and_a_dead_one_is_an_error(converted) -> None:
+    result = converted("rknn", "int8")
+    backend = RknnSimulatorBackend(result.path, None)
+    with pytest.raises(ArtifactError, match=r"rknn-toolkit2: .*shape \(1, 3, 9, 9\) is wrong"):
+        backend.run(np.zeros((1, 3, 9, 9), np.float32))
+    backend = RknnSimulatorBackend(result.path, None)
+    backend._simulator._process.kill()
+    with pytest.raises(ArtifactError, match="rknn-toolkit2: the rknn-toolkit2 step stopped with status -9"):
+        backend.run(np.zeros((1, 3, 32, 32), np.float32))
+
+
+def test_opening_a_rknn_never_builds_the_toolkits_environment(converted, monkeypatch, tmp_path: Path) -> None:
+    from edgeres.converter_envs import ENVS_ENV
+    from edgeres.errors import BackendUnavailableError
+
+    result = converted("rknn", "int8")
+    monkeypatch.setenv(ENVS_ENV, str(tmp_path / "none"))
+    with pytest.raises(BackendUnavailableError, match="runs on rknn-toolkit2's simulator on a PC: .*not built here"):
+        Classifier(result.path)
+    assert not (tmp_path / "none").exists()
+    monkeypatch.setattr("platform.machine", lambda: "aarch64")  # a board without rknn-toolkit-lite2
+    assert backend_class(result.path) is RknnLiteBackend
+    with pytest.raises(BackendUnavailableError, match="need rknn-toolkit-lite2 on the board: pip install"):
+        Classifier(result.path)
+
+
 def test_a_device_profile_compiles_for_its_platform(model, calib_dir: Path, tmp_path: Path) -> None:
     from edgeres.conversion.pipeline import ConvertOptions, convert
 
