@@ -47,6 +47,11 @@ class ConversionError(EdgeresError):
     """A converter failed, or its output broke a rule the target requires."""
 
 
+class PlanRefusedError(ConversionError):
+    """A target's own compiler failed on one quantization plan (it crashed on the layers a plan keeps): the
+    accuracy search records it and goes on with the plans it has; a conversion with no other plan fails."""
+
+
 class VerificationError(ConversionError):
     """An exported artifact does not reproduce the PyTorch model within the target's tolerance."""
 

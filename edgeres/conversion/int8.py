@@ -53,7 +53,8 @@ class Int8Outcome:
                 "finetune": self.finetune,
                 "attempts": [attempt.row() for attempt in result.attempts], "simulated_choices": result.simulated,
                 "sensitivity_top": [[name, gain] for name, gain in result.sensitivity[:10]],
-                "chosen": result.attempts.index(result.best)}
+                "chosen": result.attempts.index(result.best),
+                **({"refused": result.refused} if result.refused else {})}
 
 
 def search_int8(model: LoadedModel, options: ConvertOptions, target: Target, job: ConvertJob, spec: Preprocess,

@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import ConversionError, EdgeresError
+from ..errors import ConversionError, EdgeresError, PlanRefusedError
 from . import ConverterEnv, Install, killed_on_error, run_tool
 
 TOOLKIT_VERSION = "2.5.0"
@@ -43,7 +43,11 @@ def compile_rknn(source: Path, platform: str, out: Path, log: Callable[[str], No
         process = run_tool(RKNN_TOOLKIT2, TOOL, ["build", str(source), platform, str(out)], log,
                            stdout=subprocess.PIPE, stderr=toolkit_log)
         with killed_on_error(process):
-            answer = _answer(process.stdout.readline(), toolkit_log, process, ConversionError)
+            line = process.stdout.readline()
+            if not line and process.wait() < 0:  # killed by a signal: measured, a segfault on some kept layers
+                raise PlanRefusedError(f"rknn-toolkit2 crashed compiling for {platform} (signal {-process.returncode})"
+                                       f"{_said(toolkit_log, '')}")
+            answer = _answer(line, toolkit_log, process, ConversionError)
             process.wait()
     if not out.is_file():
         raise ConversionError(f"rknn-toolkit2 reported success for {platform} but wrote no {out.name}")

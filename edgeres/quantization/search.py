@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..errors import PlanRefusedError
 from ..metrics import Judged
 from .design import QuantizationDesign, QuantizationPlan
 
@@ -67,6 +68,7 @@ class SearchResult:
     attempts: list[Attempt]
     simulated: list[dict]  # the range methods and corrections compared in simulation
     sensitivity: list[tuple[str, float]]
+    refused: list[dict] = field(default_factory=list)  # plans the target's compiler failed on, and why
 
     @property
     def met(self) -> bool:
@@ -87,13 +89,19 @@ def search(design: QuantizationDesign, attempt: Callable[[QuantizationPlan], tup
     plan = plan.with_higher(keep)
     attempts = [_run(attempt, plan, bar, log)]
     ranking: list[tuple[str, float]] = []
+    refused: list[dict] = []
     if not attempts[0].met and max_kept > len(keep):
         log("Ranking layers by how much keeping each out of INT8 helps (simulated)")
         ranking = design.sensitivity(plan)
         log("Most sensitive: " + ", ".join(f"{name} ({gain:.1e})" for name, gain in ranking[:5]))
         for count in [c for c in LADDER if len(keep) < c <= max_kept] or [max_kept]:
             chosen = tuple(dict.fromkeys((*keep, *(name for name, _ in ranking))))[:count]
-            attempts.append(_run(attempt, plan.with_higher(chosen), bar, log))
+            try:
+                attempts.append(_run(attempt, plan.with_higher(chosen), bar, log))
+            except PlanRefusedError as error:  # a vendor compiler that crashes on more kept layers: stop climbing
+                refused.append({"kept_higher": list(chosen), "why": str(error)})
+                log(f"Keeping {count} layers out: {error}; the search goes on with the attempts it has")
+                break
             if attempts[-1].met:
                 break
     if not any(a.met for a in attempts):
@@ -109,7 +117,7 @@ def search(design: QuantizationDesign, attempt: Callable[[QuantizationPlan], tup
         if tuned is not None:  # None: it ended before learning anything
             attempts.append(_run(attempt, tuned, bar, log))
     best = max(attempts, key=lambda a: _preference(a, bar))
-    return SearchResult(best, attempts, simulated, ranking)
+    return SearchResult(best, attempts, simulated, ranking, refused)
 
 
 def _first_plan(design: QuantizationDesign, method: str | None, bias_correction: bool | None,

@@ -155,3 +155,27 @@ def test_fine_tuning_is_not_judged_on_what_it_trains_on(model, calib_dir, tmp_pa
                              imgsz=DEMO_IMGSZ, report=False, name="auto")
     convert(model, options, log=said.append)
     assert any("Fine-tuning left out" in line for line in said)
+
+
+def test_a_plan_the_targets_compiler_crashes_on_is_recorded_and_the_search_goes_on(
+        monkeypatch, sensitive_model, calib_dir, digits, tmp_path: Path) -> None:
+    """rknn-toolkit2 crashed (SIGSEGV) on the hard ResNet50 with 16 layers kept: the search stops climbing,
+    says so in the record, and ends on the attempts it has instead of losing them."""
+    from edgeres.errors import PlanRefusedError
+    from edgeres.targets.onnx import OnnxTarget
+
+    build = OnnxTarget.build
+
+    def crashing(self, job, plan, scratch):
+        if plan and plan.higher:
+            raise PlanRefusedError("the compiler crashed (signal 11)")
+        return build(self, job, plan, scratch)
+
+    monkeypatch.setattr(OnnxTarget, "build", crashing)
+    options = ConvertOptions(target="onnx", precision="int8", out_dir=tmp_path, calib=calib_dir, calib_size=64,
+                             imgsz=DEMO_IMGSZ, val=digits.test_dir, report=False, finetune="never")
+    with pytest.raises(AccuracyBarError) as failed:
+        convert(sensitive_model, options, log=lambda message: None)
+    search = failed.value.result.search
+    assert search["refused"] == [{"kept_higher": ["fc"], "why": "the compiler crashed (signal 11)"}]
+    assert all(not attempt["kept_higher"] for attempt in search["attempts"]) and not search["met"]

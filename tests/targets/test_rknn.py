@@ -191,3 +191,17 @@ def test_what_the_toolkit_refuses_fails_the_conversion_with_its_reason(tmp_path:
     with pytest.raises(ConversionError, match=r"^rknn-toolkit2: Unsupport onnx opset 21, need <= 19!$"):
         compile_rknn(source, "rk3588", tmp_path / "out.rknn", log=lambda message: None)
     assert not (tmp_path / "out.rknn").exists()
+
+
+def test_a_toolkit_that_crashes_refuses_that_plan_only(monkeypatch, tmp_path: Path) -> None:
+    """A signal (it segfaulted on the hard ResNet50 with 16 layers kept) is the plan's refusal, which the search
+    records and goes past; a reasoned failure stays a conversion error."""
+    import edgeres.converter_envs.rknn as rknn_env
+    from edgeres.errors import PlanRefusedError
+
+    crashing = tmp_path / "crash.py"
+    crashing.write_text("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n")
+    monkeypatch.setattr(rknn_env, "TOOL", crashing)
+    with pytest.raises(PlanRefusedError, match="rknn-toolkit2 crashed compiling for rk3588 \\(signal 11\\)"):
+        compile_rknn(tmp_path / "any.onnx", "rk3588", tmp_path / "out.rknn", log=lambda message: None)
+
