@@ -270,10 +270,13 @@ def _bar_failure(result: ConvertResult, options: ConvertOptions) -> str:
     search = result.search
     best = search["attempts"][search["chosen"]]
     drop = "" if best["drop_points"] is None else f", {best['drop_points']:.2f} points of top-1 lost"
-    tried = len(search["attempts"])
+    tried = f"{len(search['attempts'])} tried"
     kept = max(len(a["kept_higher"]) for a in search["attempts"])
     advice = []
-    if kept < options.max_kept or options.max_kept == 0:
+    refused = search.get("refused")
+    if refused:  # keeping more layers is what the target's compiler failed on: more of it cannot help
+        tried += f"; the compiler failed keeping {len(refused[0]['kept_higher'])} layers: {refused[0]['why']}"
+    elif kept < options.max_kept or options.max_kept == 0:
         advice.append(f"--max-kept above {options.max_kept}")
     calibration = result.record.calibration or {}
     if calibration.get("used", 0) + calibration.get("held_out", 0) < 300:
@@ -285,6 +288,6 @@ def _bar_failure(result: ConvertResult, options: ConvertOptions) -> str:
         advice.append("a longer --finetune-minutes" if search["finetune"]["stopped"] == "time"
                       else "more --finetune-steps")
     advice.append("--fp16")
-    return (f"no INT8 artifact met the bar ({tried} tried, up to {kept} layers kept out of INT8): the best, "
+    return (f"no INT8 artifact met the bar ({tried}, up to {kept} layers kept out of INT8): the best, "
             f"{result.path.name}, agrees with FP32 on {best['agreement']:.2%}{drop}; it was kept and reported. "
             f"Next: {', or '.join(advice)}")
