@@ -198,7 +198,7 @@ def qnn_peer(fixture: Fixture, module: torch.nn.Module, chosen: np.ndarray) -> n
         return artifact_logits(context, spec, [crops[i] for i in chosen])
 
 
-def rknn_peer(fixture: Fixture, module: torch.nn.Module) -> np.ndarray:
+def rknn_peer(fixture: Fixture, module: torch.nn.Module, val: np.ndarray) -> np.ndarray:
     """rknn-toolkit2's own quantization (its build defaults: w8a8, 'normal' min/max, per-channel weights) of the
     FP32 ONNX from the calib images, for rk3588; its logits on the val images on the toolkit's simulator."""
     from edgeres.converter_envs.rknn import Simulator
@@ -206,7 +206,6 @@ def rknn_peer(fixture: Fixture, module: torch.nn.Module) -> np.ndarray:
 
     spec = Preprocess.imagenet(fixture.imgsz)
     calib, _ = _load(fixture.calib_dir, fixture.labels, spec)
-    val, _ = _load(fixture.val_dir, fixture.labels, spec)
     with tempfile.TemporaryDirectory() as scratch:
         fp32, dataset = Path(scratch) / "fp32.onnx", Path(scratch) / "dataset.txt"
         export_fp32(module, spec.input_shape, fp32, opset=18, dynamic_batch=False)
@@ -410,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
             _print(name, row["methods"][name])
         if "rknn" in args.targets and not args.no_peers:
             name = "rknn-toolkit2 defaults on its simulator"
-            row["methods"][name] = _scored(rknn_peer(fixture, model.module), reference, truth)
+            row["methods"][name] = _scored(rknn_peer(fixture, model.module, val), reference, truth)
             _print(name, row["methods"][name])
         with tempfile.TemporaryDirectory() as out:
             for target in args.targets:

@@ -46,11 +46,13 @@ class Classifier:
         if tensorrt_engine:  # a jetson ONNX: build its engine once, beside it, and run that
             self.path = _engine_for(self.path)
         check_threads(threads)
-        if sidecar_path(self.path).exists():  # before a runtime loads a swapped file beside it (and may compile it)
-            check_companions(self.path, read_sidecar(self.path))
+        sidecar = read_sidecar(self.path) if sidecar_path(self.path).exists() else None
+        if sidecar:  # before a runtime loads a swapped file beside it (and may compile it)
+            check_companions(self.path, sidecar)
         self._backend = open_backend(self.path, threads, device, precision)
-        self.record = self._find_record()
-        check_companions(self.path, self.record)
+        self.record = self._find_record(sidecar)
+        if self.record is not sidecar:  # the artifact's own record, its companions not yet checked
+            check_companions(self.path, self.record)
         try:
             self.preprocess = Preprocess.from_dict(self.record.preprocess)
         except EdgeresError as error:
@@ -89,9 +91,8 @@ class Classifier:
                 f"{len(self.labels)} labels; the record does not belong to this model: convert it again"
             )
 
-    def _find_record(self) -> ArtifactRecord:
+    def _find_record(self, sidecar: ArtifactRecord | None) -> ArtifactRecord:
         embedded = self._backend.embedded_record()
-        sidecar = read_sidecar(self.path) if sidecar_path(self.path).exists() else None
         if embedded and sidecar:
             for field_name in ("preprocess", "labels"):
                 if getattr(embedded, field_name) != getattr(sidecar, field_name):

@@ -19,7 +19,6 @@ import onnx
 
 from ..artifact import sha256_of
 from ..errors import ConversionError
-from ..exporters import onnx_tools
 from ..quantization import onnx_backend
 from .base import Built, BuiltArtifact, ConvertJob
 from .npu import NPU_RULES, NpuTarget, apply_rules
@@ -53,14 +52,13 @@ class RknnTarget(NpuTarget):
         platform = platform_of(job)
         job.log(f"Compiling for the {platform} NPU with rknn-toolkit2 (its own environment)")
         compiled = compile_rknn(source, platform, rknn, job.log)
-        model = onnx.load(str(source))
-        inputs, outputs = onnx_tools.tensor_specs(model, self.layout)
         quantization = {**(qdq.quantization or {}), "compiled": {
             "tool": f"rknn-toolkit2 {compiled['version']} (do_quantization=False: the QDQ's own scales)",
             "platform": platform, "rknn_sha256": sha256_of(rknn),  # what the simulator's runs are bound to
             "source": f"{source.name}: the QDQ graph it was compiled from; the toolkit's simulator runs it on a PC"}}
-        artifact = BuiltArtifact(rknn, (rknn, source), "rknn", job.preprocess, inputs, outputs, quantization,
-                                 qdq.checks)
+        # the .rknn takes and gives what the QDQ it was compiled from does
+        artifact = BuiltArtifact(rknn, (rknn, source), "rknn", job.preprocess, qdq.inputs, qdq.outputs,
+                                 quantization, qdq.checks)
         return Built([artifact], built.companions)
 
     def embed_record(self, artifact: BuiltArtifact, record) -> None:
