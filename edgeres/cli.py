@@ -450,6 +450,116 @@ def demo(
     console.demo(report, out, weights)
 
 
+triton = typer.Typer(
+    help="Serve a verified set with Triton Inference Server (KServe's v2 protocol, HTTP and gRPC): export a model "
+    "repository, serve it, check a served model against the set's golden samples.",
+    no_args_is_help=True)
+app.add_typer(triton, name="triton")
+ExportArg = Annotated[Path, typer.Argument(help="The folder `edgeres triton export` wrote (or its model_repository).")]
+
+
+@triton.command("export")
+def triton_export(
+    artifact: Annotated[Path, typer.Argument(help="A verified set: an artifact made by `edgeres convert` (or its "
+                                             "folder), with its record and golden samples beside it.")],
+    out: Annotated[Path, typer.Option(help="Folder to write: model_repository/, kserve/ and edgeres-triton.json. "
+                                      "An existing edgeres export there is replaced; any other content is refused.")],
+    name: Annotated[Optional[str], typer.Option(help="The served model's name (default: the artifact's stem).")] = None,
+    backend: Annotated[str, typer.Option(help="What runs the artifact: auto (Triton's onnxruntime or openvino "
+                                         "backend where it has one for the format, else python), python (edgeres' "
+                                         "own runtime in Triton's Python backend: every format, and the only one "
+                                         "the tritonserver edgeres installs has), onnxruntime, openvino.")] = "auto",
+    max_batch: Annotated[int, typer.Option(help="Largest batch Triton's dynamic batcher forms (0: no batching; a "
+                                           "static batch-1 artifact in Triton's own backend gets 0).")] = 8,
+    instances: Annotated[int, typer.Option(help="Model instances (Triton's instance_group count).")] = 1,
+    device: Annotated[str, typer.Option(help="cpu or gpu instances (gpu: Triton's onnxruntime backend with "
+                                        "TensorRT as its accelerator).")] = "cpu",
+    threads: Threads = None, verbose: Verbose = False,
+) -> None:
+    """Write a Triton model repository from a verified set, with KServe manifests.
+
+    Clients send encoded images (model NAME, input IMAGE: the file's bytes as UINT8) or raw BGR frames
+    (NAME_frame, input FRAME: UINT8 H x W x 3) and get LOGITS, or top-k labels with Triton's classification
+    extension. Preprocessing is edgeres' own, from the set's record; the set's golden samples travel along.
+    The set is checked on this machine first: one that fails its golden samples is not exported.
+    """
+    set_verbose(verbose)
+    from .serving.repository import ExportOptions, export_repository
+
+    options = ExportOptions(name=name, backend=backend, max_batch=max_batch, instances=instances, device=device,
+                            threads=threads)
+    exported = export_repository(artifact, out, options, log=console.log)
+    console.say(f"Triton repository: {exported.repository} (models {exported.name}, {exported.name}_frame; "
+                f"{exported.backend} runs the artifact); KServe manifests: {out / 'kserve'}")
+    console.say(f"Serve it here: edgeres triton serve {out}    then check it: edgeres triton check {out}")
+
+
+@triton.command("serve")
+def triton_serve(
+    export: ExportArg,
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    http_port: Annotated[int, typer.Option(help="HTTP port (KServe v2 REST).")] = 8000,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port.")] = 8001,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = 8002,
+    verbose: Verbose = False,
+) -> None:
+    """Run tritonserver on an exported repository until Ctrl-C (installs Triton's binary once where none is here).
+
+    NVIDIA's Triton image (/opt/tritonserver, or EDGERES_TRITONSERVER naming a Triton folder) is used where it
+    is installed; elsewhere the tritonserver binary of the nvidia-pytriton wheel (Linux x86-64, CPU, Python
+    backend only: export with --backend python).
+    """
+    set_verbose(verbose)
+    import time
+
+    from .serving.repository import REPOSITORY
+    from .serving.server import TritonServer, find_server
+
+    repository = export / REPOSITORY if (export / REPOSITORY).is_dir() else export
+    server = TritonServer(repository, http_port, grpc_port, metrics_port, host=host,
+                          install=find_server(log=console.log))
+    with server:
+        console.say(f"Serving {repository} with {server.install.source}: HTTP {server.http_url}, gRPC "
+                    f"{server.grpc_url}, metrics {host}:{server.metrics_port}; log {server.log_path}. Ctrl-C stops it.")
+        while server.process.poll() is None:
+            time.sleep(0.5)
+    raise EdgeresError(f"tritonserver exited ({server.process.returncode}): {server.problems()}")
+
+
+@triton.command("check")
+def triton_check(
+    export: ExportArg,
+    url: Annotated[str, typer.Option(help="The server, host:port (HTTP's port, or gRPC's with --grpc).")] =
+    "127.0.0.1:8000",
+    grpc: Annotated[bool, typer.Option("--grpc", help="Speak gRPC instead of HTTP.")] = False,
+    name: Annotated[Optional[str], typer.Option(help="The served model (default: the export's one).")] = None,
+    as_json: AsJson = False, verbose: Verbose = False,
+) -> None:
+    """Send the set's golden frames to a served model, raw and as PNG, and judge its answers by the artifact's rule.
+
+    What `edgeres verify` is on a device, over the network: a server running another runtime, preprocessing
+    or model than the set's fails here, with exit code 1.
+    """
+    set_verbose(verbose)
+    from dataclasses import asdict
+
+    from .serving.client import check_served
+
+    check = check_served(export, url, "grpc" if grpc else "http", name)
+    if as_json:
+        console.show_json({"protocol": check.protocol, "frames": asdict(check.frames), "images": asdict(check.images),
+                           "passed": not check.failures})
+    else:
+        console.table(f"Served model at {url} ({check.protocol}) on the golden samples",
+                      ["input", "top-1 vs artifact", "max |logit diff| vs artifact", "top-1 vs FP32"],
+                      [[path, f"{c.top1_vs_expected:.0%}", f"{c.max_abs_vs_expected:.3g}", f"{c.top1_vs_reference:.0%}"]
+                       for path, c in (("frames", check.frames), ("PNG images", check.images))])
+    if check.failures:
+        raise EdgeresError(f"the served model at {url} answers otherwise than its artifact: "
+                           + "; ".join(check.failures))
+    console.passed(f"served model at {url}", f"{check.protocol}, {check.frames.samples} golden frames raw and as PNG")
+
+
 def version_callback(value: bool) -> None:
     if value:
         console.say(f"edgeres {__version__}")

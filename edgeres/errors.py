@@ -93,7 +93,7 @@ def install_hint(extra: str) -> str:
 EXTRA_OF_MODULE = {
     **dict.fromkeys(("torch", "torchvision", "onnx", "onnxscript", "nncf", "litert_torch", "ai_edge_quantizer",
                      "matplotlib", "executorch"), "convert"),
-    "sklearn": "demo", "skimage": "demo", "cv2": "opencv",
+    "sklearn": "demo", "skimage": "demo", "cv2": "opencv", "tritonclient": "serve",
 }
 
 
@@ -125,3 +125,7 @@ def installed(package: str) -> bool:
         return importlib.util.find_spec(package) is not None
     except (ImportError, ValueError):
         return False
+
+
+class ServingError(EdgeresError):
+    """A model repository cannot be written or served, or a served model answers otherwise than its artifact."""

@@ -81,21 +81,35 @@ class GoldenCheck:
 
 def check_golden(classifier) -> GoldenCheck:
     """Run the artifact's golden samples through `classifier` (an edgeres Classifier) and judge them."""
-    info = classifier.record.golden
+    frames, reference, expected = golden_samples(classifier.path, classifier.record)
+    logits = classifier.logits_batch(list(frames))
+    return judge_golden(logits, reference, expected, classifier.record, classifier.execution_precision,
+                        classifier.path)
+
+
+def golden_samples(artifact: Path, record) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The golden frames, PyTorch's logits and the artifact's own at conversion, checked against `record`."""
+    info = record.golden
     if not info:
-        raise ArtifactError(f"{classifier.path.name} carries no golden samples; convert it again with this edgeres")
-    frames, reference, expected = _load(_golden_file(classifier.path, info), info, classifier.preprocess.crop,
-                                        len(classifier.labels))
-    logits = classifier.logits_batch(list(frames)).astype(np.float64)
+        raise ArtifactError(f"{artifact.name} carries no golden samples; convert it again with this edgeres")
+    from .preprocess import Preprocess
+
+    crop = Preprocess.from_dict(record.preprocess).crop
+    return _load(_golden_file(artifact, info), info, crop, len(record.labels))
+
+
+def judge_golden(logits: np.ndarray, reference: np.ndarray, expected: np.ndarray, record, mode: str,
+                 artifact: Path) -> GoldenCheck:
+    """How `logits` (the golden frames run by some runtime in float `mode`) stand against the record's rule."""
+    logits = np.asarray(logits, np.float64)
     scale = largest_logit(reference)
     result = GoldenCheck(
-        samples=len(frames),
+        samples=len(logits),
         top1_vs_reference=agreement(reference, logits), max_abs_vs_reference=max_abs_difference(reference, logits),
         top1_vs_expected=agreement(expected, logits), max_abs_vs_expected=max_abs_difference(expected, logits),
         scale=scale, failures=[],
     )
-    rule, tolerance = judged_as(classifier.record.precision, classifier.execution_precision), _tolerance(
-        info, classifier.path)
+    rule, tolerance = judged_as(record.precision, mode), _tolerance(record.golden, artifact)
     result.clear_flips = _clear_flips(logits, reference, 2 * allowed_error(rule, tolerance, scale))
     result.failures = _failures(result, rule, tolerance, conversion_top1=agreement(reference, expected))
     return result

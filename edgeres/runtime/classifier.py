@@ -9,7 +9,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from ..artifact import ArtifactRecord, check_companions, read_sidecar, sidecar_path
-from ..errors import ArtifactError, EdgeresError
+from ..errors import ArtifactError, EdgeresError, FrameError
 from ..metrics import softmax
 from ..preprocess import Preprocess
 from . import open_backend, resolve_artifact
@@ -117,6 +117,16 @@ class Classifier:
         inputs = self.preprocess.batch(frames) if len(frames) else None
         if inputs is None:
             return np.zeros((0, len(self.labels)), np.float32)
+        return self.logits_of_inputs(inputs)
+
+    def logits_of_inputs(self, inputs: np.ndarray) -> np.ndarray:
+        """Logits for model inputs already made by `self.preprocess` (N, ...), in as many runs as the
+        artifact's batch allows: for a server whose preprocessing is a step of its own."""
+        expected = self.preprocess.input_shape[1:]
+        if inputs.ndim != 4 or inputs.shape[1:] != expected or inputs.dtype != np.dtype(self.preprocess.dtype):
+            raise FrameError(f"{self.path.name} takes inputs of shape (N, {', '.join(map(str, expected))}) "
+                             f"{self.preprocess.dtype}, got {inputs.shape} {inputs.dtype}: make them with its "
+                             "record's preprocessing")
         step = self._backend.max_batch or len(inputs)
         return self._finite(np.concatenate([self._backend.run(inputs[i : i + step])
                                             for i in range(0, len(inputs), step)]))

@@ -1,0 +1,93 @@
+"""The Python-backend model of an edgeres Triton repository (written into it as `1/model.py`).
+
+One file, three roles, named by the `edgeres_role` parameter of each model's config.pbtxt:
+- `decode`: encoded images (JPEG, PNG, ... as UINT8 [-1], the file's bytes) to the artifact's input tensor;
+- `frame`: raw BGR uint8 frames (H, W, 3) to the artifact's input tensor;
+- `classify`: the artifact's input tensor to logits, run by edgeres' own runtime, for artifact formats
+  Triton has no backend for (TFLite, .rknn, ExecuTorch, QNN context binaries) or by choice.
+Preprocessing is edgeres' `Preprocess` from the set's record (`edgeres.json` beside this file), so a
+served model sees the pixels it was calibrated and verified with. The server's Python needs edgeres
+with the artifact's runtime extra (`pip install "edgeres[onnx]"`, `[x86]`, `[rpi]`, ...).
+
+Tensors cross the stub by DLPack, not `as_numpy()`/`Tensor(name, array)`: the stub of Triton 2.51's Python
+backend reads numpy 2 arrays wrongly (measured: a [1, 2, 3] input arrived as [1, 1, 1], outputs came back
+empty), DLPack is right with numpy 1 and 2.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+ROLES = ("decode", "frame", "classify")
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+        self.role = parameters.get("edgeres_role")
+        if self.role not in ROLES:
+            raise pb_utils.TritonModelException(f"config.pbtxt sets edgeres_role {self.role!r}; one of {ROLES}")
+        here = Path(args["model_repository"]) / args["model_version"]
+        try:
+            from edgeres.artifact import read_record_file
+            from edgeres.preprocess import Preprocess
+            from edgeres.runtime.classifier import Classifier
+        except ImportError as error:
+            raise pb_utils.TritonModelException(
+                f"edgeres does not import in Triton's Python ({error}): install it in the server's environment with "
+                "the artifact's runtime extra, e.g. pip install 'edgeres[onnx]'") from None
+        self.input_name = config["input"][0]["name"]
+        self.output_name = config["output"][0]["name"]
+        if self.role == "classify":
+            threads = int(parameters.get("threads") or 0) or None
+            self.classifier = Classifier(here / parameters["artifact"], threads=threads)
+        else:
+            self.preprocess = Preprocess.from_dict(read_record_file(here / "edgeres.json").preprocess)
+
+    def execute(self, requests):
+        if self.role == "classify":
+            return self._classify(requests)
+        return [self._respond(request, self._preprocessed) for request in requests]
+
+    def _classify(self, requests):
+        """One run for all the requests Triton batched together, split back per request."""
+        inputs = [_input(request, self.input_name) for request in requests]
+        try:
+            logits = self.classifier.logits_of_inputs(np.concatenate(inputs))
+        except Exception as error:  # edgeres' FrameError, or the runtime's own: the request's fault or ours
+            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error))) for _ in requests]
+        bounds = np.cumsum([0] + [len(batch) for batch in inputs])
+        return [pb_utils.InferenceResponse([_output(self.output_name, logits[start:end].astype(np.float32))])
+                for start, end in zip(bounds[:-1], bounds[1:])]
+
+    def _respond(self, request, work):
+        try:
+            tensor = work(_input(request, self.input_name))
+        except Exception as error:  # a frame that is no image: that request fails, with why, not the others
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error)))
+        return pb_utils.InferenceResponse([_output(self.output_name, tensor)])
+
+    def _preprocessed(self, batch):
+        frames = [_decoded(item) for item in batch] if self.role == "decode" else list(batch)
+        return self.preprocess.batch(frames)
+
+
+def _input(request, name):
+    return np.from_dlpack(pb_utils.get_input_tensor_by_name(request, name))
+
+
+def _output(name, array):
+    return pb_utils.Tensor.from_dlpack(name, np.ascontiguousarray(array))
+
+
+def _decoded(item):
+    import cv2
+
+    buffer = np.ascontiguousarray(item, np.uint8).reshape(-1)
+    frame = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
+    if frame is None:
+        raise ValueError(f"a {buffer.size}-byte IMAGE is not an image OpenCV can decode (JPEG, PNG, BMP, WebP, ...)")
+    return frame
