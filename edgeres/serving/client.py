@@ -114,8 +114,10 @@ def _client_module(protocol: str):
         else:
             import tritonclient.grpc as module
     except ImportError as error:
-        raise ServingError(f"tritonclient's {protocol} client does not import ({error}): install edgeres' [serve] "
-                           "extra (pip install 'edgeres[serve]')") from None
+        from ..errors import install_hint
+
+        raise ServingError(f"tritonclient's {protocol} client does not import ({error}): add edgeres' [serve] "
+                           f"extra: {install_hint('serve')}") from None
     return module
 
 

@@ -30,11 +30,18 @@ def _service_name(name: str) -> str:
 
 
 def _dockerfile(exported) -> str:
+    from ..version import __version__
+
+    wheel = f"edgeres-{__version__}-py3-none-any.whl"
     return (f"# The server image: NVIDIA's Triton with edgeres, whose preprocessing runs in the repository's\n"
-            f"# Python-backend steps ({exported.backend} runs the artifact). Build and push it, then set the\n"
-            "# manifests' image to it:  docker build -t REGISTRY/edgeres-triton:1 kserve/\n"
+            f"# Python-backend steps ({exported.backend} runs the artifact). edgeres is installed from its wheel\n"
+            "# (it is not on PyPI): put it beside this file first, e.g. from edgeres' repository:\n"
+            "#   pip wheel --no-deps -w kserve/ /path/to/edgeres\n"
+            "# then build and push the image, and set the manifests' image to it:\n"
+            "#   docker build -t YOUR-REGISTRY/edgeres-triton:1 kserve/\n"
             f"FROM {TRITON_IMAGE}\n"
-            f'RUN pip install --no-cache-dir "edgeres[{EXTRA[exported.backend]}]"\n')
+            f"COPY {wheel} /tmp/\n"
+            f'RUN pip install --no-cache-dir "/tmp/{wheel}[{EXTRA[exported.backend]}]" && rm /tmp/{wheel}\n')
 
 
 def _manifest(service: str, device: str) -> str:

@@ -7,7 +7,7 @@ One file, three roles, named by the `edgeres_role` parameter of each model's con
   Triton has no backend for (TFLite, .rknn, ExecuTorch, QNN context binaries) or by choice.
 Preprocessing is edgeres' `Preprocess` from the set's record (`edgeres.json` beside this file), so a
 served model sees the pixels it was calibrated and verified with. The server's Python needs edgeres
-with the artifact's runtime extra (`pip install "edgeres[onnx]"`, `[x86]`, `[rpi]`, ...).
+from its wheel with the artifact's runtime extra (`[onnx]`, `[x86]`, `[rpi]`, ...; kserve/Dockerfile does it).
 
 Tensors cross the stub by DLPack, not `as_numpy()`/`Tensor(name, array)`: the stub of Triton 2.51's Python
 backend reads numpy 2 arrays wrongly (measured: a [1, 2, 3] input arrived as [1, 1, 1], outputs came back
@@ -37,8 +37,8 @@ class TritonPythonModel:
             from edgeres.runtime.classifier import Classifier
         except ImportError as error:
             raise pb_utils.TritonModelException(
-                f"edgeres does not import in Triton's Python ({error}): install it in the server's environment with "
-                "the artifact's runtime extra, e.g. pip install 'edgeres[onnx]'") from None
+                f"edgeres does not import in Triton's Python ({error}): install edgeres' wheel with the artifact's "
+                "runtime extra in the server's environment (the export's kserve/Dockerfile shows how)") from None
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
         if self.role == "classify":

@@ -109,7 +109,7 @@ def test_kserve_manifests_are_inference_services(converted, tmp_path):
         model = manifest["spec"]["predictor"]["model"]
         assert model["modelFormat"]["name"] == "triton" and model["protocolVersion"] == "v2"
         assert ("nvidia.com/gpu" in model["resources"]["limits"]) == (device == "gpu")
-    assert "edgeres[onnx]" in (exported.folder / "kserve" / "Dockerfile").read_text()
+    assert "py3-none-any.whl[onnx]" in (exported.folder / "kserve" / "Dockerfile").read_text()
 
 
 def test_refuses_a_folder_of_someone_elses_files_and_bad_options(converted, tmp_path):
