@@ -513,11 +513,10 @@ def triton_serve(
     import time
 
     from .serving.repository import REPOSITORY
-    from .serving.server import TritonServer, find_server
+    from .serving.server import TritonServer
 
     repository = export / REPOSITORY if (export / REPOSITORY).is_dir() else export
-    server = TritonServer(repository, http_port, grpc_port, metrics_port, host=host,
-                          install=find_server(log=console.log))
+    server = TritonServer(repository, http_port, grpc_port, metrics_port, host=host, log=console.log)
     with server:
         console.say(f"Serving {repository} with {server.install.source}: HTTP {server.http_url}, gRPC "
                     f"{server.grpc_url}, metrics {host}:{server.metrics_port}; log {server.log_path}. Ctrl-C stops it.")
@@ -529,10 +528,11 @@ def triton_serve(
 @triton.command("check")
 def triton_check(
     export: ExportArg,
-    url: Annotated[str, typer.Option(help="The server, host:port (HTTP's port, or gRPC's with --grpc).")] =
-    "127.0.0.1:8000",
+    url: Annotated[Optional[str], typer.Option(help="The server, host:port (default: 127.0.0.1:8000, with --grpc "
+                                               "127.0.0.1:8001: edgeres triton serve's ports).")] = None,
     grpc: Annotated[bool, typer.Option("--grpc", help="Speak gRPC instead of HTTP.")] = False,
-    name: Annotated[Optional[str], typer.Option(help="The served model (default: the export's one).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Which model of the export to check, where it holds several "
+                                                "(its folder name in model_repository).")] = None,
     as_json: AsJson = False, verbose: Verbose = False,
 ) -> None:
     """Send the set's golden frames to a served model, raw and as PNG, and judge its answers by the artifact's rule.
@@ -545,6 +545,7 @@ def triton_check(
 
     from .serving.client import check_served
 
+    url = url or ("127.0.0.1:8001" if grpc else "127.0.0.1:8000")
     check = check_served(export, url, "grpc" if grpc else "http", name)
     if as_json:
         console.show_json({"protocol": check.protocol, "frames": asdict(check.frames), "images": asdict(check.images),

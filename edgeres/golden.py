@@ -46,6 +46,13 @@ def golden_record(frames: np.ndarray, reference: np.ndarray, expected: np.ndarra
             "sha256": content_hash(frames, reference, expected), "tolerance": tolerance}
 
 
+def golden_file(artifact: Path, record) -> Path:
+    """The golden file `record` names beside `artifact` (an ArtifactError where it names none or a path)."""
+    if not record.golden:
+        raise ArtifactError(f"{artifact.name} carries no golden samples; convert it again with this edgeres")
+    return _golden_file(artifact, record.golden)
+
+
 def _golden_file(artifact: Path, info: dict) -> Path:
     """The golden file named in the record, only ever a file in the artifact's own folder."""
     name = info.get("file")
@@ -89,13 +96,11 @@ def check_golden(classifier) -> GoldenCheck:
 
 def golden_samples(artifact: Path, record) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The golden frames, PyTorch's logits and the artifact's own at conversion, checked against `record`."""
-    info = record.golden
-    if not info:
-        raise ArtifactError(f"{artifact.name} carries no golden samples; convert it again with this edgeres")
+    path = golden_file(artifact, record)
     from .preprocess import Preprocess
 
     crop = Preprocess.from_dict(record.preprocess).crop
-    return _load(_golden_file(artifact, info), info, crop, len(record.labels))
+    return _load(path, record.golden, crop, len(record.labels))
 
 
 def judge_golden(logits: np.ndarray, reference: np.ndarray, expected: np.ndarray, record, mode: str,

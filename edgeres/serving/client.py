@@ -35,17 +35,23 @@ class ServedModel:
         if protocol not in PROTOCOLS:
             raise ServingError(f"protocol must be http or grpc, got {protocol!r}")
         self.url, self.name, self.protocol = url, name, protocol
+        if "://" in url:
+            raise ServingError(f"give the server as host:port, without a scheme: {url.split('://', 1)[1]!r}, "
+                               f"not {url!r}")
         self.retries, self.retry_wait, self.timeout = retries, retry_wait, timeout
-        self.retried = 0  # requests sent again after the server did not answer
+        self.retried = 0  # sends repeated after the server did not answer (one request may be repeated often)
         self._max_batches: dict[str, int] = {}
         self._module = _client_module(protocol)
         self._client = self._connect()
 
     def _connect(self):
-        if self.protocol == "http":
-            return self._module.InferenceServerClient(self.url, connection_timeout=self.timeout,
-                                                      network_timeout=self.timeout)
-        return self._module.InferenceServerClient(self.url)
+        try:
+            if self.protocol == "http":
+                return self._module.InferenceServerClient(self.url, connection_timeout=self.timeout,
+                                                          network_timeout=self.timeout)
+            return self._module.InferenceServerClient(self.url)
+        except Exception as error:  # tritonclient's own, for a URL it cannot use
+            raise ServingError(f"{self.protocol} {self.url}: {_said(error)}") from None
 
     def logits_of_frames(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         """(N, classes) logits for BGR uint8 frames of one size, in requests of the model's largest batch."""
@@ -133,7 +139,10 @@ def _classified(entry) -> Classified:
 
 def _unanswered(error: Exception) -> bool:
     """The server never answered (refused, reset, or went away mid-request), as opposed to an answer that
-    is an error (a bad input, an unknown model), which sending again cannot change."""
+    is an error (a bad input, an unknown model), which sending again cannot change. A timeout is final: the
+    server may be working on it, and a slow server must not be sent the same work again and again."""
+    if isinstance(error, TimeoutError) or "timed out" in str(error).lower() or "deadline" in str(error).lower():
+        return False
     if isinstance(error, OSError):
         return True
     status = str(getattr(error, "status", lambda: None)() or "")
@@ -174,6 +183,9 @@ def check_served(export: Path, url: str, protocol: str = "http", name: str | Non
     ensemble_version = _ensemble_version(export, name)
     record = read_record_file(ensemble_version / RECORD_FILE)
     golden = ensemble_version / GOLDEN_FILE
+    if not isinstance(record.golden, dict):
+        raise ServingError(f"{ensemble_version / RECORD_FILE} says nothing of golden samples: the repository was "
+                           "edited; export the set again")
     record.golden["file"] = GOLDEN_FILE  # the repository names it golden.npz beside the record
     frames, reference, expected = golden_samples(golden, record)
     served = ServedModel(url, ensemble_version.parent.name, protocol)

@@ -29,10 +29,16 @@ class LoadResult:
     answered: int = 0
     failed: int = 0
     wrong: int = 0
-    retried: int = 0  # requests sent again after the server did not answer
+    retried: int = 0  # sends repeated after the server did not answer (one request may be repeated often)
+    during_ran: bool = False  # whether `during` ran (it runs once half the requests are done)
     seconds: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # the first few
+
+    @property
+    def unsent(self) -> int:
+        """Requests never sent: the time limit came first."""
+        return self.requests - self.answered - self.failed
 
     @property
     def throughput(self) -> float:
@@ -43,7 +49,8 @@ class LoadResult:
 
     def summary(self) -> dict:
         return {"protocol": self.protocol, "clients": self.clients, "requests": self.requests,
-                "answered": self.answered, "failed": self.failed, "wrong": self.wrong, "retried": self.retried,
+                "answered": self.answered, "failed": self.failed, "wrong": self.wrong, "unsent": self.unsent,
+                "retried": self.retried, "during_ran": self.during_ran,
                 "seconds": round(self.seconds, 2), "requests_per_s": round(self.throughput, 1),
                 "p50_ms": round(self.percentile(50), 2), "p99_ms": round(self.percentile(99), 2)}
 
@@ -54,15 +61,19 @@ def run_load(url: str, name: str, images: Sequence[bytes], expected: np.ndarray,
     """`clients` threads send `images` (encoded, one per request, in turn) until `requests` are answered or
     `seconds` pass; each answer is compared with `expected[i]`, the artifact's logits for image i."""
     result = LoadResult(protocol, clients, requests)
-    lock, halfway = threading.Lock(), threading.Event()
+    lock, halfway, stop = threading.Lock(), threading.Event(), threading.Event()
     next_request = iter(range(requests))
     scale = float(np.abs(expected).max()) or 1.0
     deadline = time.monotonic() + seconds
 
     def client() -> None:
-        served = ServedModel(url, name, protocol, retries=retries, retry_wait=0.25)
         try:
-            while time.monotonic() < deadline:
+            served = ServedModel(url, name, protocol, retries=retries, retry_wait=0.25)
+        except Exception as error:  # a client that cannot even start: every request it would send is unsent
+            failed(error)
+            return
+        try:
+            while time.monotonic() < deadline and not stop.is_set():
                 with lock:
                     index = next(next_request, None)
                 if index is None:
@@ -73,14 +84,19 @@ def run_load(url: str, name: str, images: Sequence[bytes], expected: np.ndarray,
                 result.retried += served.retried
             served.close()
 
+    def failed(error: Exception, counted: bool = False) -> None:
+        with lock:
+            result.failed += counted
+            result.errors = (result.errors + [str(error) or type(error).__name__])[:5]
+            if result.answered + result.failed >= requests // 2:
+                halfway.set()
+
     def _one(served: ServedModel, image: int) -> None:
         start = time.perf_counter()
         try:
             logits = served.logits_of_images([images[image]])[0]
-        except ServingError as error:
-            with lock:
-                result.failed += 1
-                result.errors = (result.errors + [str(error)])[:5]
+        except Exception as error:  # ServingError, or anything else: counted, never a silently dead client
+            failed(error, counted=True)
             return
         elapsed = (time.perf_counter() - start) * 1000
         right = (logits.argmax() == expected[image].argmax()
@@ -96,8 +112,13 @@ def run_load(url: str, name: str, images: Sequence[bytes], expected: np.ndarray,
     began = time.perf_counter()
     for thread in threads:
         thread.start()
-    if during is not None and halfway.wait(seconds):
-        during()
+    try:
+        if during is not None and halfway.wait(seconds):
+            during()
+            result.during_ran = True
+    except BaseException:
+        stop.set()  # the clients end after their request in flight, not in the background
+        raise
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()) + 30)
     result.seconds = time.perf_counter() - began

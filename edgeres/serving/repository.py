@@ -27,7 +27,7 @@ from typing import Callable
 
 from ..artifact import ArtifactRecord, sha256_of, sidecar_path
 from ..errors import ServingError
-from ..golden import golden_path
+from ..golden import golden_file
 
 MARKER = "edgeres-triton.json"
 REPOSITORY = "model_repository"
@@ -48,18 +48,48 @@ class NativeBackend:
 
     name: str
     config_line: str
-    files: Callable[[Path], dict[str, Path]]  # the artifact's files by the names the backend loads
-    gpu: str = ""  # what its config adds on a GPU instance
+    write: Callable[[Path, Path], None]  # (artifact, version folder): the files the backend loads
+    gpu: Callable[[str], str] | None = None  # precision -> what its config adds on a GPU instance
+    batching: str = ""  # what its config adds where it batches
+
+
+def _onnx_files(artifact: Path, version: Path) -> None:
+    shutil.copyfile(artifact, version / "model.onnx")
+
+
+def _openvino_files(artifact: Path, version: Path) -> None:
+    """The IR with its input reshaped to the crop, as edgeres' runtime does at load: Triton's openvino backend
+    compares the config's dims with the model's exactly, and edgeres' x86 IRs take the uncropped square."""
+    import openvino as ov
+
+    from ..runtime.openvino import _fit_input_to_crop
+
+    model = ov.Core().read_model(str(artifact))
+    _fit_input_to_crop(model, artifact)
+    ov.save_model(model, str(version / "model.xml"), compress_to_fp16=False)
+
+
+def _tensorrt_accelerator(precision: str) -> str:
+    """ONNX Runtime's TensorRT execution provider in Triton's onnxruntime backend: engines are built on the
+    serving GPU at load (a plan is tied to the GPU and TensorRT that built it) and cached across restarts."""
+    mode = {"int8": "INT8", "fp16": "FP16"}.get(precision, "FP32")  # INT8: TensorRT takes the QDQ's own scales
+    return ("optimization { execution_accelerators { gpu_execution_accelerator: [ {\n"
+            '  name: "tensorrt"\n'
+            f'  parameters {{ key: "precision_mode" value: "{mode}" }}\n'
+            '  parameters { key: "trt_engine_cache_enable" value: "1" }\n'
+            '  parameters { key: "trt_engine_cache_path" value: "/tmp/edgeres-trt-cache" }\n'
+            "} ] } }\n")
 
 
 # By the edgeres runtime class that opens the artifact here: a QNN context model is an .onnx file that
 # ONNX Runtime without QNN cannot run, so the choice follows what opens the file, not its suffix.
 NATIVE: dict[str, NativeBackend] = {
     "edgeres.runtime.onnxruntime:OnnxRuntimeBackend": NativeBackend(
-        "onnxruntime", 'platform: "onnxruntime_onnx"', lambda path: {"model.onnx": path},
-        gpu=('optimization { execution_accelerators { gpu_execution_accelerator: [ { name: "tensorrt" } ] } }\n')),
+        "onnxruntime", 'platform: "onnxruntime_onnx"', _onnx_files, gpu=_tensorrt_accelerator),
     "edgeres.runtime.openvino:OpenVinoBackend": NativeBackend(
-        "openvino", 'backend: "openvino"', lambda path: {"model.xml": path, "model.bin": path.with_suffix(".bin")}),
+        # with batching the backend fixes the IR's batch to max_batch_size; padding lets smaller batches run
+        "openvino", 'backend: "openvino"', _openvino_files,
+        batching='parameters { key: "ENABLE_BATCH_PADDING" value: { string_value: "YES" } }\n'),
 }
 CHOICES = ("auto", "python", *sorted({native.name for native in NATIVE.values()}))
 
@@ -100,6 +130,7 @@ def export_repository(artifact: Path, out: Path, options: ExportOptions = Export
     if not check.passed:
         raise ServingError(f"{classifier.path.name} fails its golden samples on this machine "
                            f"({'; '.join(check.failures)}); it is not exported: run `edgeres verify` on it")
+    _check_labels(classifier.labels)
     runtime = backend_class(classifier.path)
     native = _native_for(f"{runtime.__module__}:{runtime.__name__}", options, classifier.path)
     name = options.name or _model_name(classifier.path.stem)
@@ -141,6 +172,22 @@ def _native_for(runtime: str, options: ExportOptions, artifact: Path) -> NativeB
     return native
 
 
+def _plain(text: str) -> str:
+    """A name written into config.pbtxt as a string: refused where it would need escaping."""
+    if any(char in text for char in '"\\') or not text.isprintable():
+        raise ServingError(f"{text!r} cannot be written into Triton's config.pbtxt as it is (quotes, backslashes "
+                           "or control characters); rename the artifact's files, or convert it with another --name")
+    return text
+
+
+def _check_labels(labels: list[str]) -> None:
+    """One label a line in labels.txt, or Triton's classification answers name the wrong classes."""
+    for label in labels:
+        if len(label.splitlines()) != 1 or label != label.strip("\r\n"):
+            raise ServingError(f"label {label!r} holds a line break; Triton's label file takes one label a line: "
+                               "convert the set again with labels without line breaks")
+
+
 def _model_name(stem: str) -> str:
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", stem).lstrip("_.-") or "model"
     return name[:48]
@@ -152,28 +199,43 @@ def _batches(record: ArtifactRecord) -> bool:
 
 
 def _check_out(out: Path) -> None:
+    if out.is_symlink():
+        raise ServingError(f"--out {out} is a symbolic link; give the folder it points to "
+                           f"({out.resolve()}) or a new one")
     if out.exists() and not out.is_dir():
         raise ServingError(f"--out {out} is a file; give a folder")
+    if out.resolve() == out.resolve().parent:
+        raise ServingError(f"--out {out} is the file system's root; give a folder for the export")
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
         raise ServingError(f"--out {out} holds files that are not an edgeres Triton export; nothing was changed: "
                            "choose an empty or new folder")
 
 
 def _write_atomically(out: Path, write: Callable[[Path], None]) -> None:
-    """Write into a scratch folder beside `out`, then swap it in: an interrupted export leaves `out` as it was."""
+    """Write into a scratch folder beside `out`, then swap it in. Until the swap `out` is as it was; if the
+    swap itself fails, the previous export is put back."""
+    out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    old = out.with_name(f".{out.name}-old")
+    scratch = old = None
     try:
+        scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
         write(scratch)
         scratch.chmod(0o755)
-        shutil.rmtree(old, ignore_errors=True)
         if out.exists():
-            out.rename(old)
-        scratch.rename(out)
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}-old-", dir=out.parent))
+            out.rename(old)  # onto the empty folder mkdtemp made: a name nothing else holds
+        try:
+            scratch.rename(out)
+        except BaseException:
+            if old is not None:
+                old.rename(out)
+                old = None
+            raise
+        scratch = None
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+        for leftover in (scratch, old):
+            if leftover is not None:
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _write(folder: Path, classifier, exported: Exported, native: NativeBackend | None,
@@ -191,7 +253,7 @@ def _write(folder: Path, classifier, exported: Exported, native: NativeBackend |
     _artifact_model(repository / f"{name}_model", classifier, exported, native, model_io, labels, options)
     for ensemble in (name, f"{name}_frame"):  # a version folder with a file in it survives any copy
         _copy(sidecar_path(classifier.path), repository / ensemble / "1" / RECORD_FILE, record)
-    shutil.copyfile(golden_path(classifier.path), repository / name / "1" / GOLDEN_FILE)
+    shutil.copyfile(golden_file(classifier.path, record), repository / name / "1" / GOLDEN_FILE)
     from .kserve import write_manifests
 
     write_manifests(folder / "kserve", exported)
@@ -264,10 +326,11 @@ def _artifact_model(folder: Path, classifier, exported: Exported, native: Native
               f"{_instances(options.device, options.instances)}{_batching(exported)}")
     if native is None:
         config += (f'parameters {{ key: "edgeres_role" value: {{ string_value: "classify" }} }}\n'
-                   f'parameters {{ key: "artifact" value: {{ string_value: "{classifier.path.name}" }} }}\n'
+                   f'parameters {{ key: "artifact" value: {{ string_value: "{_plain(classifier.path.name)}" }} }}\n'
                    f'parameters {{ key: "threads" value: {{ string_value: "{options.threads or 0}" }} }}\n')
-    elif options.device == "gpu":
-        config += native.gpu
+    else:
+        config += (native.gpu(classifier.record.precision) if options.device == "gpu" else "")
+        config += native.batching if exported.max_batch else ""
     _model_folder(folder, config, {LABELS_FILE: labels})
     version = folder / "1"
     if native is None:
@@ -275,15 +338,15 @@ def _artifact_model(folder: Path, classifier, exported: Exported, native: Native
         for path in _artifact_files(classifier):
             shutil.copyfile(path, version / path.name)
     else:
-        for served, path in native.files(classifier.path).items():
-            shutil.copyfile(path, version / served)
+        native.write(classifier.path, version)
 
 
 def _artifact_files(classifier) -> list[Path]:
     """The artifact, the files its record lists beside it, its sidecar and golden file: the whole set."""
     folder, record = classifier.path.parent, classifier.record
     named = [classifier.path, *(folder / name for name in (record.companions or {}))]
-    return named + [path for path in (sidecar_path(classifier.path), golden_path(classifier.path)) if path.is_file()]
+    return named + [path for path in (sidecar_path(classifier.path), golden_file(classifier.path, record))
+                    if path.is_file()]
 
 
 def _python_files(version: Path, classifier) -> None:

@@ -33,6 +33,9 @@ TRITON_VERSION = "2.51.0"
 SERVER_ENV = "EDGERES_TRITONSERVER"
 NVIDIA_IMAGE_HOME = Path("/opt/tritonserver")
 READY = "edgeres-tritonserver.json"
+EXIT_TIMEOUT = 5  # seconds Triton waits for requests in flight when stopped
+# What Triton logs on every start on a machine without a GPU: never the reason it failed
+LOG_NOISE = ("CUDA", "NVML", "DCGM", "CudaDriverHelper", "cuda", "pinned memory")
 
 
 @dataclass(frozen=True)
@@ -160,14 +163,16 @@ class TritonServer:
     """
 
     def __init__(self, repository: Path, http_port: int = 0, grpc_port: int = 0, metrics_port: int = 0,
-                 host: str = "127.0.0.1", install: ServerInstall | None = None, log_path: Path | None = None):
+                 host: str = "127.0.0.1", install: ServerInstall | None = None, log_path: Path | None = None,
+                 log: Callable[[str], None] = print):
         self.repository = Path(repository).resolve()
-        if not self.repository.is_dir():
-            raise ServingError(f"{repository} is not a folder; give the model_repository of an edgeres Triton export")
+        if not self.repository.is_dir() or not any(self.repository.glob("*/config.pbtxt")):
+            raise ServingError(f"{repository} holds no Triton models (no */config.pbtxt); give the folder "
+                               "`edgeres triton export` wrote")
         reason = check_python_backend_here()
         if reason:  # the repository's preprocessing steps run in the Python backend
             raise ServingError(reason)
-        self.install = install or find_server()
+        self.install = install or find_server(log=log)
         missing = missing_backends(self.repository, self.install)
         if missing:
             model, backend = next(iter(missing.items()))
@@ -177,7 +182,7 @@ class TritonServer:
         self.host = host
         self.http_port, self.grpc_port, self.metrics_port = (port or free_port()
                                                              for port in (http_port, grpc_port, metrics_port))
-        self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
+        self.log_path = Path(log_path) if log_path else _log_file()
         self.process: subprocess.Popen | None = None
 
     @property
@@ -192,25 +197,50 @@ class TritonServer:
         return [str(self.install.binary), f"--model-repository={self.repository}",
                 f"--backend-directory={self.install.backends}", f"--http-address={self.host}",
                 f"--http-port={self.http_port}", f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
-                f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}", "--log-info=true"]
+                f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}", "--log-info=true",
+                # below edgeres' own SIGTERM grace (termination.py), so a stopped edgeres never leaves it behind
+                f"--exit-timeout-secs={EXIT_TIMEOUT}"]
 
     def start(self, timeout: float = 180.0) -> "TritonServer":
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=_environment(
-                self.install), start_new_session=True)
+        """Start it and wait until it is ready; stopped again if that fails or is interrupted."""
+        self._check_ports()
+        try:
+            with open(self.log_path, "ab") as log:
+                self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                                env=_environment(self.install), start_new_session=True)
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise ServingError(f"tritonserver stopped (exit {self.process.returncode}) before it was ready: "
                                    f"{self.problems()} (its log: {self.log_path})")
             if self.ready():
-                return self
+                return
             time.sleep(0.25)
-        self.stop()
         raise ServingError(f"tritonserver was not ready after {timeout:.0f} s: {self.problems()} "
                            f"(log: {self.log_path})")
 
+    def _check_ports(self) -> None:
+        """A port something else holds would answer our readiness probe for a server that never started."""
+        for option, port in (("http", self.http_port), ("grpc", self.grpc_port), ("metrics", self.metrics_port)):
+            with socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind((self.host, port))
+                except OSError as error:
+                    raise ServingError(f"{self.host}:{port} is taken ({error.strerror}): another server holds it; "
+                                       f"choose another --{option}-port, or stop that server") from None
+
     def ready(self) -> bool:
+        """This server's process is running and answers ready (not some other process on the port)."""
+        if self.process is None or self.process.poll() is not None:
+            return False
         try:
             with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as answer:
                 return answer.status == 200
@@ -218,10 +248,12 @@ class TritonServer:
             return False
 
     def problems(self) -> str:
-        """The error lines of the server's log, the first few."""
+        """The error lines of the server's log that say something, without a CPU machine's CUDA/NVML noise."""
         text = self.log_path.read_text(errors="replace") if self.log_path.is_file() else ""
-        lines = [line.strip() for line in text.splitlines() if line.startswith("E") or "error:" in line.lower()]
-        return " | ".join(lines[:4])[-1500:] or "no error in its log"
+        lines = [line.strip() for line in text.splitlines()
+                 if (line.startswith("E") or "error" in line.lower() or "failed to" in line.lower())
+                 and not any(noise in line for noise in LOG_NOISE)]
+        return " | ".join(dict.fromkeys(lines))[-1500:] or "no error in its log"
 
     def kill(self) -> None:
         """SIGKILL, as a crash or an OOM kill would: nothing is finished or flushed."""
@@ -229,7 +261,7 @@ class TritonServer:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = EXIT_TIMEOUT + 3) -> None:
         if self.process is None or self.process.poll() is not None:
             return
         self.process.send_signal(signal.SIGTERM)  # Triton finishes the requests in flight, then exits
@@ -247,6 +279,12 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _log_file() -> Path:
+    handle, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
+    os.close(handle)
+    return Path(name)
 
 
 def _connect_host(host: str) -> str:

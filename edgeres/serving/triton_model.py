@@ -53,15 +53,33 @@ class TritonPythonModel:
         return [self._respond(request, self._preprocessed) for request in requests]
 
     def _classify(self, requests):
-        """One run for all the requests Triton batched together, split back per request."""
+        """One run for the well-formed requests Triton batched together, split back per request. A request
+        whose tensor is not one the preprocessing step makes (NaN, inf) fails alone; where the batched run
+        fails, each request runs alone, so one client's input never fails another's request."""
         inputs = [_input(request, self.input_name) for request in requests]
+        refused = [self._refused(batch) for batch in inputs]
+        kept = [i for i, reason in enumerate(refused) if reason is None]
         try:
-            logits = self.classifier.logits_of_inputs(np.concatenate(inputs))
-        except Exception as error:  # edgeres' FrameError, or the runtime's own: the request's fault or ours
-            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error))) for _ in requests]
-        bounds = np.cumsum([0] + [len(batch) for batch in inputs])
-        return [pb_utils.InferenceResponse([_output(self.output_name, logits[start:end].astype(np.float32))])
-                for start, end in zip(bounds[:-1], bounds[1:])]
+            logits = self._logits(np.concatenate([inputs[i] for i in kept])) if kept else None
+        except Exception:  # edgeres' FrameError or ArtifactError, or the runtime's own: find whose input it was
+            return [_failed(reason) if reason else self._respond(request, self._logits)
+                    for request, reason in zip(requests, refused)]
+        responses, row = [], 0
+        for batch, reason in zip(inputs, refused):
+            if reason:
+                responses.append(_failed(reason))
+                continue
+            responses.append(pb_utils.InferenceResponse([_output(self.output_name, logits[row : row + len(batch)])]))
+            row += len(batch)
+        return responses
+
+    def _logits(self, inputs):
+        return self.classifier.logits_of_inputs(inputs).astype(np.float32)  # LOGITS is TYPE_FP32 (fp16 sets too)
+
+    def _refused(self, batch):
+        if batch.dtype.kind == "f" and not np.isfinite(batch).all():
+            return f"{self.input_name} holds NaN or inf values; send the tensor the preprocessing step makes"
+        return None
 
     def _respond(self, request, work):
         try:
@@ -73,6 +91,10 @@ class TritonPythonModel:
     def _preprocessed(self, batch):
         frames = [_decoded(item) for item in batch] if self.role == "decode" else list(batch)
         return self.preprocess.batch(frames)
+
+
+def _failed(reason):
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(reason))
 
 
 def _input(request, name):

@@ -78,14 +78,39 @@ def test_auto_puts_onnx_in_tritons_onnxruntime_backend_without_batching_a_static
     assert missing_backends(exported.repository, wheel) == {f"{exported.name}_model": "onnxruntime"}
 
 
-def test_openvino_ir_goes_to_the_openvino_backend(converted, tmp_path):
-    result = converted("x86", "int8")
+def served_input_shape(version: Path) -> list:
+    """The input shape of the file Triton's own backend would load, read by its format's own library."""
+    if (version / "model.onnx").is_file():
+        import onnx
+
+        dims = onnx.load(version / "model.onnx").graph.input[0].type.tensor_type.shape.dim
+        return [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
+    import openvino as ov
+
+    shape = ov.Core().read_model(str(version / "model.xml")).inputs[0].get_partial_shape()
+    return [d.get_length() if d.is_static else -1 for d in shape]
+
+
+def config_input_shape(config) -> list:
+    return ([-1] if config.max_batch_size else []) + list(config.input[0].dims)
+
+
+@pytest.mark.parametrize("set_options", [("onnx", "int8", {}), ("onnx", "int8", {"dynamic_batch": True}),
+                                         ("x86", "int8", {}), ("x86", "int8", {"dynamic_batch": True})],
+                         ids=["onnx", "onnx-dynamic", "x86", "x86-dynamic"])
+def test_native_configs_match_the_files_triton_loads(converted, tmp_path, set_options):
+    """Triton's onnxruntime and openvino backends compare config dims with the model's exactly (the IR is
+    saved reshaped to the crop, as edgeres' runtime reshapes it at load)."""
+    target, precision, options = set_options
+    result = converted(target, precision, **options)
     exported = export_repository(result.path, tmp_path / "served", **QUIET)
-    assert exported.backend == "openvino"
-    version = exported.repository / f"{exported.name}_model" / "1"
-    assert sorted(p.name for p in version.iterdir()) == ["model.bin", "model.xml"]
-    assert (version / "model.bin").read_bytes() == result.path.with_suffix(".bin").read_bytes()
-    assert configs(exported.folder)[f"{exported.name}_model"].backend == "openvino"
+    assert exported.backend == ("openvino" if target == "x86" else "onnxruntime")
+    assert exported.max_batch == (8 if options else 0)
+    model = configs(exported.folder)[f"{exported.name}_model"]
+    assert config_input_shape(model) == served_input_shape(exported.repository / f"{exported.name}_model" / "1")
+    padding = model.parameters["ENABLE_BATCH_PADDING"].string_value if "ENABLE_BATCH_PADDING" in model.parameters \
+        else None
+    assert padding == ("YES" if target == "x86" and options else None)
 
 
 def test_gpu_export_asks_for_tensorrt_and_a_python_artifact_refuses_gpu(converted, tmp_path):
@@ -93,7 +118,8 @@ def test_gpu_export_asks_for_tensorrt_and_a_python_artifact_refuses_gpu(converte
     exported = export_repository(result.path, tmp_path / "gpu", ExportOptions(device="gpu"), **QUIET)
     model = configs(exported.folder)[f"{exported.name}_model"]
     assert model.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
-    assert model.optimization.execution_accelerators.gpu_execution_accelerator[0].name == "tensorrt"
+    accelerator = model.optimization.execution_accelerators.gpu_execution_accelerator[0]
+    assert accelerator.name == "tensorrt" and accelerator.parameters["precision_mode"] == "INT8"
     with pytest.raises(ServingError, match="GPU instance gains nothing"):
         export_repository(result.path, tmp_path / "no", ExportOptions(backend="python", device="gpu"), **QUIET)
     with pytest.raises(ServingError, match="cannot run in Triton's openvino backend"):
@@ -140,6 +166,62 @@ def test_a_set_whose_golden_file_was_swapped_is_not_exported(converted, tmp_path
     with pytest.raises(ArtifactError, match="does not belong to this artifact"):
         export_repository(folder / result.path.name, tmp_path / "served", **QUIET)
     assert not (tmp_path / "served").exists()
+
+
+def test_out_refuses_a_link_and_leaves_a_users_look_alike_folder(converted, tmp_path):
+    artifact = converted("onnx", "int8").path
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(ServingError, match="symbolic link"):
+        export_repository(artifact, tmp_path / "link", **QUIET)
+    mine = tmp_path / ".served-old"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    export_repository(artifact, tmp_path / "served", **QUIET)
+    export_repository(artifact, tmp_path / "served", **QUIET)
+    assert (mine / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".served-old", "link", "real", "served"]
+
+
+def test_a_failed_swap_puts_the_previous_export_back(converted, tmp_path, monkeypatch):
+    artifact = converted("onnx", "int8").path
+    out = tmp_path / "served"
+    export_repository(artifact, out, ExportOptions(name="first"), **QUIET)
+    rename = Path.rename
+
+    def failing(self, target):
+        if Path(target) == out and self.name.startswith(".served-") and "-old-" not in self.name:
+            raise OSError(5, "Input/output error")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing)
+    with pytest.raises(OSError, match="Input/output"):
+        export_repository(artifact, out, ExportOptions(name="second"), **QUIET)
+    assert [p.name for p in (out / REPOSITORY).iterdir() if p.name == "first"] == ["first"]
+    assert [p.name for p in tmp_path.iterdir()] == ["served"]
+
+
+def test_names_config_pbtxt_cannot_hold_are_refused_and_a_renamed_set_exports(converted, tmp_path):
+    from edgeres.artifact import sidecar_path
+    from edgeres.serving.repository import _check_labels
+
+    result = converted("onnx", "int8")
+    for stem, works in (('x" } parameters { key: "y', False), ("renamed", True)):
+        folder = tmp_path / ("ok" if works else "bad")
+        folder.mkdir()
+        for path in result.path.parent.iterdir():  # the golden file keeps the name the record gives it
+            renamed = {result.path.name: f"{stem}.onnx", sidecar_path(result.path).name: f"{stem}.edgeres.json"}
+            shutil.copyfile(path, folder / renamed.get(path.name, path.name))
+        if works:
+            assert export_repository(folder / f"{stem}.onnx", tmp_path / "served", ExportOptions(
+                backend="python"), **QUIET).name == "renamed"
+        else:
+            with pytest.raises(ServingError, match="cannot be written into Triton's config.pbtxt"):
+                export_repository(folder / f"{stem}.onnx", tmp_path / "no", ExportOptions(backend="python"), **QUIET)
+    for label in ("cat\ndog", "cat\x0bdog", "bird\r"):
+        with pytest.raises(ServingError, match="line break"):
+            _check_labels(["zero", label])
+    _check_labels(["zero", "tabby\tcat", "crème brûlée"])
 
 
 def test_export_again_replaces_the_old_one_and_a_failed_export_leaves_it(converted, tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ import time
 import urllib.request
 
 import cv2
+import numpy as np
 import pytest
 
 from edgeres.artifact import read_record_file
@@ -108,13 +109,13 @@ def test_bounded_load_without_a_failed_or_wrong_answer(served):
     for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
         result = run_load(url, exported.name, images, expected, protocol=protocol, clients=4, requests=120,
                           seconds=120)
-        assert (result.answered, result.failed, result.wrong) == (120, 0, 0), result.errors
+        assert (result.answered, result.failed, result.wrong, result.unsent) == (120, 0, 0, 0), result.errors
         assert 0 < result.percentile(50) <= result.percentile(99)
 
 
 def test_a_killed_and_restarted_server_loses_no_request(served):
-    """SIGKILL mid-load, then a restart on the same ports: clients resend what was never answered; every
-    request ends answered, rightly, none twice."""
+    """SIGKILL mid-load, then a restart on the same ports: clients resend what was never answered (safe:
+    classifying twice changes nothing), and every request ends answered, rightly."""
     _, exported, server = served
     frames, expected = golden(exported)
     images = [cv2.imencode(".png", frame)[1].tobytes() for frame in frames]
@@ -127,8 +128,8 @@ def test_a_killed_and_restarted_server_loses_no_request(served):
 
     result = run_load(server.grpc_url, exported.name, images, expected, protocol="grpc", clients=4, requests=200,
                       seconds=240, retries=200, during=kill_and_restart)
-    assert restarts and server.ready()
-    assert (result.answered, result.failed, result.wrong) == (200, 0, 0), result.errors
+    assert restarts and result.during_ran and server.ready()
+    assert (result.answered, result.failed, result.wrong, result.unsent) == (200, 0, 0, 0), result.errors
     assert result.retried >= 1  # the kill did land while requests were in flight or being sent
 
 
@@ -176,3 +177,55 @@ def test_what_counts_as_unanswered():
     assert not _unanswered(InferenceServerException("in ensemble 'x', a 5-byte IMAGE is not an image",
                                                     status="400"))
     assert not _unanswered(ValueError("bad shape"))
+
+
+def test_one_clients_nan_input_fails_only_its_own_request(served):
+    """Requests Triton batches together run as one; a NaN tensor sent straight to NAME_model must not fail the
+    others' requests in its batch."""
+    import threading
+
+    import tritonclient.http as httpclient
+
+    _, exported, server = served
+    frames, expected = golden(exported)
+    images = [cv2.imencode(".png", frame)[1].tobytes() for frame in frames]
+    outcome = {}
+    load = threading.Thread(target=lambda: outcome.update(result=run_load(
+        server.http_url, exported.name, images, expected, clients=3, requests=90, seconds=120)))
+    load.start()
+    client = httpclient.InferenceServerClient(server.http_url)
+    poison = np.full((1, 3, 32, 32), np.nan, np.float32)
+    refused = 0
+    while load.is_alive():
+        tensor = httpclient.InferInput("INPUT", list(poison.shape), "FP32")
+        tensor.set_data_from_numpy(poison)
+        try:
+            client.infer(f"{exported.name}_model", [tensor])
+        except Exception as error:
+            refused += "NaN or inf" in str(error)
+    load.join()
+    client.close()
+    result = outcome["result"]
+    assert refused > 0
+    assert (result.answered, result.failed, result.wrong) == (90, 0, 0), result.errors
+
+
+def test_a_taken_port_is_said_before_anything_starts(served, install):
+    import socket
+
+    _, exported, _ = served
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        server = TritonServer(exported.repository, http_port=taken, install=install)
+        with pytest.raises(ServingError, match=f"127.0.0.1:{taken} is taken"):
+            server.start()
+        assert server.process is None
+
+
+def test_check_refuses_a_url_with_a_scheme(served, monkeypatch, capsys):
+    _, exported, server = served
+    code, out, err = run_cli(monkeypatch, capsys, "triton", "check", exported.folder, "--url",
+                             f"http://{server.http_url}")
+    assert_one_red_line(code, err, "without a scheme")
