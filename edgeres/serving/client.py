@@ -76,8 +76,12 @@ class ServedModel:
                 config = (self._client.get_model_config(model) if self.protocol == "http" else
                           self._client.get_model_config(model, as_json=True)["config"])
             except Exception as error:  # tritonclient's own, or its transport's
-                raise ServingError(f"{self.protocol} {self.url}: no model {model} ({_said(error)}); is the "
-                                   "repository served there, and its name right?") from None
+                if _unanswered(error):
+                    raise ServingError(f"nothing answers {self.protocol} at {self.url} ({_said(error)}): is the "
+                                       "server running there (edgeres triton serve), and is that its port for "
+                                       f"{self.protocol}?") from None
+                raise ServingError(f"{self.protocol} {self.url}: no model {model} ({_said(error)}); is this "
+                                   "repository the one served there?") from None
             self._max_batches[model] = max(1, int(config.get("max_batch_size") or 0))  # 0: one at a time
         return self._max_batches[model]
 

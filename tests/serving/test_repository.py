@@ -252,7 +252,7 @@ def test_cli_export_and_a_check_with_nothing_served(converted, tmp_path, monkeyp
 
     code, out, err = run_cli(monkeypatch, capsys, "triton", "check", tmp_path / "served", "--url",
                              f"127.0.0.1:{free_port()}")
-    assert_one_red_line(code, err, "is the repository served there")
+    assert_one_red_line(code, err, "nothing answers http at")
     code, out, err = run_cli(monkeypatch, capsys, "triton", "export", artifact, "--out", tmp_path / "x",
                              "--backend", "rknn")
     assert_one_red_line(code, err, "--backend must be one of")
