@@ -181,26 +181,44 @@ def check_served(export: Path, url: str, protocol: str = "http", name: str | Non
     artifact's rule (as `edgeres verify` judges a device's runtime)."""
     import cv2
 
+    from ..golden import judge_golden
+
+    golden = served_golden(export, name)
+    served = ServedModel(url, golden.model, protocol)
+    try:
+        raw = served.logits_of_frames(list(golden.frames))
+        images = served.logits_of_images([cv2.imencode(".png", frame)[1].tobytes() for frame in golden.frames])
+    finally:
+        served.close()
+    mode = golden.record.precision  # the served runtime's own mode cannot be asked over the protocol
+    return ServedCheck(protocol, *(judge_golden(logits, golden.reference, golden.expected, golden.record, mode,
+                                                golden.path) for logits in (raw, images)))
+
+
+@dataclass(frozen=True)
+class ServedGolden:
+    """An export's golden samples, with the record that judges them and the served model's name."""
+
+    model: str
+    record: object  # ArtifactRecord
+    path: Path
+    frames: np.ndarray
+    reference: np.ndarray
+    expected: np.ndarray
+
+
+def served_golden(export: Path, name: str | None = None) -> ServedGolden:
     from ..artifact import read_record_file
-    from ..golden import golden_samples, judge_golden
+    from ..golden import golden_samples
 
     ensemble_version = _ensemble_version(export, name)
     record = read_record_file(ensemble_version / RECORD_FILE)
-    golden = ensemble_version / GOLDEN_FILE
     if not isinstance(record.golden, dict):
         raise ServingError(f"{ensemble_version / RECORD_FILE} says nothing of golden samples: the repository was "
                            "edited; export the set again")
     record.golden["file"] = GOLDEN_FILE  # the repository names it golden.npz beside the record
-    frames, reference, expected = golden_samples(golden, record)
-    served = ServedModel(url, ensemble_version.parent.name, protocol)
-    try:
-        raw = served.logits_of_frames(list(frames))
-        images = served.logits_of_images([cv2.imencode(".png", frame)[1].tobytes() for frame in frames])
-    finally:
-        served.close()
-    mode = record.precision  # the served runtime's own mode cannot be asked over the protocol
-    return ServedCheck(protocol, judge_golden(raw, reference, expected, record, mode, golden),
-                       judge_golden(images, reference, expected, record, mode, golden))
+    path = ensemble_version / GOLDEN_FILE
+    return ServedGolden(ensemble_version.parent.name, record, path, *golden_samples(path, record))
 
 
 def _ensemble_version(export: Path, name: str | None) -> Path:

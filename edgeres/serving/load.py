@@ -84,12 +84,15 @@ def run_load(url: str, name: str, images: Sequence[bytes], expected: np.ndarray,
                 result.retried += served.retried
             served.close()
 
+    def done() -> None:  # under the lock
+        if result.answered + result.failed >= requests // 2:
+            halfway.set()
+
     def failed(error: Exception, counted: bool = False) -> None:
         with lock:
             result.failed += counted
             result.errors = (result.errors + [str(error) or type(error).__name__])[:5]
-            if result.answered + result.failed >= requests // 2:
-                halfway.set()
+            done()
 
     def _one(served: ServedModel, image: int) -> None:
         start = time.perf_counter()
@@ -105,8 +108,7 @@ def run_load(url: str, name: str, images: Sequence[bytes], expected: np.ndarray,
             result.answered += 1
             result.wrong += not right
             result.latencies_ms.append(elapsed)
-            if result.answered + result.failed >= requests // 2:
-                halfway.set()
+            done()
 
     threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
     began = time.perf_counter()

@@ -38,6 +38,8 @@ MODEL_PY = Path(__file__).with_name("triton_model.py")
 # Names the protocol clients see, whatever the artifact's own tensor names are
 IMAGE, FRAME, LOGITS = "IMAGE", "FRAME", "LOGITS"
 PYTHON_IO = ("INPUT", "OUTPUT")  # the tensors of the Python-backend steps
+# The two ways in, by the suffix of their models' names: (ensemble input, preprocessing role, type, dims)
+ENTRIES = {"image": (IMAGE, "decode", "TYPE_UINT8", [-1]), "frame": (FRAME, "frame", "TYPE_UINT8", [-1, -1, 3])}
 DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8", "int8": "TYPE_INT8"}
 DEVICES = ("cpu", "gpu")
 
@@ -243,16 +245,13 @@ def _write(folder: Path, classifier, exported: Exported, native: NativeBackend |
     repository, name, record = folder / REPOSITORY, exported.name, classifier.record
     labels = "".join(f"{label}\n" for label in classifier.labels)
     model_io = _model_io(record, native)
-    _ensemble(repository / name, name, IMAGE, "TYPE_UINT8", [-1], "image", exported, model_io, labels)
-    _ensemble(repository / f"{name}_frame", name, FRAME, "TYPE_UINT8", [-1, -1, 3], "frame", exported, model_io,
-              labels)
-    for source, role, dtype, dims in ((IMAGE, "decode", "TYPE_UINT8", [-1]),
-                                      (FRAME, "frame", "TYPE_UINT8", [-1, -1, 3])):
-        _preprocess_model(repository / f"{name}_preprocess_{'image' if role == 'decode' else role}", source, role,
-                          dtype, dims, classifier, exported, options)
+    for kind, (source, role, dtype, dims) in ENTRIES.items():
+        ensemble = repository / (name if kind == "image" else f"{name}_{kind}")
+        _ensemble(ensemble, name, source, dtype, dims, kind, exported, model_io, labels)
+        _write_record(ensemble / "1" / RECORD_FILE, record)  # a version folder with a file survives any copy
+        _preprocess_model(repository / f"{name}_preprocess_{kind}", source, role, dtype, dims, classifier, exported,
+                          options)
     _artifact_model(repository / f"{name}_model", classifier, exported, native, model_io, labels, options)
-    for ensemble in (name, f"{name}_frame"):  # a version folder with a file in it survives any copy
-        _copy(sidecar_path(classifier.path), repository / ensemble / "1" / RECORD_FILE, record)
     shutil.copyfile(golden_file(classifier.path, record), repository / name / "1" / GOLDEN_FILE)
     from .kserve import write_manifests
 
@@ -287,7 +286,7 @@ def _input_dims(classifier) -> tuple[str, list[int]]:
 
 def _ensemble(folder: Path, name: str, source: str, dtype: str, dims: list[int], kind: str, exported: Exported,
               model_io: tuple[str, str], labels: str) -> None:
-    classes = len(labels.splitlines())
+    classes = labels.count("\n")  # one label a line (_check_labels)
     preprocess = f"{name}_preprocess_{kind}"
     config = (f'name: "{folder.name}"\nplatform: "ensemble"\nmax_batch_size: {exported.max_batch}\n'
               f"input [\n{_tensor(source, dtype, dims, exported)}\n]\n"
@@ -351,15 +350,12 @@ def _artifact_files(classifier) -> list[Path]:
 
 def _python_files(version: Path, classifier) -> None:
     shutil.copyfile(MODEL_PY, version / "model.py")
-    _copy(sidecar_path(classifier.path), version / RECORD_FILE, classifier.record)
+    _write_record(version / RECORD_FILE, classifier.record)
 
 
-def _copy(sidecar: Path, destination: Path, record: ArtifactRecord) -> None:
-    """The record as a file: the sidecar where there is one, else the artifact's embedded record."""
-    if sidecar.is_file():
-        shutil.copyfile(sidecar, destination)
-    else:
-        destination.write_text(record.to_json() + "\n")
+def _write_record(destination: Path, record: ArtifactRecord) -> None:
+    """The record the export was checked with (the artifact's own, else its sidecar's), as a file."""
+    destination.write_text(record.to_json() + "\n")
 
 
 def _instances(device: str, count: int) -> str:

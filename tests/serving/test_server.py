@@ -13,11 +13,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edgeres.artifact import read_record_file
 from edgeres.errors import ServingError
-from edgeres.golden import golden_samples
 from edgeres.runtime.classifier import Classifier
-from edgeres.serving.client import ServedModel, _unanswered, check_served
+from edgeres.serving.client import ServedModel, _unanswered, check_served, served_golden
 from edgeres.serving.load import run_load
 from edgeres.serving.repository import REPOSITORY, ExportOptions, export_repository
 from edgeres.serving.server import TritonServer, check_python_backend_here, find_server
@@ -56,11 +54,8 @@ def served(converted, install, tmp_path_factory):
 
 
 def golden(exported):
-    version = exported.repository / exported.name / "1"
-    record = read_record_file(version / "edgeres.json")
-    record.golden["file"] = "golden.npz"
-    frames, _, expected = golden_samples(version / "golden.npz", record)
-    return frames, expected
+    samples = served_golden(exported.folder)
+    return samples.frames, samples.expected
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
