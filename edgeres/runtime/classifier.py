@@ -62,6 +62,11 @@ class Classifier:
         self._check_record_against_model()
 
     @property
+    def backend_class(self) -> type:
+        """The runtime backend class that opened the artifact (chosen by suffix and content)."""
+        return type(self._backend)
+
+    @property
     def execution_precision(self) -> str:
         """What the float layers run in, as the runtime reports it (backends without modes: the artifact's precision)."""
         return self._backend.execution_precision or self.record.precision

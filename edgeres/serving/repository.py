@@ -122,7 +122,6 @@ def export_repository(artifact: Path, out: Path, options: ExportOptions = Export
                       log: Callable[[str], None] = print) -> Exported:
     """Check the set at `artifact` on this machine, then write its Triton repository to `out` (atomically)."""
     from ..golden import check_golden
-    from ..runtime import backend_class
     from ..runtime.classifier import Classifier
 
     _check_options(options)
@@ -133,7 +132,7 @@ def export_repository(artifact: Path, out: Path, options: ExportOptions = Export
         raise ServingError(f"{classifier.path.name} fails its golden samples on this machine "
                            f"({'; '.join(check.failures)}); it is not exported: run `edgeres verify` on it")
     _check_labels(classifier.labels)
-    runtime = backend_class(classifier.path)
+    runtime = classifier.backend_class  # what opened it, not chosen again (a QNN test reads the whole file)
     native = _native_for(f"{runtime.__module__}:{runtime.__name__}", options, classifier.path)
     name = options.name or _model_name(classifier.path.stem)
     # Triton's own backends refuse a static batch-1 model in a batching config: that repository does not batch
