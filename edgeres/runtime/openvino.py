@@ -135,7 +135,23 @@ class OpenVinoBackend:
         elif compiled_in not in (None, self._precision):  # a plugin that overrides the hint: never run silently
             raise DeviceError(f"OpenVINO compiled {self._path.name} for {self._device} in {compiled_in}, not the "
                               f"{self._precision} asked for; this OpenVINO does not honour the precision hint")
+        self._check_layers_run_in(compiled)
         return compiled
+
+    def _check_layers_run_in(self, compiled) -> None:
+        """fp16 must be what the layers compute in, not only what the hint says: measured on a Xeon with
+        AVX512-FP16 (no AMX), OpenVINO 2026.4 reports f16 but runs every convolution of a ResNet in f32."""
+        wanted = OPENVINO_TYPES.get(self._precision)
+        if wanted != "f16":  # bf16 is left to the hint: a bf16 conv may report f32 when its weights stay f32
+            return
+        found = {name for name in _compute_precisions(compiled) if name.startswith(("f", "bf"))}  # INT8 layers stay
+        if found and wanted not in found:
+            ran = ", ".join(sorted(found))
+            raise ModeUnavailableError(
+                f"{self._path.name} cannot run in {self._precision} on {self._device}: OpenVINO accepts the mode but "
+                f"runs its convolutions in {ran} (read from the compiled model); use fp32"
+                f"{' or bf16' if 'bf16' in _precisions_of(self._core, self._device) else ''}",
+                reason=f"OpenVINO accepts {self._precision} here but runs the convolutions in {ran}")
 
     def embedded_record(self) -> ArtifactRecord | None:
         if not self._model.has_rt_info([METADATA_KEY]):
@@ -316,6 +332,21 @@ def _offered(core, device: str, precision: str | None, path: Path) -> str | None
     raise ModeUnavailableError(f"{path.name} cannot run in {precision} on {name}: OpenVINO offers "
                                f"{', '.join(offered)} here{needs}",
                                reason=f"{name} offers {', '.join(offered)} to OpenVINO{needs}")
+
+
+COMPUTE_LAYERS = ("Convolution", "FullyConnected", "MatMul")
+
+
+def _compute_precisions(compiled) -> set[str]:
+    """The types the compiled model's convolution and matrix layers run in (its runtime model's own account;
+    empty where a device gives none)."""
+    try:
+        layers = compiled.get_runtime_model().get_ordered_ops()
+        info = [op.get_rt_info() for op in layers]
+        return {i["runtimePrecision"].astype(str) for i in info
+                if "layerType" in i and i["layerType"].astype(str) in COMPUTE_LAYERS and "runtimePrecision" in i}
+    except (RuntimeError, AttributeError, KeyError):
+        return set()
 
 
 def _compiled_precision(compiled) -> str | None:

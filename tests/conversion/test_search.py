@@ -40,11 +40,17 @@ def test_the_search_keeps_the_sensitive_layer_out(sensitive_model, calib_dir, di
     search = result.search
     assert result.met and search["met"]
     assert search["attempts"][0]["agreement"] < 0.5  # plain INT8 of this model is ruined
+    # keeping fc alone rescues it; whether it also meets the 0.3-point bar on its own depends on the fixture,
+    # which each machine trains for itself (measured: on an AVX-512 Xeon the rpi INT8 with fc kept lost 1.1
+    # points, with XNNPACK and with TFLite's reference kernels alike, and the search kept 7 layers more)
+    fc_alone = [a for a in search["attempts"] if a["kept_higher"] == ["fc"]]
+    assert fc_alone and fc_alone[0]["agreement"] >= 0.96
     chosen = search["attempts"][search["chosen"]]
-    assert chosen["kept_higher"] == ["fc"] and chosen["agreement"] >= 0.96 and chosen["drop_points"] <= 0.3
+    assert chosen["kept_higher"][0] == "fc" and chosen["agreement"] >= 0.96 and chosen["drop_points"] <= 0.3
     assert search["sensitivity_top"][0][0] == "fc"
     design = result.record.quantization["design"]
-    assert design["kept_higher"] == ["fc"] and design["range_method"] in ("minmax", "mean-minmax", "percentile", "mse")
+    assert design["kept_higher"] == chosen["kept_higher"]
+    assert design["range_method"] in ("minmax", "mean-minmax", "percentile", "mse")
     assert result.record.quantization["higher_precision"]  # what "kept out" means on this target
     assert all(check["passed"] for check in result.record.checks)  # NPU/TensorRT rules, XNNPACK coverage
 

