@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import re
-import subprocess
-import tempfile
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from ..errors import ConversionError, EdgeresError, PlanRefusedError
-from . import ConverterEnv, Install, killed_on_error, run_tool
+from . import ConverterEnv, Install
+from .steps import ServedModel, Vendor, run_step
 
 TOOLKIT_VERSION = "2.5.0"
 RKNN_TOOLKIT2 = ConverterEnv(
@@ -37,107 +32,34 @@ RKNN_TOOLKIT2 = ConverterEnv(
 TOOL = Path(__file__).with_name("rknn_tool.py")
 
 
+def _error_line(line: str) -> str | None:
+    return line[2:] if line.startswith("E ") else None
+
+
+# "Unkown op target" and the version line are printed by the toolkit on every build, failed or not
+VENDOR = Vendor("rknn-toolkit2", _error_line, noise=("Unkown op target", "rknn-toolkit2 version:", "Traceback"))
+
+
 def compile_rknn(source: Path, platform: str, out: Path, log: Callable[[str], None] = print) -> dict:
     """rknn-toolkit2 compiles the QDQ ONNX at `source` for `platform` into `out`; its version and platform."""
-    with tempfile.TemporaryFile("w+") as toolkit_log:
-        process = run_tool(RKNN_TOOLKIT2, TOOL, ["build", str(source), platform, str(out)], log,
-                           stdout=subprocess.PIPE, stderr=toolkit_log)
-        with killed_on_error(process):
-            line = process.stdout.readline()
-            if not line and process.wait() < 0:  # killed by a signal: measured, a segfault on some kept layers
-                raise PlanRefusedError(f"rknn-toolkit2 crashed compiling for {platform} (signal {-process.returncode})"
-                                       f"{_said(toolkit_log, '')}")
-            answer = _answer(line, toolkit_log, process, ConversionError)
-            process.wait()
+    # killed by a signal: measured, a segfault on some kept layers; the search tries another plan
+    answer = run_step(VENDOR, RKNN_TOOLKIT2, TOOL, ["build", str(source), platform, str(out)], log,
+                      doing=f"compiling for {platform}", crashed=PlanRefusedError)
     if not out.is_file():
         raise ConversionError(f"rknn-toolkit2 reported success for {platform} but wrote no {out.name}")
     return answer
 
 
-# printed by the toolkit on every build, failed or not: not a reason
-_NOISE = ("Unkown op target", "rknn-toolkit2 version:", "Traceback")
-
-
-def _answer(line: bytes, toolkit_log, process: subprocess.Popen, error: type[EdgeresError]) -> dict:
-    """The tool's JSON line, or its error as `error`, with the toolkit's own error lines where they add to it."""
-    try:
-        answer = json.loads(line)
-    except ValueError:
-        answer = {"error": f"the rknn-toolkit2 step stopped with status {process.wait()} without an answer"}
-    if not isinstance(answer, dict) or "error" in answer:
-        reason = answer.get("error") if isinstance(answer, dict) else f"it answered {line[:80]!r}"
-        raise error(f"rknn-toolkit2: {reason}{_said(toolkit_log, str(reason))}")
-    return answer
-
-
-def _said(toolkit_log, reason: str) -> str:
-    toolkit_log.flush()
-    toolkit_log.seek(0)
-    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in toolkit_log.read().splitlines()]
-    extra = [line[2:] for line in lines if line.startswith("E ") and reason not in line
-             and not any(noise in line for noise in _NOISE)]
-    return f" ({'; '.join(dict.fromkeys(extra))[-800:]})" if extra else ""
-
-
-class Simulator:
-    """rknn-toolkit2's simulator running the QDQ ONNX a .rknn was compiled from (it cannot load a .rknn).
-
-    Errors are `error` (ConversionError while converting, ArtifactError where an artifact is run); where
-    `build` is False (opening an artifact), a missing environment is an error instead of a 1.5 GB build.
-    """
+class Simulator(ServedModel):
+    """rknn-toolkit2's simulator running the QDQ ONNX a .rknn was compiled from (it cannot load a .rknn)."""
 
     def __init__(self, source: Path, platform: str, log: Callable[[str], None] = print,
                  dataset: Path | None = None, *, build: bool = True,
                  error: type[EdgeresError] = ConversionError) -> None:
         """`dataset` (the toolkit's list of .npy inputs, each (1, C, H, W)): `source` is a float ONNX for the
         toolkit's own default quantization, which the benchmark compares with edgeres' as a peer."""
-        self._error = error
-        self._log = tempfile.TemporaryFile("w+")
         arguments = ["serve", str(source), platform, *([str(dataset)] if dataset else [])]
-        try:
-            self._process = run_tool(RKNN_TOOLKIT2, TOOL, arguments, log, build=build, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self._log)
-        except BaseException:
-            self._log.close()
-            raise
-        with killed_on_error(self._process):
-            self.ready = _answer(self._process.stdout.readline(), self._log, self._process, error)
-
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.ascontiguousarray(batch, np.float32)
-        with killed_on_error(self._process):
-            try:
-                self._process.stdin.write((json.dumps({"shape": list(batch.shape)}) + "\n").encode()
-                                          + batch.tobytes())
-                self._process.stdin.flush()
-            except OSError:  # it died: its answer below says why
-                pass
-            head = _answer(self._process.stdout.readline(), self._log, self._process, self._error)
-            try:
-                shape = [int(n) for n in head["shape"]]
-            except (KeyError, TypeError, ValueError):
-                raise self._error(f"rknn-toolkit2's simulator answered {str(head)[:200]}, not outputs") from None
-            data = self._process.stdout.read(4 * int(np.prod(shape)))
-            if len(data) != 4 * int(np.prod(shape)):
-                raise self._error("rknn-toolkit2's simulator stopped in the middle of its outputs")
-            return np.frombuffer(data, np.float32).reshape(shape).copy()
-
-    def close(self) -> None:
-        process = getattr(self, "_process", None)
-        if process is not None and process.poll() is None:
-            process.stdin.close()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        self._log.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown: nothing left to tell
-            pass
+        super().__init__(VENDOR, RKNN_TOOLKIT2, TOOL, arguments, log, build=build, error=error)
 
 
 if __name__ == "__main__":  # python -m edgeres.converter_envs.rknn: build the environment ahead of time

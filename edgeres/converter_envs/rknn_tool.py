@@ -8,14 +8,12 @@ what that environment has (rknn-toolkit2, numpy), never edgeres.
                                                     DATASET (the toolkit's list of .npy inputs, NCHW) SRC is
                                                     a float ONNX that the toolkit quantizes by its defaults
 
-The toolkit prints its log on stdout; file descriptor 1 is pointed at stderr before it is imported,
-and results go out through a private copy of the original stdout: one JSON line, then (serve) one array
-per batch, each a JSON line {"shape": [...]} followed by its float32 bytes. An error is a JSON line {"error": ...} and exit status 1.
+It talks to edgeres as every vendor step does (tool_io.py, beside it): JSON lines, float32 batches.
 """
 
 from __future__ import annotations
 
-import json
+import importlib.util
 import os
 import sys
 
@@ -24,14 +22,9 @@ import sys
 if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
     del sys.path[0]
 
-_channel = os.fdopen(os.dup(1), "wb")
-os.dup2(2, 1)  # whatever the toolkit prints goes to stderr, which the caller keeps in a file
-sys.stdout = sys.stderr
-
-
-def _say(payload: dict) -> None:
-    _channel.write((json.dumps(payload) + "\n").encode())
-    _channel.flush()
+_spec = importlib.util.spec_from_file_location("tool_io", os.path.join(os.path.dirname(__file__), "tool_io.py"))
+tool_io = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(tool_io)  # before the toolkit is imported: it takes over stdout
 
 
 def _compiled(source: str, platform: str, dataset: str | None = None):
@@ -59,7 +52,7 @@ def build(source: str, platform: str, out: str) -> None:
     rknn = _compiled(source, platform)
     if rknn.export_rknn(out) != 0:
         raise RuntimeError(f"rknn-toolkit2 could not write {out}")
-    _say({"version": _version(), "platform": platform})
+    tool_io.say({"version": _version(), "platform": platform})
 
 
 def serve(source: str, platform: str, dataset: str | None = None) -> None:
@@ -68,41 +61,11 @@ def serve(source: str, platform: str, dataset: str | None = None) -> None:
     rknn = _compiled(source, platform, dataset)
     if rknn.init_runtime() != 0:  # no target: the toolkit's simulator on this PC
         raise RuntimeError("rknn-toolkit2's simulator did not start")
-    _say({"version": _version(), "platform": platform, "ready": True})
-    stdin = sys.stdin.buffer
-    while True:
-        header = stdin.readline()
-        if not header:
-            return
-        shape = json.loads(header)["shape"]
-        batch = np.frombuffer(_exactly(stdin, 4 * int(np.prod(shape))), np.float32).reshape(shape)
+    tool_io.say({"version": _version(), "platform": platform, "ready": True})
+    for batch in tool_io.batches():
         rows = [rknn.inference(inputs=[batch[i:i + 1]], data_format="nchw")[0] for i in range(len(batch))]
-        _send(np.concatenate(rows).astype(np.float32))
-
-
-def _exactly(stream, count: int) -> bytes:
-    data = stream.read(count)
-    if len(data) != count:
-        raise EOFError(f"a batch of {count} bytes ended after {len(data)}")
-    return data
-
-
-def _send(array) -> None:
-    """One float32 array: a JSON line with its shape, then its bytes (the caller's framing)."""
-    _channel.write((json.dumps({"shape": list(array.shape)}) + "\n").encode() + array.tobytes())
-    _channel.flush()
-
-
-def main(arguments: list[str]) -> int:
-    try:
-        {"build": build, "serve": serve}[arguments[0]](*arguments[1:])
-    except Exception as error:  # the caller turns it into edgeres's own error
-        # the toolkit's errors carry its own traceback in their message: the reason is the last line
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
-        _say({"error": lines[-1].removeprefix("ValueError: ").removeprefix("RuntimeError: ")})
-        return 1
-    return 0
+        tool_io.send(np.concatenate(rows).astype(np.float32))
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(tool_io.main({"build": build, "serve": serve}, sys.argv[1:]))
