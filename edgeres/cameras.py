@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 from typing import Callable
 
 import cv2
@@ -139,14 +140,32 @@ def native_size(capture) -> tuple[int, int]:
     return int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
 
 
+class SensorFrame(np.ndarray):
+    """A frame with the scores the camera's own sensor network gave for it (the IMX500): `sensor_logits`."""
+
+    sensor_logits: np.ndarray | None = None
+
+
+# frames that carry no output tensor while the network is uploaded to the sensor (Picamera2: "can take several
+# minutes" the first time) are skipped, for at most this long
+SENSOR_START_SECONDS = 600
+
+
 class PicameraCapture:
     """A Pi camera through Picamera2 (libcamera), read like a cv2.VideoCapture.
 
     The ISP scales the sensor's frames to the size asked for, so the CPU resizes little.
     Picamera2's "RGB888" format holds each pixel as B, G, R in memory: OpenCV's BGR order.
+    With `sensor` (an IMX500 backend, whose network is on the camera's sensor) each frame is a
+    SensorFrame carrying the scores the sensor computed for it.
     """
 
-    def __init__(self, camera_number: int, size: tuple[int, int] | None, resize: int | None, fps: int | None) -> None:
+    def __init__(self, camera_number: int, size: tuple[int, int] | None, resize: int | None, fps: int | None,
+                 sensor=None) -> None:
+        self._sensor = sensor
+        if sensor is not None and camera_number != sensor.camera_number:
+            raise VideoError(f"the IMX500 network is on Pi camera {sensor.camera_number}, not {camera_number}: "
+                             f"--source picamera:{sensor.camera_number}")
         try:
             from picamera2 import Picamera2
         except ImportError:
@@ -175,12 +194,32 @@ class PicameraCapture:
         self._camera.configure(config)
         self.size = tuple(config["main"]["size"])
         self._camera.start()
+        if self._sensor is not None:
+            self._sensor.camera_started()
 
     def read(self) -> tuple[bool, np.ndarray | None]:
         try:
-            return True, self._camera.capture_array("main")
+            if self._sensor is None:
+                return True, self._camera.capture_array("main")
+            return self._read_with_scores()
         except RuntimeError:  # the camera was stopped or unplugged
             return False, None
+
+    def _read_with_scores(self) -> tuple[bool, np.ndarray | None]:
+        started = time.monotonic()
+        while time.monotonic() - started < SENSOR_START_SECONDS:
+            request = self._camera.capture_request()
+            try:  # the frame and the metadata that carries the sensor's output for it, released together
+                frame, metadata = request.make_array("main"), request.get_metadata()
+            finally:
+                request.release()
+            logits = self._sensor.logits_of(metadata)
+            if logits is not None:
+                tagged = frame.view(SensorFrame)
+                tagged.sensor_logits = logits
+                return True, tagged
+        raise VideoError(f"the IMX500 gave no scores in {SENSOR_START_SECONDS} s: its network did not start "
+                         "(sudo apt install --reinstall imx500-all, then reboot)")
 
     def get(self, prop: int) -> float:
         return {cv2.CAP_PROP_FPS: float(self.fps), cv2.CAP_PROP_FRAME_WIDTH: float(self.size[0]),
@@ -206,18 +245,22 @@ Opener = Callable[[str, "CameraRequest"], object]
 
 
 class CameraRequest:
-    """What the user asked of a camera: a size, a FOURCC, a rate; and the model's resize."""
+    """What the user asked of a camera: a size, a FOURCC, a rate; the model's resize; and the sensor that runs
+    the network, where it is the camera's own (the IMX500)."""
 
-    def __init__(self, resize: int | None, size: tuple[int, int] | None, fourcc: str | None, fps: int | None) -> None:
+    def __init__(self, resize: int | None, size: tuple[int, int] | None, fourcc: str | None, fps: int | None,
+                 sensor=None) -> None:
         if fourcc is not None and not re.fullmatch(r"[0-9A-Za-z ]{4}", fourcc):
             raise VideoError(f"--fourcc must be four characters such as MJPG or YUYV, got {fourcc!r}")
         if fps is not None and fps < 1:
             raise VideoError(f"--fps must be at least 1, got {fps}")
         self.resize, self.size, self.fourcc, self.fps = resize, size, fourcc, fps
+        self.sensor = sensor
 
 
 def _picamera(rest: str, request: CameraRequest):
-    return PicameraCapture(_number(rest, "the Pi camera number"), request.size, request.resize, request.fps)
+    number = _number(rest, "the Pi camera number") if rest or request.sensor is None else request.sensor.camera_number
+    return PicameraCapture(number, request.size, request.resize, request.fps, request.sensor)
 
 
 def _csi(rest: str, request: CameraRequest):

@@ -61,17 +61,21 @@ def is_camera(source: str | int) -> bool:
 
 
 def open_source(source: str | int, resize: int | None = None, camera_size: tuple[int, int] | None = None,
-                fourcc: str | None = None, fps: int | None = None):
+                fourcc: str | None = None, fps: int | None = None, sensor=None):
     """A camera (an index, /dev/videoN, picamera[:N], csi[:N], gst-usb:/dev/videoN, gst:PIPELINE),
     a file path, or a stream URL (rtsp://, http://).
 
     A camera is asked for `camera_size` (width, height) when given, else for a size near
-    the model's `resize` (see `edgeres.cameras`), and for `fourcc` and `fps` when given.
+    the model's `resize` (see `edgeres.cameras`), and for `fourcc` and `fps` when given. With
+    `sensor` (a network on the camera's own sensor, the IMX500) only that camera can be the source.
     """
     text = str(source)
     kind, _, rest = text.partition(":")
+    if sensor is not None and (kind != "picamera" or _is_path(text)):
+        raise VideoError(f"this network runs on the IMX500 sensor, which classifies only its own frames: "
+                         f"--source picamera, not {text}")
     if kind in OPENERS and not _is_path(text):
-        return OPENERS[kind](rest, CameraRequest(resize, camera_size, fourcc, fps))
+        return OPENERS[kind](rest, CameraRequest(resize, camera_size, fourcc, fps, sensor))
     if is_camera(source):
         return open_v4l2(int(text) if text.isdigit() else text, CameraRequest(resize, camera_size, fourcc, fps))
     if "://" not in text and not _is_path(text):
@@ -283,7 +287,7 @@ def classify_video(
     check_limits(max_frames, show_every)
     if out_dir is not None:  # before the camera opens: a user's annotated.mp4 is never replaced
         refuse_to_overwrite(Path(out_dir), VIDEO_OUTPUTS, "--out")
-    capture = open_source(source, classifier.preprocess.resize, camera_size, fourcc, fps)
+    capture = open_source(source, classifier.preprocess.resize, camera_size, fourcc, fps, getattr(classifier, "sensor", None))
     fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
     outputs = _Outputs(Path(out_dir), fps) if out_dir is not None else None
     reader = LatestFrame(capture, realtime=realtime, paced=not is_live(source))

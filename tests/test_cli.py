@@ -117,7 +117,7 @@ def test_info_without_the_runtime_falls_back_to_the_sidecar(converted, tmp_path:
 def test_help_teaches(monkeypatch, capsys) -> None:
     code, out, _ = run_cli(monkeypatch, capsys, "convert", "--help")
     assert code == 0
-    for words in ("--int8", "--calib", "--target", "onnx, npu, qnn, rknn, x86, rpi", "--preset", "--trust-checkpoint", "Examples"):
+    for words in ("--int8", "--calib", "--target", "onnx, npu, qnn, rknn, imx500, x86, rpi", "--preset", "--trust-checkpoint", "Examples"):
         assert words in out
 
 
@@ -260,7 +260,7 @@ def test_missing_checkpoint(monkeypatch, capsys, tmp_path: Path) -> None:
 
 def test_unknown_target(monkeypatch, capsys, checkpoint: Path, tmp_path: Path) -> None:
     code, _, err = run_cli(monkeypatch, capsys, "convert", checkpoint, "--target", "tpu", "--out", tmp_path)
-    assert_one_red_line(code, err, "unknown target 'tpu'; choose a target (onnx, npu, qnn, rknn, x86, rpi, jetson, mobile) or a device profile (jetson-agx-orin, jetson-nano, jetson-orin-nano, jetson-orin-nx, rk3566, rk3568, rk3588, rpi4, rpi5, snapdragon-8-elite, snapdragon-8-gen-1, snapdragon-8-gen-2, snapdragon-8-gen-3, x86-amx, x86-avx2, x86-avx512-vnni)")
+    assert_one_red_line(code, err, "unknown target 'tpu'; choose a target (onnx, npu, qnn, rknn, imx500, x86, rpi, jetson, mobile) or a device profile (jetson-agx-orin, jetson-nano, jetson-orin-nano, jetson-orin-nx, rk3566, rk3568, rk3588, rpi-ai-camera, rpi4, rpi5, snapdragon-8-elite, snapdragon-8-gen-1, snapdragon-8-gen-2, snapdragon-8-gen-3, x86-amx, x86-avx2, x86-avx512-vnni)")
 
 
 def test_wrong_arch(monkeypatch, capsys, checkpoint: Path, tmp_path: Path) -> None:

@@ -48,7 +48,7 @@ def test_snapdragon_profiles_name_their_soc_and_htp() -> None:
 
 
 def test_unknown_name_lists_targets_and_profiles() -> None:
-    with pytest.raises(TargetError, match=r"choose a target \(onnx, npu, qnn, rknn, x86, rpi, jetson, mobile\) or a device profile \(jetson-agx-orin, .*, rk3566, rk3568, rk3588, rpi4, rpi5, snapdragon-8-elite, .*, x86-amx, x86-avx2, x86-avx512-vnni\)"):
+    with pytest.raises(TargetError, match=r"choose a target \(onnx, npu, qnn, rknn, imx500, x86, rpi, jetson, mobile\) or a device profile \(jetson-agx-orin, .*, rk3566, rk3568, rk3588, rpi-ai-camera, rpi4, rpi5, snapdragon-8-elite, .*, x86-amx, x86-avx2, x86-avx512-vnni\)"):
         resolve_target("pi9")
 
 

@@ -27,6 +27,10 @@ on the emulator).
 With `--targets rknn`: edgeres' rknn row is judged on the .rknn itself as a PC runs it, rknn-toolkit2's
 simulator (x86-64, not the chip), on every val image; rknn-toolkit2's own quantization (its build
 defaults, from the same calib images) runs there as a peer.
+With `--targets imx500`: edgeres' imx500 row is judged on its stand-in (MCT's quantized graph lowered to
+standard ops, on ONNX Runtime's CPU), then the package itself as a PC runs it, MCT's simulation (its own
+quantizer ops, seconds an image), on --emulated-images val images; MCT's own PTQ with its defaults
+(mixed precision within the same weight budget, which a ResNet18 needs to fit the sensor) is the peer.
 Calibration uses each model's calib/ split (10 images per class), never its val/ split.
 """
 
@@ -50,9 +54,10 @@ from edgeres.metrics import accuracy, agreement
 from edgeres.photoset import FIXTURES, photo_set, train_photo_resnet
 from edgeres.preprocess import Preprocess
 
-TARGETS = ("npu", "qnn", "rknn", "x86", "rpi", "jetson", "mobile")
+TARGETS = ("npu", "qnn", "rknn", "imx500", "x86", "rpi", "jetson", "mobile")
 PEERS = ("torch.ao FX PTQ", "ORT quantize_static", "NNCF defaults")
-DEFAULT_TARGETS = ("npu", "rknn", "x86", "rpi", "jetson", "mobile")  # qnn only when asked: its emulator takes seconds an image
+# qnn and imx500 only when asked: their emulators take seconds an image (and imx500's toolchain minutes a build)
+DEFAULT_TARGETS = ("npu", "rknn", "x86", "rpi", "jetson", "mobile")
 EMULATED_IMAGES = 160  # val images run on an emulator (qnn: QNN's HTP emulator, about a second each)
 
 
@@ -221,21 +226,41 @@ def rknn_peer(fixture: Fixture, module: torch.nn.Module, val: np.ndarray) -> np.
             simulator.close()
 
 
+def imx500_peer(fixture: Fixture, module: torch.nn.Module, val_crops_of) -> np.ndarray:
+    """MCT's own post-training quantization for the IMX500 (its defaults, TPC v1, mixed precision within the
+    same weight budget as edgeres', which a ResNet18 needs to fit) of the user's model as it is (MCT folds its
+    BatchNorms), from the calib images; its graph lowered to standard ops, on every val image."""
+    from edgeres.conversion.measure import artifact_logits
+    from edgeres.converter_envs import imx500
+    from edgeres.targets.imx500 import DEFAULT_WEIGHT_BUDGET, Imx500Target, write_mct_job
+
+    spec = Preprocess.imagenet(fixture.imgsz)
+    sensor = Imx500Target().input_spec(spec)
+    crops = [spec.resize_and_crop(read_image(p)) for p in find_images(fixture.calib_dir)]
+    with tempfile.TemporaryDirectory() as scratch:
+        work = write_mct_job(Path(scratch) / "mct", module, sensor, spec, crops, (), DEFAULT_WEIGHT_BUDGET,
+                             Path(scratch) / "peer")
+        imx500.quantize(work, print)
+        return artifact_logits(Path(scratch) / "peer.lowered.onnx", sensor, val_crops_of(sensor))
+
+
 def _crops(fixture: Fixture, spec: Preprocess) -> list[np.ndarray]:
     return [spec.resize_and_crop(read_image(p)) for p in find_images(fixture.val_dir)]
 
 
-def emulated_rows(fixture: Fixture, artifact: Path, stand_in: Path, reference: np.ndarray, truth: np.ndarray,
+def emulated_rows(fixture: Fixture, artifact: Path, stand_in: Path | None, reference: np.ndarray, truth: np.ndarray,
                   chosen: np.ndarray, name: str) -> dict[str, dict]:
-    """The artifact on its emulator and its stand-in on the CPU, on the same `chosen` val images."""
+    """The artifact on its emulator and its stand-in (where the set has it) on the CPU, on the same `chosen`
+    val images."""
+    from edgeres.artifact import read_sidecar
     from edgeres.conversion.measure import artifact_logits
-    from edgeres.runtime.classifier import Classifier
 
-    spec = Classifier(artifact).preprocess
+    spec = Preprocess.from_dict(read_sidecar(artifact).preprocess)  # not a Classifier: it would start the emulator
     crops = _crops(fixture, spec)
     crops = [crops[i] for i in chosen]
     rows = {}
-    for label, path in ((f"{name} on the emulator", artifact), (f"{name} stand-in on the CPU", stand_in)):
+    runs = ((f"{name} on the emulator", artifact), (f"{name} stand-in on the CPU", stand_in))
+    for label, path in ((label, path) for label, path in runs if path is not None):
         logits = artifact_logits(path, spec, crops)
         rows[f"{label} ({len(crops)} of the val images)"] = _scored(logits, reference[chosen], truth[chosen])
     return rows
@@ -411,6 +436,11 @@ def main(argv: list[str] | None = None) -> int:
             name = "rknn-toolkit2 defaults on its simulator"
             row["methods"][name] = _scored(rknn_peer(fixture, model.module, val), reference, truth)
             _print(name, row["methods"][name])
+        if "imx500" in args.targets and not args.no_peers:
+            name = "MCT defaults (mixed precision in the same budget), lowered graph on the CPU"
+            logits = imx500_peer(fixture, model.module, lambda spec: _crops(fixture, spec))
+            row["methods"][name] = _scored(logits, reference, truth)
+            _print(name, row["methods"][name])
         with tempfile.TemporaryDirectory() as out:
             for target in args.targets:
                 measured_rows, artifact = edgeres_target(fixture, model, target, Path(out), args.finetune_minutes,
@@ -418,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
                 if target == "qnn":
                     measured_rows.update(emulated_rows(fixture, artifact, artifact.with_name(f"{artifact.stem}.qdq.onnx"),
                                                        reference, truth, chosen, "edgeres qnn"))
+                if target == "imx500":  # judged on the lowered graph; MCT's own simulation on fewer images
+                    measured_rows.update(emulated_rows(fixture, artifact, None, reference, truth, chosen,
+                                                       "edgeres imx500 (MCT's simulation)"))
                 for name, measured in measured_rows.items():
                     row["methods"][name] = measured
                     _print(name, measured)

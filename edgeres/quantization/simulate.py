@@ -3,13 +3,14 @@
 Weights are per-output-channel symmetric int8 (scale max|w| / 127, values -127..127) as
 every edgeres backend quantizes them; activations are fake-quantized with the plan's
 ranges wherever the target places a quantizer, on the target's own grid of levels: a
-zero point (ONNX Runtime, TFLite, XNNPACK), NNCF's symmetric grids, or TensorRT's
-symmetric int8, which gives a ReLU's output only 128 levels.
+zero point (ONNX Runtime, TFLite, XNNPACK), NNCF's symmetric grids, TensorRT's
+symmetric int8, which gives a ReLU's output only 128 levels, or MCT's power-of-two thresholds (IMX500).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Callable, Iterator
 
 import torch
@@ -44,7 +45,18 @@ def nncf_symmetric(value_range: Range) -> tuple[float, float, int]:
     return (0.0, high, LEVELS) if low >= 0 else symmetric(value_range)
 
 
-GRIDS: dict[str, Grid] = {"asymmetric": asymmetric, "symmetric": symmetric, "nncf-symmetric": nncf_symmetric}
+def power_of_two(value_range: Range) -> tuple[float, float, int]:
+    """Sony's MCT for the IMX500: a threshold T that is a power of two, u8 over [0, T) after a ReLU, else i8
+    over [-T, T). MCT chooses T among powers of two by the error; here the smallest at or above max|x|."""
+    low, high = value_range
+    threshold = 2.0 ** math.ceil(math.log2(max(-low, high, 1e-12)))
+    if low >= 0:
+        return 0.0, threshold * (LEVELS - 1) / LEVELS, LEVELS
+    return -threshold, threshold * (LEVELS // 2 - 1) / (LEVELS // 2), LEVELS
+
+
+GRIDS: dict[str, Grid] = {"asymmetric": asymmetric, "symmetric": symmetric, "nncf-symmetric": nncf_symmetric,
+                          "power-of-two": power_of_two}
 
 
 def quantize_weight(weight: torch.Tensor) -> torch.Tensor:

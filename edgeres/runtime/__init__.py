@@ -10,6 +10,7 @@ from importlib import import_module
 from pathlib import Path
 
 from ..errors import ArtifactError, DeviceError, EdgeresError
+from ..artifact import sidecar_path
 from ..files import MODEL_LIMIT, checked
 from .base import PRECISION_MODES, Backend
 
@@ -21,12 +22,14 @@ BACKENDS: dict[str, str] = {
     ".pte": "edgeres.runtime.executorch:ExecuTorchBackend",
     ".ptl": "edgeres.runtime.torchscript:LiteInterpreterBackend",
     ".rknn": "edgeres.runtime.rknn:RknnLiteBackend",
+    ".zip": "edgeres.runtime.imx500:Imx500CameraBackend",  # NAME.imx500.zip, the IMX500 converter's package
 }
 
 # Files of a suffix above that only another runtime runs, told apart by their content: (test, backend).
 SPECIALISED: dict[str, list[tuple[str, str]]] = {
     ".onnx": [("edgeres.runtime.qnn:is_context_model", "edgeres.runtime.qnn:QnnBackend")],  # QNN context models
     ".rknn": [("edgeres.runtime.rknn:simulated_here", "edgeres.runtime.rknn:RknnSimulatorBackend")],  # on a PC
+    ".zip": [("edgeres.runtime.imx500:simulated_here", "edgeres.runtime.imx500:Imx500SimulatorBackend")],  # a PC
 }
 
 
@@ -79,6 +82,10 @@ def resolve_artifact(path: Path) -> Path:
     if not path.is_dir():
         return path
     found = sorted(p for p in path.iterdir() if p.suffix.lower() in BACKENDS and p.is_file())
+    # the artifact of a set is the file with a record beside it (NAME.imx500.zip, not the NAME.mct.onnx it needs)
+    recorded = [p for p in found if sidecar_path(p).is_file()]
+    if len(recorded) == 1:
+        return recorded[0]
     named = [p for p in found if p.stem == path.name]
     if len(named) == 1 or len(found) == 1:
         return (named or found)[0]

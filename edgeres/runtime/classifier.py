@@ -67,6 +67,13 @@ class Classifier:
         return type(self._backend)
 
     @property
+    def sensor(self):
+        """The backend where the network runs on the camera's own sensor (the IMX500), else None: such a
+        classifier takes only frames that camera captured, each carrying the scores the sensor gave it
+        (`edgeres.cameras.PicameraCapture` with this sensor reads them)."""
+        return self._backend if getattr(self._backend, "on_sensor", False) else None
+
+    @property
     def execution_precision(self) -> str:
         """What the float layers run in, as the runtime reports it (backends without modes: the artifact's precision)."""
         return self._backend.execution_precision or self.record.precision
@@ -77,6 +84,8 @@ class Classifier:
         A record that was edited or belongs to another model would otherwise fail later
         as a runtime's own traceback, or silently pair labels with the wrong outputs.
         """
+        if self.sensor is not None:  # it runs only its own camera's frames: checked on each (_sensor_logits)
+            return
         spec = self.preprocess
         blank = np.zeros((spec.crop, spec.crop, 3), np.uint8)
         try:
@@ -116,9 +125,13 @@ class Classifier:
 
     def logits(self, frame: np.ndarray) -> np.ndarray:
         """Float32 logits (classes,) for one BGR frame."""
+        if self.sensor is not None:
+            return self._finite(self._sensor_logits(frame))[0]
         return self._finite(self._backend.run(self.preprocess(frame)[None]))[0]
 
     def logits_batch(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        if self.sensor is not None and len(frames):
+            return self._finite(np.concatenate([self._sensor_logits(frame) for frame in frames]))
         inputs = self.preprocess.batch(frames) if len(frames) else None
         if inputs is None:
             return np.zeros((0, len(self.labels)), np.float32)
@@ -165,12 +178,40 @@ class Classifier:
         preprocessing of one frame overlaps inference of others; the rest go one by one.
         """
         inputs = (self.preprocess(frame) for frame in frames)
-        if hasattr(self._backend, "stream"):
+        if self.sensor is not None:
+            rows = (self._sensor_logits(frame)[0] for frame in frames)
+        elif hasattr(self._backend, "stream"):
             rows = self._backend.stream(inputs)
         else:
             rows = (self._backend.run(item[None])[0] for item in inputs)
         for row in rows:
             yield self._top(self._finite(row), topk)
+
+    def _sensor_logits(self, frame: np.ndarray) -> np.ndarray:
+        """(1, classes): what the sensor's network gave for `frame`, which must be a frame its camera captured."""
+        logits = getattr(frame, "sensor_logits", None)
+        if logits is None:
+            raise FrameError(f"{self.path.name} runs on the IMX500 sensor, which classifies only the frames it "
+                             "captures itself: read them with `edgeres video ARTIFACT --source picamera` (in Python: "
+                             "edgeres.cameras.PicameraCapture with this classifier's sensor)")
+        logits = np.asarray(logits, np.float32).reshape(1, -1)
+        if logits.shape[1] != len(self.labels):
+            raise ArtifactError(f"the IMX500 gave {logits.shape[1]} outputs but {self.path.name}'s record has "
+                                f"{len(self.labels)} labels: the sensor runs another network; close every other "
+                                "program using the camera and open the artifact again")
+        return logits
+
+    def close(self) -> None:
+        """Stop what the runtime started beside this process (a simulator's process); also on `with`'s exit."""
+        close = getattr(self._backend, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> "Classifier":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _finite(self, logits: np.ndarray) -> np.ndarray:
         """Logits a probability can be made of: a NaN or inf score is the model's failure, never an answer."""

@@ -36,6 +36,8 @@ REGISTRY: dict[str, Entry] = {
         ("int8",), opset=True, static_batch="QNN context binaries are compiled for a static batch of 1")),
     "rknn": Entry("edgeres.targets.rknn:RknnTarget", Accepts(
         ("int8",), opset=True, static_batch="rknn-toolkit2 compiles .rknn models for a static batch of 1 here")),
+    "imx500": Entry("edgeres.targets.imx500:Imx500Target", Accepts(
+        ("int8",), static_batch="the IMX500 runs one camera frame at a time")),
     "x86": Entry("edgeres.targets.openvino:OpenVinoTarget", Accepts(presets=("performance", "mixed"), opset=True)),
     "rpi": Entry("edgeres.targets.tflite:TfliteTarget", Accepts(
         static_batch="TFLite models here have a static batch of 1")),

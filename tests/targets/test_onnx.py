@@ -111,7 +111,7 @@ def test_int8_without_calibration_is_refused(model, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"target": "jetsonn"}, r"unknown target 'jetsonn'; choose a target \(onnx, npu, qnn, rknn, x86, rpi, jetson, mobile\)"),
+    ({"target": "jetsonn"}, r"unknown target 'jetsonn'; choose a target \(onnx, npu, qnn, rknn, imx500, x86, rpi, jetson, mobile\)"),
     ({"precision": "int4"}, "precision must be one of fp32, fp16, int8"),
     ({"calib_method": "median"}, "--calib-method must be one of auto, minmax, mean-minmax"),
     ({"imgsz": 8}, "--imgsz must be between 32 and 1024"),
