@@ -86,7 +86,8 @@ def classify_streams(
     run: _StreamsRun | None = None
     try:
         for source in sources:  # every source opened before any plays, so none loses frames to the others' opening
-            capture = open_source(source, classifier.preprocess.resize, camera_size, fourcc, fps, getattr(classifier, "sensor", None))
+            capture = open_source(source, classifier.preprocess.resize, camera_size, fourcc, fps,
+                                  getattr(classifier, "sensor", None))
             readers.append(LatestFrame(capture, realtime=realtime, paced=not is_live(source), on_change=ready.set,
                                        start=False))
         outputs = None if out_dir is None else [
