@@ -103,12 +103,14 @@ class OpenVinoBackend:
         if ov is None:
             raise BackendUnavailableError(f"OpenVINO IR artifacts need OpenVINO: {install_hint('x86')}")
         self._core = ov.Core()
-        self._core.set_property({"CACHE_DIR": str(cache_dir())})
         self._model = _read_classifier(self._core, path)
         self._device = _resolve_device(self._core, device)
         self._path = path
         self._threads = threads
         self._precision = _offered(self._core, self._device, precision, path)
+        # one compiled-model cache per mode: measured (OpenVINO 2026.4.1, a Xeon with AVX512-FP16), a model compiled
+        # in f32 and cached was loaded again for an f16 compile of the same IR, so a mode ran in another's
+        self._core.set_property({"CACHE_DIR": str(cache_dir() / (self._precision or "device"))})
         _fit_input_to_crop(self._model, path)
         self._compiled = self._compile("LATENCY")
         # One infer request runs one inference at a time ("Infer Request is busy"), so each
@@ -139,8 +141,8 @@ class OpenVinoBackend:
         return compiled
 
     def _check_layers_run_in(self, compiled) -> None:
-        """fp16 must be what the layers compute in, not only what the hint says: measured on a Xeon with
-        AVX512-FP16 (no AMX), OpenVINO 2026.4 reports f16 but runs every convolution of a ResNet in f32."""
+        """fp16 must be what the layers compute in, not only what the hint says (a guard: on a Xeon with
+        AVX512-FP16, OpenVINO 2026.4 reported f16 for a cached f32 model whose convolutions all ran in f32)."""
         wanted = OPENVINO_TYPES.get(self._precision)
         if wanted != "f16":  # bf16 is left to the hint: a bf16 conv may report f32 when its weights stay f32
             return
@@ -148,10 +150,10 @@ class OpenVinoBackend:
         if found and wanted not in found:
             ran = ", ".join(sorted(found))
             raise ModeUnavailableError(
-                f"{self._path.name} cannot run in {self._precision} on {self._device}: OpenVINO accepts the mode but "
+                f"{self._path.name} cannot run in {self._precision} on {self._device}: OpenVINO took the mode but "
                 f"runs its convolutions in {ran} (read from the compiled model); use fp32"
                 f"{' or bf16' if 'bf16' in _precisions_of(self._core, self._device) else ''}",
-                reason=f"OpenVINO accepts {self._precision} here but runs the convolutions in {ran}")
+                reason=f"OpenVINO took {self._precision} here but runs the convolutions in {ran}")
 
     def embedded_record(self) -> ArtifactRecord | None:
         if not self._model.has_rt_info([METADATA_KEY]):
