@@ -31,8 +31,13 @@ def artifact_logits(path: Path, spec: Preprocess, crops: Sequence[np.ndarray], t
         backend = open_backend(path, threads, None, precision)
     step = backend.max_batch or BATCH
     rows = []
-    for start in range(0, len(crops), step):
-        rows.append(backend.run(spec.tensors(crops[start : start + step])))
+    try:
+        for start in range(0, len(crops), step):
+            rows.append(backend.run(spec.tensors(crops[start : start + step])))
+    finally:
+        close = getattr(backend, "close", None)  # a simulator's process ends here, not when collected
+        if close is not None:
+            close()
     return np.concatenate(rows).astype(np.float32, copy=False)
 
 
