@@ -63,6 +63,14 @@ class StreamingBackend(Backend, Protocol):
 CACHE_ENV = "EDGERES_CACHE_DIR"
 
 
+def on_a_linux_pc() -> bool:
+    """Linux on x86-64: where the vendors' PC simulators run (rknn-toolkit2's, Sony's MCT)."""
+    import platform
+    import sys
+
+    return sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64")
+
+
 def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "edgeres")
 

@@ -12,10 +12,8 @@ quantizer ops), in the toolchain's environment. Which of the two runs is in the 
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -25,6 +23,7 @@ import numpy as np
 
 from ..artifact import ArtifactRecord
 from ..errors import ArtifactError, BackendUnavailableError, DeviceError
+from .base import on_a_linux_pc
 
 SUFFIX = ".imx500.zip"
 PICAMERA_INSTALL = ("on Raspberry Pi OS: sudo apt install imx500-all python3-picamera2 (the AI Camera's firmware, "
@@ -41,8 +40,7 @@ def imx500_class():
 
 def simulated_here(path: Path) -> bool:
     """Whether `path` runs on MCT's simulation here: a PC (Linux x86-64) without Picamera2's IMX500 helper."""
-    on_a_pc = sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64")
-    return on_a_pc and imx500_class() is None
+    return on_a_linux_pc() and imx500_class() is None
 
 
 def stem_of(path: Path) -> str:

@@ -11,8 +11,6 @@ backend's name, so every timing and check reported through it says so.
 from __future__ import annotations
 
 import json
-import platform
-import sys
 from pathlib import Path
 from typing import ClassVar
 
@@ -21,6 +19,7 @@ import numpy as np
 from ..artifact import ArtifactRecord
 from ..errors import ArtifactError, BackendUnavailableError, DeviceError
 from ..files import MODEL_LIMIT, open_checked
+from .base import on_a_linux_pc
 
 LITE_INSTALL = ("pip install rknn-toolkit-lite2 on the board (Rockchip's wheel for its Python, from "
                 "github.com/airockchip/rknn-toolkit2, rknn-toolkit-lite2/packages), with the librknnrt.so of the same "
@@ -38,8 +37,7 @@ def lite_module():
 def simulated_here(path: Path) -> bool:
     """Whether `path` runs on the simulator here: a PC the toolkit's simulator runs on (Linux x86-64) without
     rknn-toolkit-lite2. Anywhere else the board's backend says what to install."""
-    on_a_pc = sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64")
-    return on_a_pc and lite_module() is None
+    return on_a_linux_pc() and lite_module() is None
 
 
 _DESCRIPTION_TAIL = 1 << 20  # the toolkit writes the model's JSON description at the end of the file
