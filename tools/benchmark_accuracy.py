@@ -232,14 +232,14 @@ def imx500_peer(fixture: Fixture, module: torch.nn.Module, val_crops_of) -> np.n
     BatchNorms), from the calib images; its graph lowered to standard ops, on every val image."""
     from edgeres.conversion.measure import artifact_logits
     from edgeres.converter_envs import imx500
-    from edgeres.targets.imx500 import DEFAULT_WEIGHT_BUDGET, Imx500Target, write_mct_job
+    from edgeres.targets.imx500 import Imx500Target, sized_budget, write_mct_job
 
     spec = Preprocess.imagenet(fixture.imgsz)
     sensor = Imx500Target().input_spec(spec)
     crops = [spec.resize_and_crop(read_image(p)) for p in find_images(fixture.calib_dir)]
     with tempfile.TemporaryDirectory() as scratch:
-        work = write_mct_job(Path(scratch) / "mct", module, sensor, spec, crops, (), DEFAULT_WEIGHT_BUDGET,
-                             Path(scratch) / "peer")
+        work = write_mct_job(Path(scratch) / "mct", module, sensor, spec, crops, (), sized_budget(spec.crop),
+                             Path(scratch) / "peer", refine_thresholds=False)
         imx500.quantize(work, print)
         return artifact_logits(Path(scratch) / "peer.lowered.onnx", sensor, val_crops_of(sensor))
 

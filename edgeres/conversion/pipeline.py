@@ -84,7 +84,8 @@ def convert(model: LoadedModel, options: ConvertOptions, *, progress: Progress =
                      model_preprocess=spec, precision=options.precision, stem=stem,
                      calibration=calibration if options.precision == "int8" else None,
                      opset=options.opset or DEFAULT_OPSET, dynamic_batch=options.dynamic_batch,
-                     preset=options.preset, log=log, device=profile)
+                     preset=options.preset, log=log, device=profile,
+                     judged_on_calibration=data.source == "calibration")
     context = _Context(model, options, target, profile, spec, calibration, data, job, log)
     with scratch_folder() as scratch, OutputSet(Path(options.out_dir), stem) as output:
         if options.precision == "int8":

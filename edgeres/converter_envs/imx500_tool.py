@@ -2,8 +2,9 @@
 that environment has (torch, Sony's model-compression-toolkit and imx500-converter, numpy), never edgeres.
 
     imx500_tool.py quantize WORK       quantize WORK/module.pt by MCT's IMX500 rules on WORK/calib.npy as
-                                       WORK/job.json says, export the quantized graph (MCTQ ONNX), and
-                                       lower it to standard ONNX ops (job["lowered"])
+                                       WORK/job.json says (and refine its activation thresholds where it
+                                       says so), export the quantized graph (MCTQ ONNX), and lower it to
+                                       standard ONNX ops (job["lowered"])
     imx500_tool.py convert SRC OUTDIR  compile SRC (an MCTQ ONNX) with imxconv-pt; its memory report
     imx500_tool.py serve SRC           run SRC with MCT's own quantizer ops on ONNX Runtime: float32
                                        batches (N, C, H, W) in, outputs (N, classes) out
@@ -20,12 +21,15 @@ import os
 import re
 import subprocess
 import sys
+from typing import NamedTuple
 
 _spec = importlib.util.spec_from_file_location("tool_io", os.path.join(os.path.dirname(__file__), "tool_io.py"))
 tool_io = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tool_io)  # before the toolkits are imported: they take over stdout
 
 CALIBRATION_BATCH = 16
+REFINE_VIEWS = 640  # calibration views the threshold refinement scores (flips and shifts of the images)
+REFINE_PIXELS = 2 ** 22  # at most this many input pixels in all: 83 views at 224 px, 640 at 32 px
 
 
 def _version(package: str) -> str:
@@ -55,6 +59,11 @@ def quantize(work: str) -> None:
         job = json.load(handle)
     module = _with_input_normalisation(torch.load(os.path.join(work, "module.pt"), weights_only=False).eval(),
                                        job["input_gain"], job["input_bias"])
+    # the FP32 model the thresholds are refined towards: a fine-tuned module.pt was trained to be quantized, so
+    # it is not the one the bar compares with
+    reference_path = os.path.join(work, "reference.pt")
+    reference = (_with_input_normalisation(torch.load(reference_path, weights_only=False).eval(), job["input_gain"],
+                                           job["input_bias"]) if os.path.isfile(reference_path) else None)
     calibration = np.load(os.path.join(work, "calib.npy"))
     torch.manual_seed(0)
 
@@ -67,28 +76,143 @@ def quantize(work: str) -> None:
                if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
     budget = job.get("weights_budget")
     mixed = budget is not None and sum(kernels.values()) > budget  # 8-bit weights would not fit the chip
-    config = {}
+    error_method = job.get("activation_error_method") or mct.core.QuantizationConfig().activation_error_method.name
+    core = {"quantization_config": mct.core.QuantizationConfig(
+        activation_error_method=getattr(mct.core.QuantizationErrorMethod, error_method))}
+    config = {"core_config": mct.core.CoreConfig(**core)}
     if mixed:
         bit_widths = mct.core.BitWidthConfig()
         for layer in job.get("kept", []):  # the search keeps a layer: its weights stay 8-bit
             bit_widths.set_manual_weights_bit_width(NodeNameFilter(_graph_name(layer)), 8, "weight")
         config = {"target_resource_utilization": mct.core.ResourceUtilization(weights_memory=float(budget)),
                   "core_config": mct.core.CoreConfig(
-                      mixed_precision_config=mct.core.MixedPrecisionQuantizationConfig(
+                      **core, mixed_precision_config=mct.core.MixedPrecisionQuantizationConfig(
                           num_of_images=int(job.get("mixed_precision_images", 32))),
                       bit_width_config=bit_widths)}
     tool_io.progress(f"quantizing {sum(kernels.values()) / 1e6:.1f} M weights on {len(calibration)} images"
                      + (f", mixed precision within {budget / 2 ** 20:.2f} MiB of weights (minutes)" if mixed else ""))
     quantized, _ = mct.ptq.pytorch_post_training_quantization(module, representative,
                                                                target_platform_capabilities=tpc, **config)
+    refined = refine_thresholds(quantized, reference or module, calibration) if job.get("refine_thresholds") else None
     tool_io.progress("exporting the quantized graph (MCTQ ONNX)")
     mct.exporter.pytorch_export_model(quantized, save_model_path=job["out"], repr_dataset=representative,
                                       onnx_opset_version=int(job.get("opset", 15)))
     lower(job["out"], job["lowered"])
     bits = _weight_bits(quantized)
-    tool_io.say({"mct": _version("model-compression-toolkit"), "mixed_precision": mixed,
+    tool_io.say({"mct": _version("model-compression-toolkit"), "mixed_precision": mixed, "thresholds": refined,
+                 "activation_error_method": error_method,
                  "weight_bits": bits, "weight_bytes": int(sum(kernels[n] * bits.get(n, 8) for n in kernels) / 8),
                  "weights": int(sum(kernels.values()))})
+
+
+class Score(NamedTuple):
+    wrong: int  # views answered otherwise than by the float network
+    kl: float  # how far the scores are from the float network's (breaks ties)
+
+
+def refine_thresholds(quantized, reference, calibration) -> dict:
+    """Each activation threshold MCT chose, halved or doubled (still a power of two, as the sensor requires)
+    wherever that makes the quantized network answer fewer calibration views otherwise than `reference` (the
+    FP32 model), or as few with scores closer to it (KL), in one pass from input to output. MCT judges each
+    threshold by its own tensor's error; this judges it by the network's answers, which the accuracy bar
+    compares. The sensor's input (pixels / 256) is left as it is. Top-1 and KL are computed here again: this
+    script cannot import edgeres."""
+    import torch
+    from mct_quantizers import PytorchActivationQuantizationHolder, PytorchPreservingActivationQuantizationHolder
+    from mct_quantizers.pytorch.quantizers import ActivationPOTInferableQuantizer
+
+    quantized.eval()
+    # MCT moves what it quantizes to its working device (a GPU where one is): the views and the reference follow
+    device = next(quantized.parameters()).device
+    reference = reference.to(device)
+    views = _views(calibration).to(device)
+    with torch.no_grad():
+        answers = torch.cat([reference(views[i:i + 64]) for i in range(0, len(views), 64)])
+    holders = [(name, holder) for name, holder in quantized.named_modules()
+               if isinstance(holder, PytorchActivationQuantizationHolder)
+               and not isinstance(holder, PytorchPreservingActivationQuantizationHolder)  # copies of another's
+               and isinstance(holder.activation_holder_quantizer, ActivationPOTInferableQuantizer)]
+    sensor_input = _input_holder(quantized, [holder for _, holder in holders], views[:1])
+    best = before = _score(quantized, views, answers)
+    changed = {}
+    for done, (name, holder) in enumerate(holders):
+        if holder is sensor_input:
+            continue
+        mct_quantizer = candidate = holder.activation_holder_quantizer
+        for factor in (0.5, 2.0):
+            holder.activation_holder_quantizer = ActivationPOTInferableQuantizer(
+                num_bits=mct_quantizer.num_bits, threshold=[float(mct_quantizer.threshold_np) * factor],
+                signed=mct_quantizer.signed)
+            score = _score(quantized, views, answers)
+            if score < best:
+                best, candidate = score, holder.activation_holder_quantizer
+        holder.activation_holder_quantizer = candidate
+        if candidate is not mct_quantizer:
+            changed[name.removesuffix("_activation_holder_quantizer")] = {
+                "mct": float(mct_quantizer.threshold_np), "refined": float(candidate.threshold_np)}
+        if (done + 1) % max(1, len(holders) // 4) == 0 or done + 1 == len(holders):
+            tool_io.progress(f"refining activation thresholds: {done + 1}/{len(holders)}, agreement with the float "
+                             f"model on {len(views)} calibration views {1 - best.wrong / len(views):.2%}")
+    return {"calibration_views": len(views), "thresholds_considered": len(holders) - 1, "changed": changed,
+            "calibration_view_agreement_mct": round(1 - before.wrong / len(views), 5),
+            "calibration_view_agreement_refined": round(1 - best.wrong / len(views), 5)}
+
+
+def _views(calibration):
+    """Views of the calibration images (each as it is, flipped, shifted an eighth of the side up-left or
+    down-right): more answers to judge a threshold by than the images alone; at most REFINE_VIEWS of them
+    and REFINE_PIXELS pixels, drawn before any is made."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    count, _, height, width = calibration.shape
+    most = max(CALIBRATION_BATCH, min(REFINE_VIEWS, REFINE_PIXELS // (height * width)))
+    drawn = np.random.default_rng(0).permutation(4 * count)[:most]
+    pad = max(1, width // 8)
+    views = []
+    for index in drawn:
+        image = torch.from_numpy(calibration[index % count])
+        kind = index // count
+        if kind == 1:
+            image = image.flip(2)
+        elif kind > 1:
+            padded = F.pad(image[None], (pad,) * 4, mode="reflect")[0]
+            offset = 0 if kind == 2 else 2 * pad
+            image = padded[:, offset:offset + height, offset:offset + width]
+        views.append(image)
+    return torch.stack(views)
+
+
+def _score(quantized, views, reference) -> Score:
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        logits = torch.cat([quantized(views[i:i + 64]) for i in range(0, len(views), 64)])
+    wrong = int((logits.argmax(1) != reference.argmax(1)).sum())
+    return Score(wrong, float(F.kl_div(F.log_softmax(logits, 1), F.log_softmax(reference, 1), log_target=True,
+                                       reduction="batchmean")))
+
+
+def _input_holder(quantized, holders, example):
+    """The holder that quantizes the network's input itself: on the sensor that is its pixels, fixed. Not found
+    (an MCT that copies its input), the refinement stops rather than change what the sensor gives."""
+    import torch
+
+    found = []
+    hooks = [holder.register_forward_pre_hook(lambda module, args: found.append(module) if args[0] is example
+                                              else None) for holder in holders]
+    try:
+        with torch.no_grad():
+            quantized(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if len(found) != 1:
+        raise RuntimeError(f"found {len(found)} quantizers of the network's input where one was expected: the "
+                           "activation thresholds cannot be refined without changing the sensor's input")
+    return found[0]
 
 
 def _with_input_normalisation(module, gain: list[float], bias: list[float]):

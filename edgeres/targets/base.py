@@ -56,6 +56,7 @@ class ConvertJob:
     preset: str | None = None  # quantization preset, for targets that have presets
     log: Callable[[str], None] = print
     device: DeviceProfile | None = None  # the device profile named by --target, where one was
+    judged_on_calibration: bool = False  # too few images to hold some back: INT8 is judged on what it calibrates on
 
 
 @dataclass

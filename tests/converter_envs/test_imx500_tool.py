@@ -36,7 +36,7 @@ def test_mixed_precision_lowers_the_big_layer_unless_it_is_kept(kept, tmp_path: 
     spec = Preprocess.imagenet(8)
     crops = [np.random.default_rng(i).integers(0, 256, (8, 8, 3), dtype=np.uint8) for i in range(32)]
     work = write_mct_job(tmp_path / "mct", module, Imx500Target().input_spec(spec), spec, crops, kept, budget,
-                         tmp_path / "small")
+                         tmp_path / "small", refine_thresholds=True)
     chosen = imx500.quantize(work, lambda message: None)
     bits = chosen["weight_bits"]
     assert set(bits) == set(weights) and chosen["mixed_precision"] and chosen["weight_bytes"] <= budget
@@ -54,6 +54,38 @@ def test_mixed_precision_lowers_the_big_layer_unless_it_is_kept(kept, tmp_path: 
         simulator.close()
     import onnxruntime
 
-    ours = onnxruntime.InferenceSession(str(tmp_path / "small.lowered.onnx")).run(None, {"input": inputs})[0]
+    lowered = onnxruntime.InferenceSession(str(tmp_path / "small.lowered.onnx"))
+    ours = lowered.run(None, {"input": inputs})[0]
     step = np.abs(np.diff(np.unique(theirs))).min()  # the output quantizer's step
     assert np.abs(ours - theirs).max() <= step * 1.01
+    _check_refined_thresholds(chosen["thresholds"], work, module, lowered, tmp_path / "small.mct.onnx")
+
+
+def _check_refined_thresholds(refined: dict, work: Path, module: torch.nn.Module, lowered, exported: Path) -> None:
+    """The refinement only halves or doubles thresholds (the sensor takes powers of two), leaves the sensor's
+    input (pixels / 256) as it is, and what it chose is what was exported."""
+    import importlib.util
+    import json
+
+    import onnx
+
+    thresholds = {node.name.split("/")[1].removesuffix("_activation_holder_quantizer"): onnx.helper.get_attribute_value(
+                      next(a for a in node.attribute if a.name == "threshold"))
+                  for node in onnx.load(str(exported)).graph.node if node.op_type == "ActivationPOTQuantizer"}
+    assert refined["changed"], "nothing refined: this check would prove nothing"
+    assert {name: thresholds[name] for name in refined["changed"]} == {
+        name: change["refined"] for name, change in refined["changed"].items()}
+    assert all(change["refined"] / change["mct"] in (0.5, 2.0) for change in refined["changed"].values())
+    assert thresholds["x"] == 1.0 and "x" not in refined["changed"]  # the sensor's pixels / 256
+    assert refined["thresholds_considered"] == len(thresholds) - 1
+    # the lowered graph agrees with the float network on the refinement's own views as the refinement measured
+    spec = importlib.util.spec_from_file_location("imx500_tool", Path(imx500.__file__).with_name("imx500_tool.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    job = json.loads((work / "job.json").read_text())
+    views = tool._views(np.load(work / "calib.npy"))
+    with torch.no_grad():
+        answers = tool._with_input_normalisation(module, job["input_gain"], job["input_bias"])(views).argmax(1).numpy()
+    agreed = (lowered.run(None, {"input": views.numpy()})[0].argmax(1) == answers).mean()
+    # it rounds as MCT's ops do, within one output step: a near tie may flip
+    assert abs(agreed - refined["calibration_view_agreement_refined"]) <= 2 / len(views)

@@ -48,7 +48,10 @@ def test_the_set_is_the_converters_package_and_fits_the_sensor(converted) -> Non
     memory = quantization["compiled"]["memory"]
     assert memory["fits"] and memory["needed"] <= memory["available"] == 8 * MIB  # the sensor's 8 MB
     # a ResNet18 at 8-bit weights needs more than the sensor has: MCT's mixed precision lowered some layers
-    assert quantization["layers_below_8_bits"] and quantization["weight_bytes"] <= DEFAULT_WEIGHT_BUDGET
+    assert quantization["layers_below_8_bits"] and quantization["weight_bytes"] <= quantization["weight_budget"]
+    # a 32 px input leaves most of the runtime memory to the weights, and the package fits with them
+    assert quantization["weight_budget"] > DEFAULT_WEIGHT_BUDGET
+    assert quantization["activation_thresholds"]["calibration_views"] > 0  # refined (160 images: some held out)
     assert set(quantization["weight_bits"].values()) <= {2, 4, 8}
     assert set(result.record.companions) == {_mct(result.path).name}  # its hash: a swapped graph is refused
     verification = result.record.verification
@@ -213,3 +216,49 @@ def test_the_converters_memory_verdict_is_read_from_its_report_or_its_refusal() 
         _memory({"status": 1, "report": None})
     with pytest.raises(ConversionError, match="no usage and fit"):
         _memory({"status": 0, "report": {"Memory Report": {"Fit In Chip": "yes"}}})
+
+
+def test_a_small_input_gives_its_share_of_the_runtime_memory_to_the_weights_and_a_large_one_takes_none() -> None:
+    from edgeres.targets.imx500 import sized_budget
+
+    assert sized_budget(224) == DEFAULT_WEIGHT_BUDGET
+    assert sized_budget(32) == 7_827_176 and sized_budget(112) > DEFAULT_WEIGHT_BUDGET
+    assert sized_budget(448) == sized_budget(1024) == DEFAULT_WEIGHT_BUDGET  # not measured there: nothing taken
+
+
+@pytest.mark.parametrize("judged_on_calibration", [False, True])
+@pytest.mark.parametrize("finetuned", [False, True])
+def test_thresholds_are_refined_towards_fp32_and_never_on_the_images_int8_is_judged_on(
+        judged_on_calibration, finetuned, tmp_path: Path, monkeypatch) -> None:
+    """What the target asks of the toolchain (its boundary replaced): refinement only where some calibration
+    images are held back, and towards the FP32 model, not the fine-tuned weights MCT quantizes."""
+    import json
+
+    from edgeres.calibration.folder import CalibrationSet
+    from edgeres.converter_envs import imx500
+    from edgeres.quantization.design import QuantizationPlan
+    from edgeres.targets.base import ConvertJob
+    from edgeres.targets.imx500 import Imx500Target
+
+    asked = {}
+
+    def quantize(work: Path, log) -> dict:
+        asked.update(json.loads((work / "job.json").read_text()), reference=(work / "reference.pt").is_file())
+        return {"weight_bits": {"0": 8}}
+
+    monkeypatch.setattr(imx500, "quantize", quantize)
+    from torchvision.models import resnet18
+
+    module = resnet18(num_classes=2).eval()
+    spec = Preprocess.imagenet(8)
+    logged = []
+    job = ConvertJob(module=module, arch="resnet18", labels=["a"], preprocess=Imx500Target().input_spec(spec),
+                     model_preprocess=spec, precision="int8", stem="s", log=logged.append,
+                     calibration=CalibrationSet([np.zeros((8, 8, 3), np.uint8)] * 4),
+                     judged_on_calibration=judged_on_calibration)
+    plan = QuantizationPlan(resnet18(num_classes=2).eval(), {}, "minmax", False, finetuned=finetuned)
+    Imx500Target()._quantize(job, plan, tmp_path, DEFAULT_WEIGHT_BUDGET)
+    assert asked["refine_thresholds"] is not judged_on_calibration
+    assert asked["activation_error_method"] == (None if judged_on_calibration else "MAE")
+    assert asked["reference"] is finetuned  # the FP32 model saved beside fine-tuned weights
+    assert any("left as MCT chose them" in line for line in logged) is judged_on_calibration
