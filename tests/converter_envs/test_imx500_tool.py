@@ -79,7 +79,7 @@ def _check_refined_thresholds(refined: dict, work: Path, module: torch.nn.Module
     assert thresholds["x"] == 1.0 and "x" not in refined["changed"]  # the sensor's pixels / 256
     assert refined["thresholds_considered"] == len(thresholds) - 1
     # the lowered graph agrees with the float network on the refinement's own views as the refinement measured
-    spec = importlib.util.spec_from_file_location("imx500_tool", Path(imx500.__file__).with_name("imx500_tool.py"))
+    spec = importlib.util.spec_from_file_location("imx500_tool", imx500.TOOL)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     job = json.loads((work / "job.json").read_text())
