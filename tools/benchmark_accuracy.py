@@ -244,6 +244,15 @@ def imx500_peer(fixture: Fixture, module: torch.nn.Module, val_crops_of) -> np.n
         return artifact_logits(Path(scratch) / "peer.lowered.onnx", sensor, val_crops_of(sensor))
 
 
+def _stability(fixture: Fixture, model, spec: Preprocess) -> dict:
+    """edgeres.conversion.measure.fp32_stability on the val images: how much of agreement is rounding's."""
+    from edgeres.conversion.measure import EvalSet, fp32_stability
+
+    crops = _crops(fixture, spec)
+    return fp32_stability(EvalSet(crops, None, "validation", lambda chosen: model.logits(spec.tensors(chosen))),
+                          seed=0)
+
+
 def _crops(fixture: Fixture, spec: Preprocess) -> list[np.ndarray]:
     return [spec.resize_and_crop(read_image(p)) for p in find_images(fixture.val_dir)]
 
@@ -415,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
         fp32 = accuracy(reference, truth)
         row = {"fixture": fixture.name, "fp32_top1": fp32, "val_images": len(val), "methods": {}}
         print(f"{fixture.name}: FP32 top-1 {fp32:.2%} on {len(val)} held-out images", flush=True)
+        row["fp32_stability"] = stability = _stability(fixture, model, spec)
+        print(f"{fixture.name}: FP32 keeps its own answer on {stability['agreement']:.2%} of "
+              f"{stability['images']} of them when every pixel moves by one grey level", flush=True)
         found = {}
         if not args.no_peers:
             found.update(peers(fixture, model.module))
@@ -488,6 +500,10 @@ def table(results: list[dict]) -> str:
             seconds = f"{m['seconds']:.0f} s" if "seconds" in m else ""
             lines.append(f"| {row['fixture']} ({row['fp32_top1']:.1%}) | {name} | {m['drop_points']:+.2f} | "
                          f"{m['agreement']:.2%} | {kept} | {seconds} |")
+        if row.get("fp32_stability"):
+            stability = row["fp32_stability"]
+            lines.append(f"| {row['fixture']} ({row['fp32_top1']:.1%}) | FP32 itself, every pixel moved by one "
+                         f"grey level ({stability['images']} images) | | {stability['agreement']:.2%} | | |")
     return "\n".join(lines)
 
 

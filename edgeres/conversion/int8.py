@@ -13,7 +13,7 @@ from ..preprocess import Preprocess
 from ..quantization.design import QuantizationDesign, QuantizationPlan
 from ..quantization.search import Attempt, Bar, Measured, SearchResult, search
 from ..targets.base import Built, ConvertJob, Target
-from .measure import EvalSet, artifact_logits
+from .measure import EvalSet, artifact_logits, fp32_stability
 from .options import DEFAULT_MAX_DROP, ConvertOptions
 
 
@@ -25,6 +25,7 @@ class Int8Outcome:
     bar: Bar
     evaluated_on: str
     finetune: dict | None = None  # what the search's fine-tuning did (its attempt kept or not), if it ran
+    fp32_stability: dict | None = None  # measure.fp32_stability on the images the bar is judged on
 
     @property
     def best(self) -> Attempt:
@@ -50,7 +51,7 @@ class Int8Outcome:
         """The search as the record and the report keep it."""
         result = self.result
         return {"bar": asdict(self.bar), "evaluated_on": self.evaluated_on, "met": result.met,
-                "finetune": self.finetune,
+                "finetune": self.finetune, "fp32_stability": self.fp32_stability,
                 "attempts": [attempt.row() for attempt in result.attempts], "simulated_choices": result.simulated,
                 "sensitivity_top": [[name, gain] for name, gain in result.sensitivity[:10]],
                 "chosen": result.attempts.index(result.best),
@@ -76,6 +77,10 @@ def search_int8(model: LoadedModel, options: ConvertOptions, target: Target, job
 
     bar = accuracy_bar(options, data)
     log(f"Accuracy bar: {bar.describe()} on {data.describe()}")
+    stability = fp32_stability(data, options.seed)
+    note = fragile(stability, bar)
+    log(f"FP32 keeps its own answer on {stability['agreement']:.1%} of {stability['images']} of them when every "
+        f"pixel moves by one grey level{': ' + note if note else ''}")
     method = None if options.calib_method == "auto" else options.calib_method
     remedy = _finetuner(design, options, spec, model, data, track, log)
     result = search(design, attempt, bar, method=method, bias_correction=options.bias_correction,
@@ -84,7 +89,18 @@ def search_int8(model: LoadedModel, options: ConvertOptions, target: Target, job
     judged = data.describe()
     if result.best.built.stand_in is not None:
         judged += f" (through {result.best.built.stand_in.path.name}, the same graph on ONNX Runtime's CPU)"
-    return Int8Outcome(result, bar, judged, remedy.run if remedy else None)
+    return Int8Outcome(result, bar, judged, remedy.run if remedy else None, stability)
+
+
+def fragile(stability: dict, bar: Bar) -> str | None:
+    """What to tell the user where FP32's own answers change under one grey level on at least a quarter
+    of the disagreement the bar allows: there agreement is largely decided by rounding near ties."""
+    changed = 1 - stability["agreement"]
+    if changed < (1 - bar.min_agreement) / 4 or changed == 0:
+        return None
+    return (f"FP32 itself changes {changed:.1%} of its answers when every pixel moves by one grey level, the scale "
+            "on which INT8 rounds every activation, so agreement with it is largely decided by rounding on "
+            "near-ties; top-1 lost on labelled images (--val, --max-drop) says more for this model")
 
 
 class _Finetuner:
