@@ -24,6 +24,7 @@ LOGITS = "logits"  # the model's output
 ALL_PLACEMENTS = frozenset({BRANCHES, LOGITS})
 
 Grid = Callable[[Range], tuple[float, float, int]]  # a range -> the low and high end and levels it quantizes to
+Quantize = Callable[[torch.Tensor, Range, Grid], torch.Tensor]  # values, their range and grid -> as INT8 gives them
 
 
 def asymmetric(value_range: Range) -> tuple[float, float, int]:
@@ -75,24 +76,27 @@ def fake_quantize(values: torch.Tensor, value_range: Range, grid: Grid = asymmet
 @contextlib.contextmanager
 def simulated(module: torch.nn.Module, ranges: dict[str, Range], *, placement: frozenset[str] = ALL_PLACEMENTS,
               higher: frozenset[str] | set[str] = frozenset(), weights: bool = True,
-              grid: Grid = asymmetric) -> Iterator[torch.nn.Module]:
+              grid: Grid = asymmetric, quantize: Quantize | None = None) -> Iterator[torch.nn.Module]:
     """Within the block, `module` computes as its INT8 artifact would; layers in `higher` stay float.
 
     Every backend requantizes the residual stream after each block (the add's output, which
-    the next block's add reads back), so block outputs are always quantized.
+    the next block's add reads back), so block outputs are always quantized. `quantize` replaces
+    fake_quantize at every point (tools/int8_noise_floor.py puts rounding-sized noise there).
     """
+    quantize = quantize or fake_quantize
     named = dict(module.named_modules())
     handles, saved = [], {}
     try:
         for name, block in blocks(module):
-            handles.append(block.register_forward_hook(_output_quantizer(ranges[name], grid)))
+            handles.append(block.register_forward_hook(_output_quantizer(ranges[name], grid, quantize)))
         for layer in layers(module):
             if layer.name in higher:
                 continue
             target = named[layer.name]
-            handles.append(target.register_forward_pre_hook(_input_quantizer(ranges[layer.input_point], grid)))
+            handles.append(target.register_forward_pre_hook(
+                _input_quantizer(ranges[layer.input_point], grid, quantize)))
             if output_quantized(layer, placement):
-                handles.append(target.register_forward_hook(_output_quantizer(ranges[layer.name], grid)))
+                handles.append(target.register_forward_hook(_output_quantizer(ranges[layer.name], grid, quantize)))
             if weights:
                 saved[layer.name] = target.weight.data
                 target.weight.data = quantize_weight(target.weight.data)
@@ -108,9 +112,9 @@ def output_quantized(layer: Layer, placement: frozenset[str]) -> bool:
     return (layer.feeds_add and BRANCHES in placement) or (layer.name == "fc" and LOGITS in placement)
 
 
-def _input_quantizer(value_range: Range, grid: Grid):
-    return lambda _, args: (fake_quantize(args[0], value_range, grid),)
+def _input_quantizer(value_range: Range, grid: Grid, quantize: Quantize):
+    return lambda _, args: (quantize(args[0], value_range, grid),)
 
 
-def _output_quantizer(value_range: Range, grid: Grid):
-    return lambda _, __, output: fake_quantize(output, value_range, grid)
+def _output_quantizer(value_range: Range, grid: Grid, quantize: Quantize):
+    return lambda _, __, output: quantize(output, value_range, grid)

@@ -113,6 +113,30 @@ def test_simulation_with_wide_grids_is_float_and_int8_is_not(monkeypatch) -> Non
     assert np.abs(only_stream - exact).max() < np.abs(int8 - exact).max()
 
 
+def test_a_quantizer_given_to_the_simulation_runs_at_every_point_int8_places_one() -> None:
+    """tools/int8_noise_floor.py replaces rounding with noise this way: every quantizer, nothing else."""
+    folded = fold_batchnorm(random_resnet())
+    x = inputs(4)
+    ranges = {point: choose(s, "minmax") for point, s in collect(folded, x).items()}
+    seen: list = []
+
+    def passing(values, value_range, grid):
+        seen.append(value_range)
+        return values
+
+    with simulated(folded, ranges, weights=False, quantize=passing):
+        np.testing.assert_allclose(logits(folded, x), logits(fold_batchnorm(random_resnet()), x), rtol=1e-5,
+                                   atol=1e-5)
+    every_layer = len(layers(folded))  # each layer's input, each block's output, each branch and the logits
+    branches = sum(layer.feeds_add for layer in layers(folded))
+    assert len(seen) == every_layer + 8 + branches + 1
+    with simulated(folded, ranges, quantize=lambda values, value_range, grid: fake_quantize_tensor(
+            values, value_range, grid)):
+        as_given = logits(folded, x)
+    with simulated(folded, ranges):
+        np.testing.assert_array_equal(logits(folded, x), as_given)
+
+
 def _quantize_dequantize(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     """ONNX Runtime's own QuantizeLinear -> DequantizeLinear on int8."""
     import onnxruntime as ort
