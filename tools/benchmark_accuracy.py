@@ -244,13 +244,13 @@ def imx500_peer(fixture: Fixture, module: torch.nn.Module, val_crops_of) -> np.n
         return artifact_logits(Path(scratch) / "peer.lowered.onnx", sensor, val_crops_of(sensor))
 
 
-def _stability(fixture: Fixture, model, spec: Preprocess) -> dict:
-    """edgeres.conversion.measure.fp32_stability on the val images: how much of agreement is rounding's."""
+def _stability(fixture: Fixture, model, spec: Preprocess, reference: np.ndarray) -> dict:
+    """edgeres.conversion.measure.fp32_stability on the val images (FP32's `reference` logits on them): how
+    often FP32 keeps its answer when every pixel moves by one grey level."""
     from edgeres.conversion.measure import EvalSet, fp32_stability
 
-    crops = _crops(fixture, spec)
-    return fp32_stability(EvalSet(crops, None, "validation", lambda chosen: model.logits(spec.tensors(chosen))),
-                          seed=0)
+    return fp32_stability(EvalSet(_crops(fixture, spec), None, "validation",
+                                  lambda chosen: model.logits(spec.tensors(chosen)), reference), seed=0)
 
 
 def _crops(fixture: Fixture, spec: Preprocess) -> list[np.ndarray]:
@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         fp32 = accuracy(reference, truth)
         row = {"fixture": fixture.name, "fp32_top1": fp32, "val_images": len(val), "methods": {}}
         print(f"{fixture.name}: FP32 top-1 {fp32:.2%} on {len(val)} held-out images", flush=True)
-        row["fp32_stability"] = stability = _stability(fixture, model, spec)
+        row["fp32_stability"] = stability = _stability(fixture, model, spec, reference)
         print(f"{fixture.name}: FP32 keeps its own answer on {stability['agreement']:.2%} of "
               f"{stability['images']} of them when every pixel moves by one grey level", flush=True)
         found = {}

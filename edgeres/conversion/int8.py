@@ -25,7 +25,7 @@ class Int8Outcome:
     bar: Bar
     evaluated_on: str
     finetune: dict | None = None  # what the search's fine-tuning did (its attempt kept or not), if it ran
-    fp32_stability: dict | None = None  # measure.fp32_stability on the images the bar is judged on
+    fp32_stability: dict | None = None  # where the bar was missed: measure.fp32_stability on its images
 
     @property
     def best(self) -> Attempt:
@@ -77,10 +77,6 @@ def search_int8(model: LoadedModel, options: ConvertOptions, target: Target, job
 
     bar = accuracy_bar(options, data)
     log(f"Accuracy bar: {bar.describe()} on {data.describe()}")
-    stability = fp32_stability(data, options.seed)
-    note = fragile(stability, bar)
-    log(f"FP32 keeps its own answer on {stability['agreement']:.1%} of {stability['images']} of them when every "
-        f"pixel moves by one grey level{': ' + note if note else ''}")
     method = None if options.calib_method == "auto" else options.calib_method
     remedy = _finetuner(design, options, spec, model, data, track, log)
     result = search(design, attempt, bar, method=method, bias_correction=options.bias_correction,
@@ -89,18 +85,33 @@ def search_int8(model: LoadedModel, options: ConvertOptions, target: Target, job
     judged = data.describe()
     if result.best.built.stand_in is not None:
         judged += f" (through {result.best.built.stand_in.path.name}, the same graph on ONNX Runtime's CPU)"
-    return Int8Outcome(result, bar, judged, remedy.run if remedy else None, stability)
+    return Int8Outcome(result, bar, judged, finetune=remedy.run if remedy else None,
+                       fp32_stability=None if result.met else _stability(data, bar, options.seed, log))
 
 
-def fragile(stability: dict, bar: Bar) -> str | None:
-    """What to tell the user where FP32's own answers change under one grey level on at least a quarter
-    of the disagreement the bar allows: there agreement is largely decided by rounding near ties."""
-    changed = 1 - stability["agreement"]
-    if changed < (1 - bar.min_agreement) / 4 or changed == 0:
+def _stability(data: EvalSet, bar: Bar, seed: int, log: Callable[[str], None]) -> dict:
+    """Where the bar was missed, whether the bar is within this model's own steadiness (an FP32 pass)."""
+    stability = fp32_stability(data, seed)
+    stability["note"] = fragility_note(stability, bar, labelled=data.truth is not None)
+    log(f"FP32 keeps its own answer on {stability['agreement']:.1%} of {stability['images']} of these images when "
+        "every pixel moves by one grey level" + (f": {stability['note']}" if stability["note"] else ""))
+    return stability
+
+
+MIN_CHANGED = 3  # fewer changed answers say nothing of the model (on 25 images one is 4%)
+
+
+def fragility_note(stability: dict, bar: Bar, labelled: bool) -> str | None:
+    """What to tell the user where FP32 changes a quarter or more of the disagreement the bar allows under
+    one grey level: its near-ties are decided by rounding, whatever the quantization does."""
+    changed, images = stability["changed"], stability["images"]
+    if changed < MIN_CHANGED or changed / images < (1 - bar.min_agreement) / 4:
         return None
-    return (f"FP32 itself changes {changed:.1%} of its answers when every pixel moves by one grey level, the scale "
-            "on which INT8 rounds every activation, so agreement with it is largely decided by rounding on "
-            "near-ties; top-1 lost on labelled images (--val, --max-drop) says more for this model")
+    judge = ("--max-drop with a lower --min-agreement" if labelled
+             else "--val DIR (labelled images) with --max-drop and a lower --min-agreement")
+    return (f"FP32 itself changes {changed} of {images} answers ({changed / images:.1%}) when every pixel moves by "
+            "one grey level, about the size of the input's INT8 rounding: on a model this fragile, agreement with "
+            f"FP32 is partly decided by rounding on near-ties; top-1 lost says more ({judge})")
 
 
 class _Finetuner:

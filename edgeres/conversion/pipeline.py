@@ -29,8 +29,7 @@ from ..runtime import backend_class
 from ..targets import resolve_target
 from ..targets.base import Built, BuiltArtifact, ConvertJob, Target
 from ..written import mark_written
-from ..quantization.search import Bar
-from .int8 import Int8Outcome, fragile, search_int8
+from .int8 import Int8Outcome, search_int8
 from .measure import EvalSet, artifact_logits, evaluation_set, random_crops
 from .options import DEFAULT_OPSET, ConvertOptions, check_name  # noqa: F401  (check_name: the API's)
 from .output import OutputSet, scratch_folder
@@ -290,7 +289,9 @@ def _bar_failure(result: ConvertResult, options: ConvertOptions) -> str:
         advice.append("a longer --finetune-minutes" if search["finetune"]["stopped"] == "time"
                       else "more --finetune-steps")
     advice.append("--fp16")
-    unstable = search.get("fp32_stability") and fragile(search["fp32_stability"], Bar(**search["bar"]))
+    # where agreement met the bar (the drop did not), FP32's steadiness is not what stood in the way
+    missed_agreement = best["agreement"] < search["bar"]["min_agreement"]
+    unstable = (search.get("fp32_stability") or {}).get("note") if missed_agreement else None
     return (f"no INT8 artifact met the bar ({tried}, up to {kept} layers kept out of INT8): the best, "
             f"{result.path.name}, agrees with FP32 on {best['agreement']:.2%}{drop}; it was kept and reported. "
             f"{unstable + '. ' if unstable else ''}Next: {', or '.join(advice)}")

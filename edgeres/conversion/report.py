@@ -171,9 +171,9 @@ def _search_lines(row: dict) -> list[str]:
     lines += ["| " + " | ".join(cells) + " |" for cells in attempt_cells(search)]
     if search.get("fp32_stability"):
         stability = search["fp32_stability"]
-        lines += ["", f"FP32 itself keeps its answer on {stability['agreement']:.1%} of {stability['images']} of "
-                  "these images when every pixel moves by one grey level (the scale on which INT8 rounds): "
-                  "where that is far below 100%, agreement is decided by rounding on near-ties"]
+        lines += ["", stability.get("note") or f"FP32 itself keeps its answer on {stability['agreement']:.1%} of "
+                  f"{stability['images']} of these images when every pixel moves by one grey level, about the size "
+                  "of the input's INT8 rounding"]
     if search["sensitivity_top"]:
         lines += ["", "Most sensitive layers (simulated KL gained by keeping each out of INT8): "
                   + ", ".join(f"{name} {gain:.1e}" for name, gain in search["sensitivity_top"][:8])]

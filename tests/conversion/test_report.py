@@ -39,13 +39,11 @@ def test_report_accumulates_per_artifact(monkeypatch, capsys, checkpoint, digits
     assert int8["accuracy"] is None and int8["agreement"] >= 0.95
     assert 10 < int8["size_mb"] < 13  # the .bin counts
     assert int8["search"]["attempts"][0]["range_method"] and int8["search"]["met"]
-    stability = int8["search"]["fp32_stability"]  # FP32 under one grey level, on the 25 images judged on
-    assert stability["images"] == 25 and 0.9 <= stability["agreement"] <= 1.0
+    assert int8["search"]["fp32_stability"] is None  # measured only where the bar is missed
     assert json.loads((tmp_path / "resnet18_x86_int8" / "report.json").read_text())["artifacts"] == [int8]
     text = (tmp_path / "report.md").read_text()
     assert "| resnet18_x86_int8.xml | int8 |" in text and "| resnet18_onnx_fp32.onnx | fp32 |" in text
     assert "resnet18_x86_int8.xml: INT8 attempts (bar met" in text
-    assert f"FP32 itself keeps its answer on {stability['agreement']:.1%} of 25" in text
     chart = cv2.imread(str(tmp_path / "report.png"))
     assert chart is not None and chart.shape[1] > 500
 

@@ -89,7 +89,13 @@ def test_a_bar_that_cannot_be_met_keeps_the_best_and_exits_1(monkeypatch, capsys
     assert (tmp_path / "out" / "resnet18_npu_int8" / "resnet18_npu_int8.onnx").is_file()
     row = json.loads((tmp_path / "out" / "report.json").read_text())["artifacts"][0]
     assert row["search"]["met"] is False and row["search"]["attempts"][0]["agreement"] < 0.5
-    assert "bar NOT met" in (tmp_path / "out" / "report.md").read_text()
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "bar NOT met" in text
+    # how steady FP32's own answers are on the images judged on: the fc change shifts every logit alike
+    stability = row["search"]["fp32_stability"]
+    assert stability["images"] == 450 and stability["agreement"] > 0.98 and stability["note"] is None
+    assert f"FP32 itself keeps its answer on {stability['agreement']:.1%} of 450" in text
+    assert "FP32 keeps its own answer on" in err and "FP32 itself changes" not in err
 
 
 @pytest.mark.parametrize("args, message", [
