@@ -93,8 +93,8 @@ def _stability(data: EvalSet, bar: Bar, seed: int, log: Callable[[str], None]) -
     """Where the bar was missed, whether the bar is within this model's own steadiness (an FP32 pass)."""
     stability = fp32_stability(data, seed)
     stability["note"] = fragility_note(stability, bar, labelled=data.truth is not None)
-    log(f"FP32 keeps its own answer on {stability['agreement']:.1%} of {stability['images']} of these images when "
-        "every pixel moves by one grey level" + (f": {stability['note']}" if stability["note"] else ""))
+    log(stability["note"] or f"FP32 keeps its own answer on {stability['agreement']:.1%} of {stability['images']} "
+        "of these images when every pixel moves by one grey level")
     return stability
 
 
