@@ -27,9 +27,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_accuracy import _crops, _load, fixtures  # noqa: E402
+from benchmark_accuracy import _load, _stability, fixtures  # noqa: E402
 
-from edgeres.conversion.measure import EvalSet, fp32_stability  # noqa: E402
 from edgeres.metrics import accuracy, agreement, mean_kl  # noqa: E402
 from edgeres.models import load_model, module_logits  # noqa: E402
 from edgeres.photoset import FIXTURES  # noqa: E402
@@ -79,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"  top-1 {accuracy(logits, truth):.2%}", flush=True)
 
         print(f"{fixture.name}: FP32 top-1 {accuracy(reference, truth):.2%} on {len(val)} val images")
-        stability = fp32_stability(EvalSet(_crops(fixture, spec), None, "validation",
-                                           lambda chosen: model.logits(spec.tensors(chosen)), reference), seed=0)
+        stability = _stability(fixture, model, spec, reference)
         print(f"  {'FP32, every pixel moved by one grey level (' + str(stability['images']) + ' images)':68s} "
               f"agreement {stability['agreement']:7.2%}")
         with torch.no_grad():

@@ -16,15 +16,7 @@ CLASSES = 4
 
 
 def _eval_set(crops: list[np.ndarray], logits_of) -> EvalSet:
-    seen: list[int] = []
-
-    def fp32_logits(chosen: list[np.ndarray]) -> np.ndarray:
-        seen.append(len(chosen))
-        return np.stack([logits_of(crop) for crop in chosen])
-
-    data = EvalSet(crops, None, "validation", fp32_logits)
-    data.seen = seen
-    return data
+    return EvalSet(crops, None, "validation", lambda chosen: np.stack([logits_of(crop) for crop in chosen]))
 
 
 def _flat_crops(count: int) -> list[np.ndarray]:
